@@ -1,0 +1,31 @@
+"""fastvit: FastViT hybrid vision transformers with exact, verified reparameterization.
+
+The model/reparameterization API is imported eagerly (torch + timm only); checkpoint I/O is
+imported on first use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastvit.errors import CheckpointError, ConfigError, DataError, FastViTError, ReparamError
+from fastvit.models import FastViT, FastViTConfig, create_model, get_config, list_models
+from fastvit.reparam import is_fused, reparameterize
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CheckpointError", "ConfigError", "DataError", "FastViT", "FastViTConfig", "FastViTError",
+    "ReparamError", "__version__", "convert_state_dict", "create_model", "get_config",
+    "is_fused", "list_models", "load_model", "reparameterize", "save_model",
+]
+
+_LAZY = {"load_model", "save_model", "convert_state_dict"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from fastvit import checkpoints
+
+        return getattr(checkpoints, name)
+    raise AttributeError(f"module 'fastvit' has no attribute '{name}'")

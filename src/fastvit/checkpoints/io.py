@@ -1,0 +1,126 @@
+"""Safe checkpoint reading and atomic writing.
+
+Reading never executes pickled code: torch files are loaded with ``weights_only=True`` and
+safetensors files hold only tensors. Every failure becomes a one-line :class:`CheckpointError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from fastvit.checkpoints.layouts import StateDict, unwrap_state_dict
+from fastvit.errors import CheckpointError
+
+SAFETENSORS_SUFFIX = ".safetensors"
+
+# String entries of a training checkpoint that are worth keeping as metadata (timm's train script
+# stores the model name under 'arch').
+_WRAPPER_METADATA = {"arch": "variant"}
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _is_safetensors(path: Path) -> bool:
+    """True for a ``.safetensors`` suffix or a file that starts like one (8-byte size + '{')."""
+    if path.suffix == SAFETENSORS_SUFFIX:
+        return True
+    with path.open("rb") as f:
+        head = f.read(9)
+    size = int.from_bytes(head[:8], "little")
+    return len(head) == 9 and head[8:9] == b"{" and size + 8 <= path.stat().st_size
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[StateDict, dict[str, str]]:
+    """Read a checkpoint file; return ``(state_dict, metadata)``.
+
+    Supports ``.safetensors`` (metadata from its header) and torch files (``.pth``, ``.pth.tar``,
+    ``.pt``, ...; loaded with ``weights_only=True``). Wrapped training checkpoints and ``module.``
+    prefixes are unwrapped. Raises CheckpointError for a missing, truncated, corrupt or unsafe file.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint path is not a file: {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint file is empty: {path}")
+    if _is_safetensors(path):
+        return _read_safetensors(path)
+    return _read_torch(path)
+
+
+def _read_safetensors(path: Path) -> tuple[StateDict, dict[str, str]]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = dict(f.metadata() or {})
+            sd = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+    except Exception as e:  # safetensors raises SafetensorError / OSError for damaged files
+        raise CheckpointError(
+            f"cannot read {path}: truncated or corrupt safetensors file ({_one_line(e)}); "
+            "re-download or re-save it"
+        ) from e
+    metadata.pop("format", None)
+    return unwrap_state_dict(sd), metadata
+
+
+def _read_torch(path: Path) -> tuple[StateDict, dict[str, str]]:
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        msg = _one_line(e)
+        if "weights_only" in msg.lower() or "weights only" in msg.lower():
+            raise CheckpointError(
+                f"refusing to load {path}: it contains pickled objects other than tensors, which "
+                "weights_only loading does not run (re-save it as a plain state dict or safetensors)"
+            ) from e
+        raise CheckpointError(f"cannot read {path}: corrupt torch checkpoint ({msg})") from e
+    except (EOFError, RuntimeError, ValueError, OSError) as e:
+        raise CheckpointError(
+            f"cannot read {path}: truncated or corrupt torch checkpoint ({_one_line(e)}); "
+            "re-download or re-save it"
+        ) from e
+    except Exception as e:  # anything else torch.load may raise on garbage input
+        raise CheckpointError(f"cannot read {path}: not a torch checkpoint ({_one_line(e)})") from e
+    metadata: dict[str, str] = {}
+    if isinstance(obj, Mapping):
+        for key, meta_key in _WRAPPER_METADATA.items():
+            if isinstance(obj.get(key), str):
+                metadata[meta_key] = obj[key]
+    return unwrap_state_dict(obj), metadata
+
+
+def write_safetensors(
+    sd: Mapping[str, Tensor], path: str | os.PathLike, metadata: Mapping[str, str] | None = None
+) -> Path:
+    """Write ``sd`` to ``path`` as safetensors, atomically (temp file in the same dir + rename)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix != SAFETENSORS_SUFFIX:
+        raise CheckpointError(f"checkpoints are saved as safetensors; use a path ending in .safetensors, not {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # contiguous private copies: safetensors refuses shared or strided storage
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in sd.items()}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=dict(metadata or {}))
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path

@@ -1,0 +1,519 @@
+"""FastViT state-dict layouts: detection and pure conversion between them.
+
+Two key layouts exist in the wild, each in two forms:
+
+* ``official`` (apple/ml-fastvit, also our native layout): ``patch_embed.0.rbr_conv.0.conv.weight``,
+  a flat ``network.N`` list in which downsampling (``network.N.proj``), positional encodings
+  (``network.N.pe``) and block groups (``network.N.J``) alternate, ``conv_exp`` and ``head``.
+* ``timm``: ``stem.0.conv_kxk.0.conv.weight``, ``stages.S.{downsample,pos_emb,blocks}``,
+  ``final_conv``, ``head.fc``, layer scales as ``*.gamma``.
+
+Forms: ``unfused`` (training form), ``fused`` (the official/timm inference form, which keeps the
+ConvFFN BatchNorm, the attention BatchNorm and every layer scale) and ``fused_full`` (our inference
+form, official key names, where those are folded as well: ``convffn.conv.reparam_conv``, a
+``token_mixer.qkv.bias`` and no layer scales).
+
+Everything here is a pure function of tensors; no model is built. Folding is done in float64 and
+cast back to the checkpoint's dtype, so conversions are exact to the last bit or two.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import torch
+from torch import Tensor
+
+from fastvit.errors import CheckpointError
+from fastvit.models.config import get_config, list_models
+from fastvit.reparam import fuse
+
+OFFICIAL = "official"
+TIMM = "timm"
+NATIVE = "fastvit"
+UNFUSED = "unfused"
+FUSED = "fused"
+FUSED_FULL = "fused_full"
+
+# BatchNorm eps of every FastViT BatchNorm (official, timm and ours); checkpoints do not store it.
+BN_EPS = 1e-5
+
+# Module-name segments that differ between the layouts (official -> timm).
+_SEGMENTS_TO_TIMM = {
+    "rbr_conv": "conv_kxk",
+    "rbr_scale": "conv_scale",
+    "rbr_skip": "identity",
+    "lkb_origin": "large_conv",
+    "lkb_reparam": "reparam_conv",
+    "convffn": "mlp",
+}
+_SEGMENTS_TO_OFFICIAL = {v: k for k, v in _SEGMENTS_TO_TIMM.items() if k != "lkb_reparam"}
+_SE_TO_TIMM = {"reduce": "fc1", "expand": "fc2"}
+_SE_TO_OFFICIAL = {v: k for k, v in _SE_TO_TIMM.items()}
+_LAYER_SCALES = ("layer_scale", "layer_scale_1", "layer_scale_2")
+
+_UNFUSED_MARKERS = ("rbr_conv", "rbr_scale", "rbr_skip", "lkb_origin", "mixer", "pe")
+_FUSED_MARKERS = ("reparam_conv", "lkb_reparam")
+
+StateDict = dict[str, Tensor]
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """Architecture of one stage as read from a checkpoint's shapes."""
+
+    depth: int
+    dim: int
+    mlp_ratio: float
+    token_mixer: str  # "repmixer" | "attention"
+    pos_emb: bool
+    downsample: bool
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What :func:`detect` found: layout, form, architecture and (if known) the variant name."""
+
+    layout: str  # "official" | "timm"
+    form: str  # "unfused" | "fused" | "fused_full"
+    variant: str | None
+    num_classes: int
+    in_chans: int
+    stages: tuple[StageSpec, ...]
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        return tuple(s.depth for s in self.stages)
+
+    @property
+    def embed_dims(self) -> tuple[int, ...]:
+        return tuple(s.dim for s in self.stages)
+
+    def describe(self) -> str:
+        """Short architecture summary used in error messages."""
+        mixers = "".join("A" if s.token_mixer == "attention" else "R" for s in self.stages)
+        ratios = tuple(int(s.mlp_ratio) if s.mlp_ratio.is_integer() else s.mlp_ratio for s in self.stages)
+        return (
+            f"layers={self.layers}, embed_dims={self.embed_dims}, mlp_ratios={ratios}, "
+            f"mixers={mixers}, pos_emb={tuple(int(s.pos_emb) for s in self.stages)}"
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# Unwrapping
+
+
+def unwrap_state_dict(obj: object) -> StateDict:
+    """Return the flat ``name -> tensor`` dict inside a loaded checkpoint.
+
+    Accepts a state dict or a training checkpoint that wraps one under ``state_dict``, ``model``
+    or ``state_dict_ema`` (first found, in that order), and strips a ``module.`` (DataParallel)
+    or ``_orig_mod.`` (torch.compile) prefix shared by every key.
+    """
+    for _ in range(4):  # wrappers can nest, e.g. {"model": {"state_dict": ...}}
+        if not isinstance(obj, Mapping):
+            break
+        inner = next(
+            (obj[k] for k in ("state_dict", "model", "state_dict_ema") if isinstance(obj.get(k), Mapping)),
+            None,
+        )
+        if inner is None:
+            break
+        obj = inner
+    if not isinstance(obj, Mapping) or not obj:
+        raise CheckpointError(
+            f"checkpoint holds {type(obj).__name__ if not isinstance(obj, Mapping) else 'an empty dict'}, "
+            "not a state dict; pass a state dict or a file saved with torch.save(model.state_dict())"
+        )
+    bad = [k for k, v in obj.items() if not isinstance(v, Tensor)]
+    if bad:
+        raise CheckpointError(
+            f"checkpoint entries are not all tensors ({_few(bad)}); pass the model's state dict "
+            "(or a dict wrapping it under 'state_dict', 'model' or 'state_dict_ema')"
+        )
+    sd: StateDict = {str(k): v for k, v in obj.items()}
+    for prefix in ("module.", "_orig_mod."):
+        while sd and all(k.startswith(prefix) for k in sd):
+            sd = {k[len(prefix) :]: v for k, v in sd.items()}
+    return sd
+
+
+# ----------------------------------------------------------------------------------------------
+# Layout and form detection
+
+
+def detect_layout(sd: Mapping[str, Tensor]) -> str:
+    """Return ``"official"`` or ``"timm"``; raise CheckpointError for anything else."""
+    official = any(k.split(".", 1)[0] in ("patch_embed", "network", "conv_exp") for k in sd)
+    timm = any(k.split(".", 1)[0] in ("stem", "stages", "final_conv") for k in sd)
+    if official != timm:
+        return OFFICIAL if official else TIMM
+    what = "mixes both" if official else "matches neither"
+    raise CheckpointError(
+        f"unknown checkpoint layout: its keys ({_few(sorted(sd))}) {what} the official FastViT "
+        "layout (patch_embed./network./conv_exp.) and timm's (stem./stages./final_conv.)"
+    )
+
+
+def detect_form(sd: Mapping[str, Tensor]) -> str:
+    """Return ``"unfused"``, ``"fused"`` or ``"fused_full"`` for a state dict of either layout."""
+    segs = [set(k.split(".")) for k in sd]
+    unfused = any(s & {*_UNFUSED_MARKERS, "conv_kxk", "conv_scale", "identity", "large_conv", "pos_enc"} for s in segs)
+    fused = any(s & set(_FUSED_MARKERS) for s in segs)
+    if unfused and fused:
+        examples = [k for k in sd if set(k.split(".")) & set(_FUSED_MARKERS)]
+        raise CheckpointError(
+            f"checkpoint is partially reparameterized (e.g. {_few(examples, 2)} next to training-form "
+            "branches); save it either before or after reparameterizing the whole model"
+        )
+    if not fused:
+        return UNFUSED
+    full = any(
+        k.endswith(("convffn.conv.reparam_conv.weight", "mlp.conv.reparam_conv.weight", "token_mixer.qkv.bias"))
+        for k in sd
+    )
+    return FUSED_FULL if full else FUSED
+
+
+def detect(sd: Mapping[str, Tensor]) -> CheckpointInfo:
+    """Detect layout, form, architecture and variant of a (possibly wrapped) state dict.
+
+    ``variant`` is None when the architecture matches none of the registered variants.
+    """
+    sd = unwrap_state_dict(sd)
+    layout = detect_layout(sd)
+    form = detect_form(sd)
+    off = sd if layout == OFFICIAL else _rename_to_official(sd)
+    try:
+        stages = _stage_specs(off)
+    except CheckpointError:  # incomplete: the caller must name the variant, loading lists the gaps
+        stages = ()
+    stem = off.get("patch_embed.0.reparam_conv.weight", off.get("patch_embed.0.rbr_conv.0.conv.weight"))
+    in_chans = int(stem.shape[1]) if stem is not None else 3
+    head = off.get("head.weight")
+    num_classes = int(head.shape[0]) if head is not None else 0
+    partial = CheckpointInfo(layout, form, None, num_classes, in_chans, stages)
+    return CheckpointInfo(layout, form, match_variant(partial), num_classes, in_chans, stages)
+
+
+def _network_parts(keys: Iterable[str]) -> dict[int, tuple[int, str]]:
+    """Map each official ``network.N`` index to (stage index, "downsample"|"pos_emb"|"blocks").
+
+    The official model is a flat list: stage s is ``[PatchEmbed if s > 0] [RepCPE] blocks``.
+    """
+    kinds: dict[int, str] = {}
+    for k in keys:
+        m = re.match(r"network\.(\d+)\.([^.]+)", k)
+        if not m:
+            continue
+        sub = m.group(2)
+        kind = "downsample" if sub == "proj" else "pos_emb" if sub in ("pe", "reparam_conv") else "blocks"
+        kinds[int(m.group(1))] = kind
+    parts: dict[int, tuple[int, str]] = {}
+    stage, seen = 0, set()
+    for idx in sorted(kinds):
+        kind = kinds[idx]
+        # a new stage starts at a downsample, or when this stage already has this part / its blocks
+        if seen and (kind == "downsample" or kind in seen or "blocks" in seen):
+            stage, seen = stage + 1, set()
+        seen.add(kind)
+        parts[idx] = (stage, kind)
+    return parts
+
+
+def _stage_specs(off: Mapping[str, Tensor]) -> tuple[StageSpec, ...]:
+    parts = _network_parts(off)
+    specs = []
+    for stage in sorted({s for s, _ in parts.values()}):
+        idx = {kind: i for i, (s, kind) in parts.items() if s == stage}
+        if "blocks" not in idx:
+            raise CheckpointError(f"checkpoint has no blocks for stage {stage}; it is incomplete")
+        b = f"network.{idx['blocks']}."
+        depth = 1 + max(int(k[len(b) :].split(".", 1)[0]) for k in off if k.startswith(b))
+        fc1 = off.get(b + "0.convffn.fc1.weight")
+        fc2 = off.get(b + "0.convffn.fc2.weight")
+        if fc1 is None or fc2 is None:
+            raise CheckpointError(f"checkpoint lacks '{b}0.convffn.fc1/fc2' weights; it is incomplete")
+        dim = int(fc2.shape[0])
+        attn = (b + "0.token_mixer.qkv.weight") in off
+        specs.append(
+            StageSpec(
+                depth=depth,
+                dim=dim,
+                mlp_ratio=int(fc1.shape[0]) / dim,
+                token_mixer="attention" if attn else "repmixer",
+                pos_emb="pos_emb" in idx,
+                downsample="downsample" in idx,
+            )
+        )
+    if not specs:
+        raise CheckpointError("checkpoint has no 'network.*' blocks; it is not a full FastViT model")
+    return tuple(specs)
+
+
+def match_variant(info: CheckpointInfo) -> str | None:
+    """Name of the registered variant whose configuration matches ``info``, else None."""
+    for name, sig in _variant_signatures().items():
+        if sig == _signature(info):
+            return name
+    return None
+
+
+def _signature(info: CheckpointInfo) -> tuple:
+    return tuple((s.depth, s.dim, float(s.mlp_ratio), s.token_mixer, s.pos_emb) for s in info.stages)
+
+
+def _variant_signatures() -> dict[str, tuple]:
+    sigs = {}
+    for name in list_models():
+        cfg = get_config(name)
+        sigs[name] = tuple(
+            (int(d), int(w), float(r), str(t), bool(p))
+            for d, w, r, t, p in zip(cfg.layers, cfg.embed_dims, cfg.mlp_ratios, cfg.token_mixers, cfg.pos_embs)
+        )
+    return sigs
+
+
+def variant_description(name: str) -> str:
+    """Architecture summary of a registered variant, in the format of CheckpointInfo.describe."""
+    cfg = get_config(name)
+    stages = tuple(
+        StageSpec(int(d), int(w), float(r), str(t), bool(p), i > 0)
+        for i, (d, w, r, t, p) in enumerate(
+            zip(cfg.layers, cfg.embed_dims, cfg.mlp_ratios, cfg.token_mixers, cfg.pos_embs)
+        )
+    )
+    return CheckpointInfo(OFFICIAL, UNFUSED, name, 0, 3, stages).describe()
+
+
+# ----------------------------------------------------------------------------------------------
+# Key renaming between the layouts (shape-preserving)
+
+
+def _rename_to_timm(sd: Mapping[str, Tensor]) -> StateDict:
+    parts = _network_parts(sd)
+    out: StateDict = {}
+    for key, value in sd.items():
+        segs = key.split(".")
+        if segs[0] == "patch_embed":
+            segs[0] = "stem"
+        elif segs[0] == "conv_exp":
+            segs[0] = "final_conv"
+        elif segs[0] == "head":
+            segs = ["head", "fc", *segs[1:]]
+        elif segs[0] == "dist_head":
+            segs[0] = "head_dist"
+        elif segs[0] == "network" and len(segs) > 2:
+            stage, kind = parts[int(segs[1])]
+            if kind == "downsample":  # network.N.proj.* -> stages.S.downsample.proj.*
+                segs = ["stages", str(stage), "downsample", *segs[2:]]
+            elif kind == "pos_emb":  # network.N.pe.* -> pos_emb.pos_enc.*; reparam_conv stays
+                rest = ["pos_enc", *segs[3:]] if segs[2] == "pe" else segs[2:]
+                segs = ["stages", str(stage), "pos_emb", *rest]
+            else:
+                segs = ["stages", str(stage), "blocks", *segs[2:]]
+        for i, s in enumerate(segs):
+            segs[i] = _SEGMENTS_TO_TIMM.get(s, s)
+            if i > 0 and segs[i - 1] == "se":
+                segs[i] = _SE_TO_TIMM.get(s, s)
+        if segs[-1] in _LAYER_SCALES:
+            segs.append("gamma")
+        out[".".join(segs)] = value
+    return out
+
+
+def _rename_to_official(sd: Mapping[str, Tensor]) -> StateDict:
+    # assign consecutive network indices: per stage [downsample] [pos_emb] blocks
+    present: dict[int, set[str]] = {}
+    for k in sd:
+        m = re.match(r"stages\.(\d+)\.(downsample|pos_emb|blocks)\.", k)
+        if m:
+            present.setdefault(int(m.group(1)), set()).add(m.group(2))
+    net_idx: dict[tuple[int, str], int] = {}
+    n = 0
+    for stage in sorted(present):
+        for kind in ("downsample", "pos_emb", "blocks"):
+            if kind in present[stage]:
+                net_idx[(stage, kind)] = n
+                n += 1
+    out: StateDict = {}
+    for key, value in sd.items():
+        segs = key.split(".")
+        if segs[-1] == "gamma" and len(segs) > 1 and segs[-2] in _LAYER_SCALES:
+            segs = segs[:-1]
+        if segs[0] == "stem":
+            segs[0] = "patch_embed"
+        elif segs[0] == "final_conv":
+            segs[0] = "conv_exp"
+        elif segs[0] == "head" and len(segs) > 2 and segs[1] == "fc":
+            segs = ["head", *segs[2:]]
+        elif segs[0] == "head_dist":
+            segs[0] = "dist_head"
+        elif segs[0] == "stages" and len(segs) > 3 and (int(segs[1]), segs[2]) in net_idx:
+            idx = str(net_idx[(int(segs[1]), segs[2])])
+            rest = segs[3:]
+            if segs[2] == "pos_emb" and rest[0] == "pos_enc":
+                rest = ["pe", *rest[1:]]
+            elif segs[2] == "downsample" and rest[:3] == ["proj", "0", "reparam_conv"]:
+                rest = ["proj", "0", "lkb_reparam", *rest[3:]]
+            segs = ["network", idx, *rest]
+        for i, s in enumerate(segs):
+            segs[i] = _SEGMENTS_TO_OFFICIAL.get(s, s)
+            if i > 0 and segs[i - 1] == "se":
+                segs[i] = _SE_TO_OFFICIAL.get(s, s)
+        out[".".join(segs)] = value
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Folding (official fused -> fully fused) and unfolding (fully fused -> official fused)
+
+
+def _block_prefixes(off: Mapping[str, Tensor]) -> list[str]:
+    return sorted({m.group(0) for k in off if (m := re.match(r"network\.\d+\.\d+\.", k))})
+
+
+def _bn(sd: Mapping[str, Tensor], p: str) -> SimpleNamespace | None:
+    """The BatchNorm stored at prefix ``p``, as float64 tensors that the fusion math accepts."""
+    if p + "weight" not in sd or p + "running_var" not in sd:
+        return None
+    return SimpleNamespace(
+        weight=sd[p + "weight"].double(),
+        bias=sd[p + "bias"].double(),
+        running_mean=sd[p + "running_mean"].double(),
+        running_var=sd[p + "running_var"].double(),
+        eps=BN_EPS,
+    )
+
+
+def _pop_bn(sd: StateDict, p: str) -> None:
+    for name in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
+        sd.pop(p + name, None)
+
+
+def fold_to_full(off: Mapping[str, Tensor]) -> StateDict:
+    """Official-layout *fused* state dict -> our fully fused form (same outputs).
+
+    Per block: ConvFFN conv+BN -> ``convffn.conv.reparam_conv``; ``layer_scale``/``layer_scale_2``
+    scale the rows of ``convffn.fc2``; ``layer_scale_1`` scales the rows of ``token_mixer.proj``;
+    the attention BatchNorm ``norm`` (x -> a*x + c) folds into qkv: W' = W diag(a), b' = W c.
+    The math is :mod:`fastvit.reparam.fuse`, the same that reparameterizes a model.
+    """
+    sd: StateDict = dict(off)
+    for p in _block_prefixes(off):
+        dtype = sd[p + "convffn.fc2.weight"].dtype
+        conv = p + "convffn.conv."
+        bn = _bn(sd, conv + "bn.")
+        if bn is not None and conv + "conv.weight" in sd:
+            w = sd.pop(conv + "conv.weight")
+            kernel, bias = fuse.fuse_conv_bn(w.double(), None, bn)
+            sd[conv + "reparam_conv.weight"] = kernel.to(w.dtype)
+            sd[conv + "reparam_conv.bias"] = bias.to(w.dtype)
+            _pop_bn(sd, conv + "bn.")
+        for ls_key, target in (
+            ("layer_scale", "convffn.fc2"),
+            ("layer_scale_2", "convffn.fc2"),
+            ("layer_scale_1", "token_mixer.proj"),
+        ):
+            if p + ls_key not in sd:
+                continue
+            gamma = sd.pop(p + ls_key).double()
+            w, b = sd[p + target + ".weight"], sd[p + target + ".bias"]
+            w2, b2 = fuse.scale_output(w.double(), b.double(), gamma)
+            sd[p + target + ".weight"], sd[p + target + ".bias"] = w2.to(w.dtype), b2.to(b.dtype)
+        norm = _bn(sd, p + "norm.")
+        if norm is not None and p + "token_mixer.qkv.weight" in sd:
+            a, c = fuse.bn_affine(norm)
+            w = sd[p + "token_mixer.qkv.weight"].double()
+            b = sd.get(p + "token_mixer.qkv.bias")
+            w2, b2 = fuse.fold_affine_into_linear_input(w, None if b is None else b.double(), a, c)
+            sd[p + "token_mixer.qkv.weight"] = w2.to(dtype)
+            sd[p + "token_mixer.qkv.bias"] = b2.to(dtype)
+            _pop_bn(sd, p + "norm.")
+    return sd
+
+
+def _identity_bn(p: str, shift: Tensor, out: StateDict) -> None:
+    """BatchNorm at prefix ``p`` that computes x + shift in eval mode (weight 1, mean 0, var 1-eps)."""
+    out[p + "weight"] = torch.ones_like(shift)
+    out[p + "bias"] = shift
+    out[p + "running_mean"] = torch.zeros_like(shift)
+    out[p + "running_var"] = torch.full_like(shift, 1.0 - BN_EPS)
+    out[p + "num_batches_tracked"] = torch.tensor(0, dtype=torch.long)
+
+
+def unfold_from_full(off: Mapping[str, Tensor]) -> StateDict:
+    """Our fully fused form -> the official fused layout (same outputs).
+
+    Emits identity BatchNorms and unit layer scales. The attention norm's shift beta is recovered
+    from the folded qkv bias by solving W' beta = b' (least squares, float64): exact when the bias
+    came from folding a BatchNorm, which is the only way our form gets one.
+    """
+    sd: StateDict = dict(off)
+    for p in _block_prefixes(off):
+        conv = p + "convffn.conv."
+        if conv + "reparam_conv.weight" in sd:
+            sd[conv + "conv.weight"] = sd.pop(conv + "reparam_conv.weight")
+            _identity_bn(conv + "bn.", sd.pop(conv + "reparam_conv.bias"), sd)
+        dim = sd[p + "convffn.fc2.weight"].shape[0]
+        dtype = sd[p + "convffn.fc2.weight"].dtype
+        attention = p + "token_mixer.qkv.weight" in sd
+        scales = ("layer_scale_1", "layer_scale_2") if attention else ("layer_scale",)
+        for ls_key in scales:
+            if p + ls_key not in sd:
+                sd[p + ls_key] = torch.ones(dim, 1, 1, dtype=dtype)
+        if attention and p + "norm.weight" not in sd:
+            w = sd[p + "token_mixer.qkv.weight"]
+            b = sd.pop(p + "token_mixer.qkv.bias", None)
+            if b is None:
+                beta = torch.zeros(dim, dtype=torch.float64)
+            else:
+                beta = torch.linalg.lstsq(w.double(), b.double().unsqueeze(1)).solution.squeeze(1)
+                resid = (w.double() @ beta - b.double()).abs().max().item()
+                if resid > 1e-4 * max(1.0, b.double().abs().max().item()):
+                    raise CheckpointError(
+                        f"'{p}token_mixer.qkv.bias' is not the fold of a BatchNorm (residual {resid:.2e}); "
+                        "this checkpoint cannot be expressed in the official/timm fused layout"
+                    )
+            _identity_bn(p + "norm.", beta.to(dtype), sd)
+    return sd
+
+
+# ----------------------------------------------------------------------------------------------
+# Public conversion
+
+
+def to_official_layout(sd: Mapping[str, Tensor]) -> StateDict:
+    """Any supported state dict -> the same form in the official key layout (pure rename)."""
+    sd = unwrap_state_dict(sd)
+    return dict(sd) if detect_layout(sd) == OFFICIAL else _rename_to_official(sd)
+
+
+def convert_state_dict(sd: Mapping[str, Tensor], to: str = "timm") -> StateDict:
+    """Convert a FastViT state dict between layouts, without building a model.
+
+    ``to="timm"`` / ``to="official"``: the layout of that implementation, same form as the input
+    (our fully fused form becomes their fused form, with identity BatchNorms / unit layer scales, so
+    it loads ``strict=True`` into their inference models with the same outputs). ``to="fastvit"``:
+    our native form (official keys; their fused forms get folded into our fully fused one).
+    Wrapped checkpoints and ``module.`` prefixes are accepted. Tensors are shared, not copied,
+    where they are unchanged.
+    """
+    if to not in (TIMM, OFFICIAL, NATIVE):
+        raise CheckpointError(f"unknown target layout {to!r}; use 'timm', 'official' or 'fastvit'")
+    off = to_official_layout(sd)
+    form = detect_form(off)
+    if to == NATIVE:
+        return fold_to_full(off) if form == FUSED else off
+    if form == FUSED_FULL:
+        off = unfold_from_full(off)
+    return off if to == OFFICIAL else _rename_to_timm(off)
+
+
+def _few(items: Iterable[str], n: int = 5) -> str:
+    items = list(items)
+    shown = ", ".join(f"'{i}'" for i in items[:n])
+    return shown + (f" and {len(items) - n} more" if len(items) > n else "")

@@ -1,0 +1,69 @@
+"""`fastvit` command: dispatches to one module per sub-command.
+
+Each sub-command lives in ``fastvit.cli.<name>`` and exposes ``add_parser(subparsers)`` and
+``run(args) -> int``. Modules are imported lazily so ``fastvit info`` never imports onnx or
+the training stack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from fastvit.errors import FastViTError
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "info": ("fastvit.cli.info", "list model variants with params and GMACs"),
+    "reparam": ("fastvit.cli.reparam", "reparameterize a checkpoint and verify it"),
+    "train": ("fastvit.cli.train", "train or fine-tune a model"),
+    "eval": ("fastvit.cli.evaluate", "evaluate a checkpoint on a dataset"),
+    "export": ("fastvit.cli.export", "export a fused model (ONNX, TorchScript, CoreML)"),
+    "predict": ("fastvit.cli.predict", "classify images with a checkpoint or ONNX model"),
+    "bench": ("fastvit.cli.bench", "benchmark inference latency and throughput"),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """ArgumentParser whose usage errors exit with code 2 and a single line."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="fastvit", description="FastViT models: train, reparameterize, deploy.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name, (module_name, help_text) in COMMANDS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as e:
+            if e.name == module_name:  # command not available in this build
+                continue
+            raise
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_parser(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except FastViTError as e:
+        print(f"fastvit {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"fastvit {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

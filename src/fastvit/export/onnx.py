@@ -1,0 +1,299 @@
+"""ONNX export of the fused model, graph clean-up, metadata and onnxruntime parity check.
+
+The exported graph is the fully fused inference form: every conv+BN, branch and layer scale
+is already folded, so it holds no BatchNormalization, Identity or Dropout node and no
+sub-graph that could still be constant folded. Preprocessing and class names are stored in
+the model's ``metadata_props`` (see :mod:`fastvit.export.metadata`).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fastvit.errors import CheckpointError, ConfigError, ReparamError
+from fastvit.export.common import (
+    ExportReport,
+    atomic_path,
+    fuse_for_export,
+    load_source,
+    max_abs_diff,
+    random_inputs,
+    real_inputs,
+)
+from fastvit.export.metadata import ModelMetadata, metadata_from_model
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+MIN_OPSET = 17
+DEFAULT_OPSET = 18
+#: Op types that must never appear in an exported graph.
+FORBIDDEN_OPS = ("BatchNormalization", "Identity", "Dropout")
+
+
+def export_onnx(
+    model: nn.Module | str | Path,
+    path: str | Path,
+    *,
+    opset: int = DEFAULT_OPSET,
+    input_size: int | tuple[int, int] | None = None,
+    dynamic_hw: bool = False,
+    class_names: list[str] | None = None,
+    verify: bool = True,
+    check_images: str | Path | None = None,
+) -> ExportReport:
+    """Export the fused form of ``model`` to ONNX at ``path`` and check it with onnxruntime.
+
+    The batch dimension is always dynamic; ``dynamic_hw`` also frees height and width.
+    ``verify`` compares onnxruntime with PyTorch on random and real inputs (images from
+    ``check_images`` or the bundled digits) and raises :class:`ReparamError` above 1e-4.
+    """
+    if opset < MIN_OPSET:
+        raise ConfigError(f"opset {opset} is too old; use --opset {MIN_OPSET} or newer")
+    fused = fuse_for_export(load_source(model))
+    meta = metadata_from_model(fused, input_size=input_size, class_names=class_names)
+    proto = onnx_proto(fused, meta, opset=opset, dynamic_hw=dynamic_hw)
+    path = Path(path)
+    _save_proto(proto, path)
+    report = ExportReport(path=path, format="onnx")
+    report.details.update(describe_onnx(proto))
+    if verify:
+        verify_onnx(fused, path, meta, report, check_images=check_images, dynamic_hw=dynamic_hw)
+    return report
+
+
+def onnx_proto(fused: nn.Module, meta: ModelMetadata, *, opset: int = DEFAULT_OPSET,
+               dynamic_hw: bool = False) -> Any:
+    """Trace an already fused model into a cleaned ``onnx.ModelProto`` carrying ``meta``."""
+    import onnx
+
+    axes = {0: "batch"}
+    if dynamic_hw:
+        axes.update({2: "height", 3: "width"})
+    example = torch.zeros(1, *meta.input_size)
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer/deprecation chatter, not user-actionable
+        torch.onnx.export(
+            fused, (example,), buf, dynamo=False, opset_version=opset,
+            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: {0: "batch"}},
+            do_constant_folding=True,
+        )
+    proto = onnx.load_from_string(buf.getvalue())
+    simplify_graph(proto)
+    proto.producer_name = "fastvit"
+    del proto.metadata_props[:]
+    for k, v in meta.to_props().items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = k, v
+    proto.doc_string = f"FastViT {meta.variant} (fused inference form)"
+    onnx.checker.check_model(proto)
+    return proto
+
+
+def simplify_graph(proto: Any) -> None:
+    """Clean a traced graph in place.
+
+    * ``Identity``/``Dropout`` nodes are removed and their consumers rewired (the tracer
+      emits Identity for de-duplicated initializers; Dropout is a no-op at inference);
+    * ``Constant`` nodes become initializers;
+    * any node whose inputs are all constants is evaluated now (constant folding);
+    * unused initializers are dropped.
+    """
+    from onnx import numpy_helper
+
+    graph = proto.graph
+    graph_outputs = {o.name for o in graph.output}
+    for node in list(graph.node):
+        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
+            tensor = numpy_helper.to_array(node.attribute[0].t)
+            graph.initializer.append(numpy_helper.from_array(tensor, node.output[0]))
+            graph.node.remove(node)
+    for node in list(graph.node):
+        if node.op_type not in ("Identity", "Dropout"):
+            continue
+        if node.op_type == "Dropout" and len(node.output) > 1 and node.output[1]:
+            if any(node.output[1] in n.input for n in graph.node):
+                continue  # mask is used: leave it (never the case for our models)
+        src, dst = node.input[0], node.output[0]
+        if dst in graph_outputs:
+            producer = next((n for n in graph.node if src in n.output), None)
+            if producer is None or src in graph_outputs:
+                continue
+            _rename_value(graph, src, dst)
+        else:
+            for other in graph.node:
+                for i, name in enumerate(other.input):
+                    if name == dst:
+                        other.input[i] = src
+        graph.node.remove(node)
+    _fold_constants(proto)
+    used = {name for n in graph.node for name in n.input} | graph_outputs
+    for init in list(graph.initializer):
+        if init.name not in used:
+            graph.initializer.remove(init)
+
+
+def _rename_value(graph: Any, old: str, new: str) -> None:
+    for n in graph.node:
+        for i, name in enumerate(n.input):
+            if name == old:
+                n.input[i] = new
+        for i, name in enumerate(n.output):
+            if name == old:
+                n.output[i] = new
+
+
+def _fold_constants(proto: Any) -> None:
+    """Evaluate nodes whose inputs are all initializers (with onnx's reference evaluator)."""
+    import onnx
+    from onnx import numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    graph = proto.graph
+    while True:
+        inits = {i.name: i for i in graph.initializer}
+        foldable = [n for n in graph.node
+                    if n.input and all((not x) or x in inits for x in n.input)]
+        if not foldable:
+            return
+        for node in foldable:
+            sub = onnx.helper.make_model(
+                onnx.helper.make_graph(
+                    [node], "fold", [],
+                    [onnx.helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None)
+                     for o in node.output],
+                    [inits[x] for x in node.input if x]),
+                opset_imports=proto.opset_import)
+            values = ReferenceEvaluator(sub).run(None, {})
+            for name, value in zip(node.output, values):
+                graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
+            graph.node.remove(node)
+
+
+def describe_onnx(proto: Any) -> dict[str, object]:
+    """Op counts, opset and the nodes that must not be there (for reports and tests)."""
+    ops = Counter(n.op_type for n in proto.graph.node)
+    inits = {i.name for i in proto.graph.initializer}
+    foldable = sum(1 for n in proto.graph.node if n.input and all(x in inits for x in n.input if x))
+    opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    return {
+        "opset": opset,
+        "nodes": sum(ops.values()),
+        "op_counts": dict(sorted(ops.items())),
+        "forbidden_nodes": {k: ops[k] for k in FORBIDDEN_OPS if ops.get(k)},
+        "foldable_nodes": foldable,
+        "input_shape": onnx_input_shape(proto),
+    }
+
+
+def onnx_input_shape(proto: Any) -> list[int | str]:
+    """Shape of the first graph input; symbolic dimensions are their names."""
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    return [d.dim_param if d.dim_param else int(d.dim_value) for d in dims]
+
+
+def read_onnx_metadata(proto_or_path: Any) -> ModelMetadata | None:
+    """The :class:`ModelMetadata` stored in an ONNX model, or ``None`` if it has none."""
+    import onnx
+
+    proto = proto_or_path
+    if isinstance(proto_or_path, (str, Path)):
+        proto = onnx.load(str(proto_or_path), load_external_data=False)
+    props = {p.key: p.value for p in proto.metadata_props}
+    return ModelMetadata.from_props(props) if ModelMetadata.has_props(props) else None
+
+
+def ort_session(model: str | Path | bytes, *, threads: int | None = None,
+                optimization: str = "all") -> Any:
+    """An onnxruntime CPU session (``threads`` intra-op threads, sequential execution)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = {
+        "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[optimization]
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.inter_op_num_threads = 1
+    if threads:
+        opts.intra_op_num_threads = int(threads)
+    opts.log_severity_level = 3
+    src = model if isinstance(model, bytes) else str(model)
+    try:
+        return ort.InferenceSession(src, sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own exception types
+        where = "in-memory model" if isinstance(model, bytes) else str(model)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"onnxruntime cannot load {where}: {first}") from e
+
+
+def verify_onnx(fused: nn.Module, path: str | Path, meta: ModelMetadata, report: ExportReport,
+                *, check_images: str | Path | None = None, dynamic_hw: bool = False) -> None:
+    """Fill ``report`` with onnxruntime-vs-PyTorch differences; raise if above tolerance."""
+    sess = ort_session(path)
+    checks = {"random": random_inputs(meta, batch=3), "real": real_inputs(meta, 4, check_images)}
+    if dynamic_hw:  # also a different resolution, so dynamic H/W is really exercised
+        c, h, w = meta.input_size
+        checks["random_hw"] = random_inputs(meta.with_input_size((h + 32, w + 32)), batch=1)
+    diffs = {}
+    with torch.no_grad():
+        for name, x in checks.items():
+            ref = fused(x)
+            out = sess.run(None, {INPUT_NAME: x.numpy()})[0]
+            diffs[name] = max_abs_diff(ref, out)
+    report.max_abs_diff_random = max(v for k, v in diffs.items() if k.startswith("random"))
+    report.max_abs_diff_real = diffs["real"]
+    if not report.ok:
+        raise ReparamError(f"ONNX output differs from PyTorch by {max(diffs.values()):.2e} "
+                           f"(> {report.tolerance:.0e}); please report this as a bug")
+
+
+def _save_proto(proto: Any, path: Path) -> None:
+    tmp = atomic_path(path)
+    try:
+        tmp.write_bytes(proto.SerializeToString())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_onnx(path: str | Path) -> Any:
+    """Load an ONNX model with a one-line error when it is not one."""
+    import onnx
+
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"ONNX model {path} does not exist; check the path")
+    try:
+        return onnx.load(str(path))
+    except Exception as e:
+        raise CheckpointError(f"{path} is not a readable ONNX model ({type(e).__name__}); "
+                              "export one with `fastvit export CKPT --format onnx`") from e
+
+
+__all__ = [
+    "FORBIDDEN_OPS",
+    "INPUT_NAME",
+    "OUTPUT_NAME",
+    "describe_onnx",
+    "export_onnx",
+    "load_onnx",
+    "onnx_input_shape",
+    "onnx_proto",
+    "ort_session",
+    "read_onnx_metadata",
+    "simplify_graph",
+    "verify_onnx",
+]

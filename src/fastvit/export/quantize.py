@@ -1,0 +1,219 @@
+"""Post-training quantization (int8, onnxruntime) and bf16 inference (PyTorch).
+
+int8: static quantization of the exported fused ONNX model with onnxruntime. Weights are
+quantized per output channel (symmetric int8), activations per tensor (asymmetric uint8) with
+ranges calibrated on real images (a folder, or the bundled digits train split) run through
+the model's own preprocessing. The result keeps the fp32 model's metadata.
+
+bf16: the fused model with bfloat16 weights and activations, run by oneDNN (AMX / AVX-512
+BF16 kernels) when the CPU has them; :func:`bf16_supported` says whether it does.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fastvit.errors import ConfigError, DataError
+from fastvit.export.common import atomic_path
+from fastvit.export.metadata import ModelMetadata
+
+QUANT_FORMATS = ("qdq", "qoperator")
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+#: Digits split used everywhere in this module: a fixed permutation, the last 20% is val.
+DIGITS_SEED = 0
+DIGITS_VAL_FRACTION = 0.2
+
+
+@dataclass
+class LabelledImages:
+    """Preprocessed images ``(N, C, H, W)`` float32 with integer labels."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+
+def digits_split(split: str) -> tuple[list[Any], np.ndarray]:
+    """scikit-learn's 1797 handwritten digits as PIL "L" images and labels, ``train``/``val``.
+
+    A fixed permutation (seed 0) puts 20% of the images in ``val``.
+    """
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    if split not in ("train", "val"):
+        raise ConfigError(f"unknown digits split {split!r}; use train or val")
+    d = load_digits()
+    order = np.random.default_rng(DIGITS_SEED).permutation(len(d.target))
+    n_val = int(round(len(order) * DIGITS_VAL_FRACTION))
+    idx = order[-n_val:] if split == "val" else order[:-n_val]
+    arr = (np.clip(d.images[idx] / 16.0, 0, 1) * 255).round().astype(np.uint8)
+    return [Image.fromarray(a, mode="L") for a in arr], d.target[idx].astype(np.int64)
+
+
+def load_images(source: str | Path, meta: ModelMetadata, *, split: str = "train",
+                limit: int | None = None) -> LabelledImages:
+    """Images for calibration or evaluation, preprocessed with the model's metadata.
+
+    ``source`` is ``"digits"`` (the bundled digits, ``split`` selects train/val) or a folder:
+    an ImageFolder-style tree (one sub-folder per class, labels follow ``meta.class_names``
+    when they match, else sorted folder order) or a flat folder of images (labels -1).
+    """
+    from fastvit.export.predict import build_transform, list_images, load_image, to_model_mode
+
+    transform = build_transform(meta)
+    if str(source) == "digits":
+        pil, labels = digits_split(split)
+        if limit is not None:
+            pil, labels = pil[:limit], labels[:limit]
+        images = [transform(to_model_mode(im, meta.in_chans)) for im in pil]
+        return LabelledImages(torch.stack(images).numpy(), labels)
+    root = Path(source)
+    paths = list_images(root)
+    if limit is not None:
+        rng = np.random.default_rng(0)  # a spread-out subset, not just the first class
+        keep = np.sort(rng.permutation(len(paths))[:limit]) if limit < len(paths) else None
+        paths = [paths[i] for i in keep] if keep is not None else paths
+    classes = sorted({p.parent.name for p in paths if p.parent != root})
+    if meta.class_names is not None and set(classes) <= set(meta.class_names):
+        classes = list(meta.class_names)
+    index = {c: i for i, c in enumerate(classes)}
+    labels = np.array([index.get(p.parent.name, -1) if p.parent != root else -1 for p in paths])
+    images = [transform(load_image(p, meta.in_chans)) for p in paths]
+    return LabelledImages(torch.stack(images).numpy(), labels)
+
+
+def quantize_onnx(
+    fp32_path: str | Path,
+    out_path: str | Path,
+    calibration: np.ndarray | Iterable[np.ndarray],
+    *,
+    quant_format: str = "qdq",
+    per_channel: bool = True,
+    method: str = "minmax",
+    op_types: Sequence[str] | None = None,
+) -> Path:
+    """Static int8 quantization of an fp32 ONNX model (from :func:`export_onnx`).
+
+    ``calibration`` is a float32 array ``(N, C, H, W)`` or an iterable of such batches of
+    preprocessed images. ``op_types`` restricts which ops are quantized (default: every op
+    onnxruntime can quantize). The fp32 metadata is copied to the output.
+    """
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if quant_format not in QUANT_FORMATS:
+        raise ConfigError(f"unknown quantization format {quant_format!r}; use qdq or qoperator")
+    if method not in CALIBRATION_METHODS:
+        raise ConfigError(f"unknown calibration method {method!r}; use "
+                          f"{', '.join(CALIBRATION_METHODS)}")
+    batches = [calibration] if isinstance(calibration, np.ndarray) else list(calibration)
+    batches = [np.ascontiguousarray(b, dtype=np.float32) for b in batches if len(b)]
+    if not batches:
+        raise DataError("no calibration images; give a folder of images or 'digits'")
+    fp32_path, out_path = Path(fp32_path), Path(out_path)
+    src = onnx.load(str(fp32_path))
+    input_name = src.graph.input[0].name
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._it = iter(batches)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            b = next(self._it, None)
+            return None if b is None else {input_name: b}
+
+    with tempfile.TemporaryDirectory() as tmpdir:
+        pre = Path(tmpdir) / "pre.onnx"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+        tmp_out = atomic_path(out_path)
+        try:
+            quantize_static(
+                str(pre), str(tmp_out), _Reader(),
+                quant_format=QuantFormat.QDQ if quant_format == "qdq" else QuantFormat.QOperator,
+                per_channel=per_channel,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                op_types_to_quantize=list(op_types) if op_types else None,
+                calibrate_method={"minmax": CalibrationMethod.MinMax,
+                                  "percentile": CalibrationMethod.Percentile,
+                                  "entropy": CalibrationMethod.Entropy}[method],
+                extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
+            )
+            q = onnx.load(str(tmp_out))
+            del q.metadata_props[:]
+            for p in src.metadata_props:
+                q.metadata_props.add().CopyFrom(p)
+            q.metadata_props.add(key="extra.quantization",
+                                 value=f"int8 static {quant_format} per_channel={per_channel} "
+                                       f"calibration={method} images={sum(map(len, batches))}")
+            onnx.save(q, str(tmp_out))
+            os.replace(tmp_out, out_path)
+        finally:
+            tmp_out.unlink(missing_ok=True)
+    return out_path
+
+
+def onnx_top1(path_or_session: str | Path | Any, data: LabelledImages, *, batch: int = 64,
+              threads: int | None = None) -> float:
+    """Top-1 accuracy (%) of an ONNX model on preprocessed, labelled images."""
+    from fastvit.export.onnx import ort_session
+
+    sess = path_or_session
+    if isinstance(path_or_session, (str, Path)):
+        sess = ort_session(path_or_session, threads=threads)
+    name = sess.get_inputs()[0].name
+    preds = [np.argmax(sess.run(None, {name: data.images[i:i + batch]})[0], axis=1)
+             for i in range(0, len(data.images), batch)]
+    return float((np.concatenate(preds) == data.labels).mean() * 100.0)
+
+
+def torch_top1(model: nn.Module, data: LabelledImages, *, batch: int = 64,
+               dtype: torch.dtype = torch.float32) -> float:
+    """Top-1 accuracy (%) of a PyTorch model (optionally run in bf16)."""
+    correct = 0
+    with torch.inference_mode():
+        for i in range(0, len(data.images), batch):
+            x = torch.from_numpy(data.images[i:i + batch]).to(dtype)
+            if dtype != torch.float32:
+                x = x.contiguous(memory_format=torch.channels_last)
+            pred = model(x).float().argmax(1).numpy()
+            correct += int((pred == data.labels[i:i + batch]).sum())
+    return 100.0 * correct / len(data.images)
+
+
+def bf16_supported() -> bool:
+    """Whether this CPU has native bf16 kernels (AVX-512 BF16 or AMX) that oneDNN uses."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def to_bf16(fused: nn.Module) -> nn.Module:
+    """A bfloat16, channels-last copy of a fused model (feed it bf16 channels-last input)."""
+    import copy
+
+    if not bf16_supported():
+        raise ConfigError("this CPU has no native bf16 support (AVX-512 BF16 / AMX); "
+                          "use fp32 or the onnxruntime int8 backend")
+    m = copy.deepcopy(fused).eval().to(torch.bfloat16)
+    return m.to(memory_format=torch.channels_last)

@@ -1,0 +1,59 @@
+"""Conv + BatchNorm, the unit every branch is made of."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from fastvit.reparam.base import Reparameterizable, new_conv
+from fastvit.reparam.fuse import fuse_conv_bn
+
+
+class ConvBN(Reparameterizable):
+    """``bn(conv(x))`` with a bias-free conv; fuses to one biased conv ``reparam_conv``.
+
+    State-dict keys match the official ``_conv_bn`` sequential: ``conv.weight``, ``bn.*``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        padding: int = 0,
+        groups: int = 1,
+        inference_mode: bool = False,
+    ) -> None:
+        super().__init__()
+        self.inference_mode = inference_mode
+        self.stride, self.padding, self.groups = stride, padding, groups
+        if inference_mode:
+            self.conv = None
+            self.bn = None
+            self.reparam_conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding,
+                                          groups=groups, bias=True)
+        else:
+            self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding,
+                                  groups=groups, bias=False)
+            self.bn = nn.BatchNorm2d(out_channels)
+            self.reparam_conv = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.reparam_conv is not None:
+            return self.reparam_conv(x)
+        assert self.conv is not None and self.bn is not None
+        return self.bn(self.conv(x))
+
+    def get_kernel_bias(self) -> tuple[Tensor, Tensor]:
+        """Equivalent (kernel, bias) of this branch, in either form."""
+        if self.reparam_conv is not None:
+            return self.reparam_conv.weight, self.reparam_conv.bias
+        assert self.conv is not None and self.bn is not None
+        return fuse_conv_bn(self.conv.weight, self.conv.bias, self.bn)
+
+    def _reparameterize(self) -> None:
+        kernel, bias = self.get_kernel_bias()
+        self.reparam_conv = new_conv(kernel, bias, stride=self.stride, padding=self.padding,
+                                     groups=self.groups)
+        self.conv = None
+        self.bn = None

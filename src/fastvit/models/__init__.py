@@ -1,0 +1,17 @@
+"""FastViT-specific assembly: blocks, configs, the model and its builder."""
+
+from fastvit.models.blocks import (
+    Attention,
+    AttentionBlock,
+    ConvFFN,
+    PatchEmbed,
+    RepCPE,
+    RepMixer,
+    RepMixerBlock,
+)
+from fastvit.models.config import VARIANTS, FastViTConfig, get_config, list_models
+from fastvit.models.fastvit import FastViT, create_model
+
+__all__ = ["VARIANTS", "Attention", "AttentionBlock", "ConvFFN", "FastViT", "FastViTConfig",
+           "PatchEmbed", "RepCPE", "RepMixer", "RepMixerBlock", "create_model", "get_config",
+           "list_models"]

@@ -1,0 +1,89 @@
+"""Architecture as data: one frozen config per FastViT variant (official configurations)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fastvit.errors import ConfigError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class FastViTConfig:
+    """Everything that distinguishes one FastViT variant from another.
+
+    ``pos_embs[i]`` puts a 7x7 RepCPE before stage ``i``; ``token_mixers[i]`` is
+    ``"repmixer"`` or ``"attention"``. ``drop_path_rate`` is the official training recipe's
+    value (the model itself defaults to 0 unless asked). Preprocessing fields describe how the
+    official weights were evaluated.
+    """
+
+    name: str
+    layers: tuple[int, int, int, int]
+    embed_dims: tuple[int, int, int, int]
+    mlp_ratios: tuple[float, float, float, float]
+    token_mixers: tuple[str, str, str, str] = ("repmixer",) * 4
+    pos_embs: tuple[bool, bool, bool, bool] = (False,) * 4
+    layer_scale_init_value: float = 1e-5
+    drop_path_rate: float = 0.0
+    repmixer_kernel_size: int = 3
+    down_patch_size: int = 7
+    down_stride: int = 2
+    cls_ratio: float = 2.0
+    input_size: int = 256
+    crop_pct: float = 0.9
+    interpolation: str = "bicubic"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    extra: dict = field(default_factory=dict, compare=False, hash=False)
+
+    def pretrained_cfg(self, num_classes: int = 1000) -> dict:
+        """timm-style preprocessing metadata for this variant."""
+        return {
+            "architecture": self.name,
+            "input_size": (3, self.input_size, self.input_size),
+            "crop_pct": self.crop_pct,
+            "interpolation": self.interpolation,
+            "mean": self.mean,
+            "std": self.std,
+            "num_classes": num_classes,
+            "first_conv": "patch_embed.0",
+            "classifier": "head",
+        }
+
+
+_SA = dict(token_mixers=("repmixer", "repmixer", "repmixer", "attention"),
+           pos_embs=(False, False, False, True))
+_WIDE = (64, 128, 256, 512)
+
+VARIANTS: dict[str, FastViTConfig] = {
+    c.name: c
+    for c in (
+        FastViTConfig("fastvit_t8", (2, 2, 4, 2), (48, 96, 192, 384), (3, 3, 3, 3)),
+        FastViTConfig("fastvit_t12", (2, 2, 6, 2), _WIDE, (3, 3, 3, 3)),
+        FastViTConfig("fastvit_s12", (2, 2, 6, 2), _WIDE, (4, 4, 4, 4)),
+        FastViTConfig("fastvit_sa12", (2, 2, 6, 2), _WIDE, (4, 4, 4, 4), **_SA,
+                      drop_path_rate=0.1),
+        FastViTConfig("fastvit_sa24", (4, 4, 12, 4), _WIDE, (4, 4, 4, 4), **_SA,
+                      drop_path_rate=0.1),
+        FastViTConfig("fastvit_sa36", (6, 6, 18, 6), _WIDE, (4, 4, 4, 4), **_SA,
+                      layer_scale_init_value=1e-6, drop_path_rate=0.2, crop_pct=0.95),
+        FastViTConfig("fastvit_ma36", (6, 6, 18, 6), (76, 152, 304, 608), (4, 4, 4, 4), **_SA,
+                      layer_scale_init_value=1e-6, drop_path_rate=0.35, crop_pct=0.95),
+    )
+}
+
+
+def list_models() -> list[str]:
+    """Names of the available variants."""
+    return list(VARIANTS)
+
+
+def get_config(name: str) -> FastViTConfig:
+    """The config of variant ``name`` (``ConfigError`` listing the valid names otherwise)."""
+    try:
+        return VARIANTS[name]
+    except KeyError:
+        raise ConfigError(f"unknown model '{name}'; choose one of: {', '.join(VARIANTS)}") from None

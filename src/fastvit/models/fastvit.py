@@ -1,0 +1,273 @@
+"""The FastViT network (Vasu et al., "FastViT: A Fast Hybrid Vision Transformer using
+Structural Reparameterization", ICCV 2023) and its builder.
+
+Module names follow the official implementation so official checkpoints load without key
+conversion: ``patch_embed`` (the stem), ``network`` (a flat list of stages interleaved with
+downsampling and positional-encoding modules), ``conv_exp`` + ``head`` (the classifier).
+Stage boundaries are derived from the config at build time (``stage_ends``), not hard-coded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from timm.layers import trunc_normal_
+from timm.models._features import FeatureInfo, feature_take_indices
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from fastvit.errors import ConfigError
+from fastvit.layers.mobileone import MobileOneBlock, RepStem
+from fastvit.models.blocks import AttentionBlock, PatchEmbed, RepCPE, RepMixerBlock
+from fastvit.models.config import FastViTConfig, get_config
+from fastvit.reparam.base import Reparameterizable
+
+
+def _block_drop_path_rates(layers: Sequence[int], rate: float) -> list[list[float]]:
+    """Drop-path rate per block, rising linearly over all blocks (official schedule)."""
+    total = sum(layers)
+    rates, start = [], 0
+    for depth in layers:
+        rates.append([rate * (start + j) / max(total - 1, 1) for j in range(depth)])
+        start += depth
+    return rates
+
+
+class FastViT(Reparameterizable):
+    """FastViT classifier / backbone built from a :class:`FastViTConfig`.
+
+    ``features_only=True`` drops the classifier and makes ``forward`` return the stage
+    outputs selected by ``out_indices`` (strides 4, 8, 16, 32), described by
+    ``feature_info``.
+    """
+
+    def __init__(
+        self,
+        cfg: FastViTConfig,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        inference_mode: bool = False,
+        features_only: bool = False,
+        out_indices: Sequence[int] = (0, 1, 2, 3),
+        act_layer: type[nn.Module] = nn.GELU,
+        norm_layer: type[nn.Module] = nn.BatchNorm2d,
+        use_layer_scale: bool = True,
+        layer_scale_init_value: float | None = None,
+        lkc_apply_act: bool = False,
+    ) -> None:
+        super().__init__()
+        if num_classes < 0:
+            raise ConfigError(f"num_classes must be >= 0, got {num_classes}")
+        if in_chans < 1:
+            raise ConfigError(f"in_chans must be >= 1, got {in_chans}")
+        n_stages = len(cfg.layers)
+        out_indices = tuple(int(i) % n_stages for i in out_indices)
+        if features_only and not out_indices:
+            raise ConfigError("features_only needs at least one out index in 0..3")
+        ls_init = cfg.layer_scale_init_value if layer_scale_init_value is None else (
+            layer_scale_init_value)
+
+        self.cfg = cfg
+        self.variant = cfg.name
+        self.inference_mode = inference_mode
+        self.in_chans = in_chans
+        self.drop_rate = drop_rate
+        self.features_only = features_only
+        self.out_indices = out_indices
+        self.grad_checkpointing = False
+        self.class_names: list[str] | None = None
+        self.pretrained_cfg = cfg.pretrained_cfg(0 if features_only else num_classes)
+
+        self.patch_embed = RepStem(in_chans, cfg.embed_dims[0], inference_mode, act_layer)
+
+        network: list[nn.Module] = []
+        stage_ends: list[int] = []
+        feature_info: list[dict] = []
+        dpr = _block_drop_path_rates(cfg.layers, drop_path_rate)
+        for i, (depth, dim, ratio, mixer) in enumerate(
+                zip(cfg.layers, cfg.embed_dims, cfg.mlp_ratios, cfg.token_mixers)):
+            if i > 0:
+                network.append(PatchEmbed(cfg.down_patch_size, cfg.down_stride,
+                                          cfg.embed_dims[i - 1], dim, inference_mode,
+                                          act_layer, lkc_apply_act))
+            if cfg.pos_embs[i]:
+                network.append(RepCPE(dim, dim, (7, 7), inference_mode))
+            if mixer == "repmixer":
+                blocks = [RepMixerBlock(dim, cfg.repmixer_kernel_size, ratio, act_layer,
+                                        drop_rate, dpr[i][j], use_layer_scale, ls_init,
+                                        inference_mode) for j in range(depth)]
+            elif mixer == "attention":
+                blocks = [AttentionBlock(dim, ratio, act_layer, norm_layer, drop_rate,
+                                         dpr[i][j], use_layer_scale, ls_init, inference_mode)
+                          for j in range(depth)]
+            else:
+                raise ConfigError(f"unknown token mixer '{mixer}'; use 'repmixer' or 'attention'")
+            stage_ends.append(len(network))
+            network.append(nn.Sequential(*blocks))
+            feature_info.append(dict(num_chs=dim, reduction=4 * 2**i,
+                                     module=f"network.{len(network) - 1}", stage=i))
+        self.network = nn.ModuleList(network)
+        self.stage_ends = stage_ends
+
+        if features_only:
+            self.conv_exp = None
+            self.head = None
+            self.num_classes = 0
+            self.num_features = self.head_hidden_size = cfg.embed_dims[max(out_indices)]
+            self.feature_info = FeatureInfo(feature_info, out_indices)
+        else:
+            self.num_features = self.head_hidden_size = int(cfg.embed_dims[-1] * cfg.cls_ratio)
+            self.conv_exp = MobileOneBlock(cfg.embed_dims[-1], self.num_features, 3, stride=1,
+                                           padding=1, groups=cfg.embed_dims[-1],
+                                           inference_mode=inference_mode, use_se=True,
+                                           activation=act_layer)
+            self.gap = nn.AdaptiveAvgPool2d(1)
+            self.head_drop = nn.Dropout(drop_rate)
+            self.num_classes = num_classes
+            self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else (
+                nn.Identity())
+            self.feature_info = feature_info
+        self.apply(self._init_linear)
+
+    @staticmethod
+    def _init_linear(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    def _reparameterize(self) -> None:
+        pass  # every block was fused by reparameterize()
+
+    # ---------------------------------------------------------------- timm model API
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """Layer scales are excluded from weight decay (norms and biases are by ndim)."""
+        return {n for n, _ in self.named_parameters() if "layer_scale" in n}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return dict(stem=r"^patch_embed",
+                    blocks=r"^network\.(\d+)" if coarse else [
+                        (r"^network\.(\d+)\.(\d+)", None), (r"^network\.(\d+)", (0,))])
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace the linear classifier (``num_classes=0``: pooled features)."""
+        if self.features_only:
+            raise ConfigError("a features_only model has no classifier to reset")
+        if global_pool not in (None, "avg"):
+            raise ConfigError(f"only global_pool='avg' is supported, got '{global_pool}'")
+        p = next(self.parameters())
+        self.num_classes = num_classes
+        self.head = (nn.Linear(self.num_features, num_classes, device=p.device, dtype=p.dtype)
+                     if num_classes > 0 else nn.Identity())
+        if num_classes > 0:
+            self._init_linear(self.head)
+        self.pretrained_cfg = dict(self.pretrained_cfg, num_classes=num_classes)
+
+    def _run_network(self, x: Tensor, last: int) -> tuple[Tensor, list[Tensor]]:
+        """Run ``network[: last + 1]``; also return the outputs of the stage modules."""
+        stage_outs: list[Tensor] = []
+        for i, module in enumerate(self.network):
+            if i > last:
+                break
+            if self.grad_checkpointing and self.training and not torch.jit.is_scripting():
+                x = checkpoint(module, x, use_reentrant=False)
+            else:
+                x = module(x)
+            if i in self.stage_ends:
+                stage_outs.append(x)
+        return x, stage_outs
+
+    def forward_intermediates(
+        self,
+        x: Tensor,
+        indices: int | list[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
+        """Stage outputs (timm semantics: int = last n stages, list = those indices)."""
+        if output_fmt != "NCHW":
+            raise ConfigError("forward_intermediates supports output_fmt='NCHW' only")
+        take_indices, max_index = feature_take_indices(len(self.stage_ends), indices)
+        last = self.stage_ends[max_index] if stop_early or intermediates_only else (
+            len(self.network) - 1)
+        x = self.patch_embed(x)
+        x, stage_outs = self._run_network(x, last)
+        intermediates = [stage_outs[i] for i in take_indices]
+        if intermediates_only:
+            return intermediates
+        if self.conv_exp is not None and last == len(self.network) - 1:
+            x = self.conv_exp(x)
+        return x, intermediates
+
+    def prune_intermediate_layers(
+        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Drop the modules after the last requested stage (and the head if asked)."""
+        take_indices, max_index = feature_take_indices(len(self.stage_ends), indices)
+        self.network = self.network[: self.stage_ends[max_index] + 1]
+        if prune_head or max_index < len(self.stage_ends) - 1:
+            self.conv_exp = None
+            self.num_features = self.head_hidden_size = self.cfg.embed_dims[max_index]
+            self.num_classes = 0
+            self.head = nn.Identity()
+        return take_indices
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Stem, stages and the expanding conv: the map that the head pools."""
+        x, _ = self._run_network(self.patch_embed(x), len(self.network) - 1)
+        if self.conv_exp is not None:
+            x = self.conv_exp(x)
+        return x
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """Global average pool, dropout, classifier (``pre_logits``: stop before it)."""
+        x = self.head_drop(self.gap(x).flatten(1))
+        if pre_logits or self.head is None:
+            return x
+        return self.head(x)
+
+    def forward(self, x: Tensor) -> Tensor | list[Tensor]:
+        if self.features_only:
+            _, stage_outs = self._run_network(self.patch_embed(x),
+                                              self.stage_ends[max(self.out_indices)])
+            return [stage_outs[i] for i in self.out_indices]
+        return self.forward_head(self.forward_features(x))
+
+
+def create_model(
+    name: str,
+    *,
+    num_classes: int = 1000,
+    in_chans: int = 3,
+    drop_rate: float = 0.0,
+    drop_path_rate: float = 0.0,
+    inference_mode: bool = False,
+    features_only: bool = False,
+    out_indices: Sequence[int] = (0, 1, 2, 3),
+    **kwargs,
+) -> FastViT:
+    """Build a FastViT variant by name (see :func:`fastvit.list_models`).
+
+    ``inference_mode=True`` builds the fully fused form directly (load fused weights into it).
+    Extra keyword arguments go to :class:`FastViT` (``act_layer``, ``layer_scale_init_value``,
+    ``lkc_apply_act``, ...).
+    """
+    return FastViT(get_config(name), num_classes=num_classes, in_chans=in_chans,
+                   drop_rate=drop_rate, drop_path_rate=drop_path_rate,
+                   inference_mode=inference_mode, features_only=features_only,
+                   out_indices=out_indices, **kwargs)
