@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from fastvit.reparam.base import Reparameterizable, new_conv
-from fastvit.reparam.fuse import fuse_conv_bn
+from fastvit.reparam.fuse import fuse_conv_bn, pop_bn_affine, scale_shift_conv
 
 
 class ConvBN(Reparameterizable):
@@ -50,6 +50,18 @@ class ConvBN(Reparameterizable):
             return self.reparam_conv.weight, self.reparam_conv.bias
         assert self.conv is not None and self.bn is not None
         return fuse_conv_bn(self.conv.weight, self.conv.bias, self.bn)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001
+        # A fused ConvBN also accepts the unfused keys (official/timm fused checkpoints keep
+        # the ConvFFN conv+BN): fold them on load so those checkpoints load strict=True.
+        if self.inference_mode and prefix + "conv.weight" in state_dict:
+            affine = pop_bn_affine(state_dict, prefix + "bn.")
+            if affine is not None:
+                w, b = scale_shift_conv(state_dict.pop(prefix + "conv.weight"),
+                                        state_dict.pop(prefix + "conv.bias", None), *affine)
+                state_dict[prefix + "reparam_conv.weight"] = w
+                state_dict[prefix + "reparam_conv.bias"] = b
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _reparameterize(self) -> None:
         kernel, bias = self.get_kernel_bias()

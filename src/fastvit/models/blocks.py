@@ -19,7 +19,9 @@ from fastvit.reparam.base import Reparameterizable, new_conv, new_linear
 from fastvit.reparam.fuse import (
     bn_affine,
     fold_affine_into_linear_input,
+    fold_scale_entries,
     identity_kernel,
+    pop_bn_affine,
     scale_output,
 )
 
@@ -264,6 +266,12 @@ class RepMixerBlock(Reparameterizable):
             self.convffn.fold_output_scale(self.layer_scale)
             self.layer_scale = None
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001
+        # Official/timm fused checkpoints keep the layer scale: fold it into fc2 on load.
+        if self.layer_scale is None:
+            fold_scale_entries(state_dict, prefix + "layer_scale", prefix + "convffn.fc2.")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
 
 class AttentionBlock(Reparameterizable):
     """MetaFormer block with self-attention: ``x + ls1 * attn(bn(x)); x + ls2 * ffn(x)``.
@@ -326,6 +334,20 @@ class AttentionBlock(Reparameterizable):
         if self.layer_scale_2 is not None:
             self.convffn.fold_output_scale(self.layer_scale_2)
             self.layer_scale_2 = None
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001
+        # Official/timm fused checkpoints keep the BatchNorm and both layer scales: fold them
+        # on load (same math as _reparameterize, on state-dict tensors).
+        if self.inference_mode:
+            qkv = prefix + "token_mixer.qkv."
+            affine = pop_bn_affine(state_dict, prefix + "norm.")
+            if affine is not None and qkv + "weight" in state_dict:
+                w, b = fold_affine_into_linear_input(state_dict[qkv + "weight"],
+                                                     state_dict.get(qkv + "bias"), *affine)
+                state_dict[qkv + "weight"], state_dict[qkv + "bias"] = w, b
+            fold_scale_entries(state_dict, prefix + "layer_scale_1", prefix + "token_mixer.proj.")
+            fold_scale_entries(state_dict, prefix + "layer_scale_2", prefix + "convffn.fc2.")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 class PatchEmbed(Reparameterizable, nn.Module):

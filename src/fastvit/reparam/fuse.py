@@ -30,16 +30,24 @@ def bn_affine(bn: nn.modules.batchnorm._BatchNorm) -> tuple[Tensor, Tensor]:
     if bn.running_mean is None or bn.running_var is None:
         raise ValueError("cannot fuse a BatchNorm without running statistics "
                          "(track_running_stats=False); train with running stats to reparameterize")
-    var = bn.running_var
-    mean = bn.running_mean
-    inv_std = torch.rsqrt(var + bn.eps)
-    if bn.weight is not None:
-        a = bn.weight * inv_std
-        c = bn.bias - mean * a
-    else:
-        a = inv_std
-        c = -mean * a
+    return affine_from_stats(bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.eps)
+
+
+def affine_from_stats(
+    mean: Tensor, var: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
+) -> tuple[Tensor, Tensor]:
+    """``(a, c)`` of a BatchNorm given as tensors (e.g. straight from a state dict)."""
+    inv_std = torch.rsqrt(var + eps)
+    a = inv_std if weight is None else weight * inv_std
+    c = -mean * a if bias is None else bias - mean * a
     return a, c
+
+
+def scale_shift_conv(weight: Tensor, bias: Tensor | None, a: Tensor, c: Tensor
+                     ) -> tuple[Tensor, Tensor]:
+    """Fold ``a * y + c`` (per output channel) after a conv/linear ``y = W x + b``."""
+    kernel = weight * a.reshape(-1, *([1] * (weight.dim() - 1)))
+    return kernel, (c if bias is None else a * bias + c)
 
 
 def fuse_conv_bn(
@@ -51,9 +59,7 @@ def fuse_conv_bn(
     bn(W*x + b) = a*(W*x + b) + c  =>  W' = a[:, None, ...] * W,  b' = a*b + c.
     """
     a, c = bn_affine(bn)
-    kernel = weight * a.reshape(-1, *([1] * (weight.dim() - 1)))
-    fused_bias = c if bias is None else a * bias + c
-    return kernel, fused_bias
+    return scale_shift_conv(weight, bias, a, c)
 
 
 def fuse_bn_alone(
@@ -126,3 +132,29 @@ def fold_affine_into_linear_input(
     if bias is not None:
         b = b + bias
     return w, b
+
+
+# ----------------------------------------------------------------------------------------
+# The same folds on state-dict entries: lets a fused block load the official/timm fused
+# layouts (which keep BatchNorms and layer scales) by folding them on the fly.
+
+BN_KEYS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+
+
+def pop_bn_affine(sd: dict[str, Tensor], prefix: str, eps: float = 1e-5
+                  ) -> tuple[Tensor, Tensor] | None:
+    """Remove BatchNorm entries ``prefix{weight,bias,running_*}`` from ``sd`` and return
+    their ``(a, c)``; ``None`` (and ``sd`` untouched) when they are not all there."""
+    if not all(prefix + k in sd for k in BN_KEYS[:4]):
+        return None
+    t = {k: sd.pop(prefix + k) for k in BN_KEYS if prefix + k in sd}
+    return affine_from_stats(t["running_mean"], t["running_var"], t["weight"], t["bias"], eps)
+
+
+def fold_scale_entries(sd: dict[str, Tensor], scale_key: str, layer_prefix: str) -> None:
+    """Fold the layer scale ``sd[scale_key]`` into ``layer_prefix{weight,bias}`` (in ``sd``)."""
+    if scale_key not in sd:
+        return
+    scale = sd.pop(scale_key)
+    w, b = scale_output(sd[layer_prefix + "weight"], sd.get(layer_prefix + "bias"), scale)
+    sd[layer_prefix + "weight"], sd[layer_prefix + "bias"] = w, b
