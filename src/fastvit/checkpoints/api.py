@@ -58,7 +58,8 @@ def load_model(
             default to the checkpoint's (an explicit different value is an error);
             ``inference_mode`` defaults to the checkpoint's form (``True`` with an unfused
             checkpoint loads it and reparameterizes; ``False`` with a fused one is an error);
-            ``features_only=True`` leaves out the classifier weights.
+            ``features_only=True`` leaves out the classifier weights (and is the default for a
+            checkpoint without them).
 
     Returns:
         The model in eval mode, in the checkpoint's form: training form for unfused checkpoints,
@@ -95,6 +96,8 @@ def load_model(
             f"{', '.join(list_models())}"
         )
 
+    if not any(k.startswith("conv_exp.") for k in sd):  # saved from a features_only model
+        create_kwargs.setdefault("features_only", True)
     for key, value in (("num_classes", info.num_classes), ("in_chans", info.in_chans)):
         if key == "num_classes" and create_kwargs.get("features_only"):
             continue

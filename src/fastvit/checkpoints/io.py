@@ -6,6 +6,7 @@ safetensors files hold only tensors. Every failure becomes a one-line :class:`Ch
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import pickle
@@ -76,9 +77,17 @@ def _read_safetensors(path: Path) -> tuple[StateDict, dict[str, str]]:
     return unwrap_state_dict(sd), metadata
 
 
+def _allow_training_args() -> contextlib.AbstractContextManager:
+    """Let weights_only loading rebuild ``argparse.Namespace`` (timm-style training checkpoints
+    store their ``args``); it carries plain data only, so no code can run."""
+    safe_globals = getattr(torch.serialization, "safe_globals", None)
+    return safe_globals([argparse.Namespace]) if safe_globals else contextlib.nullcontext()
+
+
 def _read_torch(path: Path) -> tuple[StateDict, dict[str, str]]:
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        with _allow_training_args():
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         msg = _one_line(e)
         if "weights_only" in msg.lower() or "weights only" in msg.lower():

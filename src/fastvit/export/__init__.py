@@ -8,7 +8,7 @@ coremltools are imported only inside the functions that use them.
 from fastvit.export.common import PARITY_TOL, ExportReport, fuse_for_export
 from fastvit.export.coreml import coreml_available, export_coreml, inspect_coreml
 from fastvit.export.metadata import ModelMetadata, metadata_from_model
-from fastvit.export.onnx import describe_onnx, export_onnx, read_onnx_metadata, ort_session
+from fastvit.export.onnx import describe_onnx, export_onnx, ort_session, read_onnx_metadata
 from fastvit.export.predict import Prediction, Predictor, load_predictor, predict_images
 from fastvit.export.quantize import bf16_supported, quantize_onnx, to_bf16
 from fastvit.export.torchscript import export_torchscript, load_torchscript

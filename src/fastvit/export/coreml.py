@@ -11,9 +11,12 @@ are stored in the package's user-defined metadata.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import shutil
 import warnings
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +33,27 @@ PRECISIONS = ("float32", "float16")
 def coreml_available() -> bool:
     """Whether coremltools can be imported (it is the optional ``coreml`` extra)."""
     try:
-        import coremltools  # noqa: F401
+        with _quiet():
+            import coremltools  # noqa: F401
     except ImportError:
         return False
     return True
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence coremltools' import notices, version warnings and progress bars."""
+    import logging
+
+    logger = logging.getLogger("coremltools")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
 
 
 def export_coreml(
@@ -55,7 +75,8 @@ def export_coreml(
                           "`pip install 'fastvit[coreml]'` (or `pip install coremltools`)")
     if precision not in PRECISIONS:
         raise ConfigError(f"unknown CoreML precision {precision!r}; use float32 or float16")
-    import coremltools as ct
+    with _quiet():
+        import coremltools as ct
 
     path = Path(path)
     if path.suffix != ".mlpackage":
@@ -63,8 +84,7 @@ def export_coreml(
     fused = fuse_for_export(load_source(model))
     meta = metadata_from_model(fused, input_size=input_size, class_names=class_names)
     example = torch.zeros(1, *meta.input_size)
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
+    with _quiet(), torch.no_grad():
         traced = torch.jit.trace(fused, example, check_trace=False)
         shape = ct.Shape(shape=(ct.RangeDim(lower_bound=1, upper_bound=max_batch, default=1),
                                 *meta.input_size))
@@ -83,13 +103,14 @@ def export_coreml(
     mlmodel.output_description["logits"] = f"class logits (N, {meta.num_classes})"
     mlmodel.user_defined_metadata.update(meta.to_props())
 
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".tmp.{path.name}")
     shutil.rmtree(tmp, ignore_errors=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        mlmodel.save(str(tmp))
+        with _quiet():
+            mlmodel.save(str(tmp))
         if path.exists():  # swap directories: old -> backup, new -> path, drop backup
-            backup = path.with_name(f".{path.name}.old")
+            backup = path.with_name(f".old.{path.name}")
             shutil.rmtree(backup, ignore_errors=True)
             path.rename(backup)
             tmp.rename(path)
@@ -113,9 +134,10 @@ def inspect_coreml(path: str | Path) -> dict[str, Any]:
 
     Reads the spec only (no compilation), so it works on every OS.
     """
-    import coremltools as ct
+    with _quiet():
+        import coremltools as ct
 
-    spec = ct.utils.load_spec(str(path))
+        spec = ct.utils.load_spec(str(path))
 
     def _feature(f: Any) -> dict[str, Any]:
         arr = f.type.multiArrayType

@@ -65,7 +65,7 @@ class ModelMetadata:
     @property
     def resize_size(self) -> int:
         """Shorter-side size the image is resized to before the centre crop."""
-        return int(math.floor(min(self.input_size[1:]) / self.crop_pct))
+        return math.floor(min(self.input_size[1:]) / self.crop_pct)
 
     def with_input_size(self, size: int | tuple[int, int] | None) -> ModelMetadata:
         """A copy with a new spatial input size (``None`` keeps the current one)."""

@@ -121,9 +121,9 @@ def simplify_graph(proto: Any) -> None:
     for node in list(graph.node):
         if node.op_type not in ("Identity", "Dropout"):
             continue
-        if node.op_type == "Dropout" and len(node.output) > 1 and node.output[1]:
-            if any(node.output[1] in n.input for n in graph.node):
-                continue  # mask is used: leave it (never the case for our models)
+        mask = node.output[1] if node.op_type == "Dropout" and len(node.output) > 1 else ""
+        if mask and any(mask in n.input for n in graph.node):
+            continue  # the mask is used: leave it (never the case for our models)
         src, dst = node.input[0], node.output[0]
         if dst in graph_outputs:
             producer = next((n for n in graph.node if src in n.output), None)
@@ -214,8 +214,12 @@ def read_onnx_metadata(proto_or_path: Any) -> ModelMetadata | None:
 
 
 def ort_session(model: str | Path | bytes, *, threads: int | None = None,
-                optimization: str = "all") -> Any:
-    """An onnxruntime CPU session (``threads`` intra-op threads, sequential execution)."""
+                optimization: str = "all", spin: bool = True) -> Any:
+    """An onnxruntime CPU session (``threads`` intra-op threads, sequential execution).
+
+    ``spin=False`` stops idle worker threads from busy-waiting, which matters when other
+    work shares the cores (e.g. interleaved benchmarks) at a small latency cost.
+    """
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -230,6 +234,8 @@ def ort_session(model: str | Path | bytes, *, threads: int | None = None,
     if threads:
         opts.intra_op_num_threads = int(threads)
     opts.log_severity_level = 3
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     src = model if isinstance(model, bytes) else str(model)
     try:
         return ort.InferenceSession(src, sess_options=opts, providers=["CPUExecutionProvider"])
@@ -245,7 +251,7 @@ def verify_onnx(fused: nn.Module, path: str | Path, meta: ModelMetadata, report:
     sess = ort_session(path)
     checks = {"random": random_inputs(meta, batch=3), "real": real_inputs(meta, 4, check_images)}
     if dynamic_hw:  # also a different resolution, so dynamic H/W is really exercised
-        c, h, w = meta.input_size
+        _c, h, w = meta.input_size
         checks["random_hw"] = random_inputs(meta.with_input_size((h + 32, w + 32)), batch=1)
     diffs = {}
     with torch.no_grad():

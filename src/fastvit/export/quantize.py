@@ -54,7 +54,7 @@ def digits_split(split: str) -> tuple[list[Any], np.ndarray]:
         raise ConfigError(f"unknown digits split {split!r}; use train or val")
     d = load_digits()
     order = np.random.default_rng(DIGITS_SEED).permutation(len(d.target))
-    n_val = int(round(len(order) * DIGITS_VAL_FRACTION))
+    n_val = round(len(order) * DIGITS_VAL_FRACTION)
     idx = order[-n_val:] if split == "val" else order[:-n_val]
     arr = (np.clip(d.images[idx] / 16.0, 0, 1) * 255).round().astype(np.uint8)
     return [Image.fromarray(a, mode="L") for a in arr], d.target[idx].astype(np.int64)
@@ -100,13 +100,20 @@ def quantize_onnx(
     quant_format: str = "qdq",
     per_channel: bool = True,
     method: str = "minmax",
-    op_types: Sequence[str] | None = None,
+    quantize_depthwise: bool = False,
+    op_types: Sequence[str] = ("Conv", "Gemm", "MatMul"),
+    activations: str = "uint8",
+    symmetric_activations: bool = False,
 ) -> Path:
     """Static int8 quantization of an fp32 ONNX model (from :func:`export_onnx`).
 
     ``calibration`` is a float32 array ``(N, C, H, W)`` or an iterable of such batches of
-    preprocessed images. ``op_types`` restricts which ops are quantized (default: every op
-    onnxruntime can quantize). The fp32 metadata is copied to the output.
+    preprocessed images. The graph is first optimized offline by onnxruntime (extended
+    level: the erf pattern becomes one fused GELU kernel), then ``op_types`` are quantized.
+    Depthwise convolutions stay in fp32 unless ``quantize_depthwise``: onnxruntime's int8
+    depthwise kernels are several times *slower* than its fp32 ones, and they hold few FLOPs.
+    Activation-by-activation MatMuls (attention scores) also stay fp32. The fp32 metadata
+    is copied to the output.
     """
     import onnx
     from onnxruntime.quantization import (
@@ -140,36 +147,98 @@ def quantize_onnx(
             return None if b is None else {input_name: b}
 
     with tempfile.TemporaryDirectory() as tmpdir:
-        pre = Path(tmpdir) / "pre.onnx"
+        opt, pre = Path(tmpdir) / "opt.onnx", Path(tmpdir) / "pre.onnx"
+        _ort_optimize(fp32_path, opt)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+            quant_pre_process(str(opt), str(pre), skip_optimization=True,
+                              skip_symbolic_shape=True)
+        model = _annotate_contrib_types(onnx.load(str(pre)))
+        for i, node in enumerate(model.graph.node):  # the optimizer leaves some unnamed
+            if not node.name:
+                node.name = f"{node.op_type}_fastvit_{i}"
+        onnx.save(model, str(pre))
+        exclude = [n.name for n in model.graph.node
+                   if not _worth_quantizing(n, model, quantize_depthwise)]
         tmp_out = atomic_path(out_path)
         try:
             quantize_static(
                 str(pre), str(tmp_out), _Reader(),
                 quant_format=QuantFormat.QDQ if quant_format == "qdq" else QuantFormat.QOperator,
                 per_channel=per_channel,
-                activation_type=QuantType.QUInt8,
+                activation_type=QuantType.QUInt8 if activations == "uint8" else QuantType.QInt8,
                 weight_type=QuantType.QInt8,
-                op_types_to_quantize=list(op_types) if op_types else None,
+                op_types_to_quantize=list(op_types),
+                nodes_to_exclude=exclude,
                 calibrate_method={"minmax": CalibrationMethod.MinMax,
                                   "percentile": CalibrationMethod.Percentile,
                                   "entropy": CalibrationMethod.Entropy}[method],
-                extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
+                extra_options={"WeightSymmetric": True,
+                               "ActivationSymmetric": symmetric_activations},
             )
             q = onnx.load(str(tmp_out))
             del q.metadata_props[:]
             for p in src.metadata_props:
                 q.metadata_props.add().CopyFrom(p)
-            q.metadata_props.add(key="extra.quantization",
-                                 value=f"int8 static {quant_format} per_channel={per_channel} "
-                                       f"calibration={method} images={sum(map(len, batches))}")
+            n_images = sum(map(len, batches))
+            q.metadata_props.add(
+                key="extra.quantization",
+                value=f"int8 static {quant_format} per_channel={per_channel} calibration={method} "
+                      f"images={n_images} depthwise={'int8' if quantize_depthwise else 'fp32'}")
             onnx.save(q, str(tmp_out))
             os.replace(tmp_out, out_path)
         finally:
             tmp_out.unlink(missing_ok=True)
     return out_path
+
+
+def _ort_optimize(src: Path, dst: Path) -> None:
+    """Save onnxruntime's extended-level offline optimization of ``src`` (fused GELU etc.)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    opts.optimized_model_filepath = str(dst)
+    opts.log_severity_level = 3
+    ort.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"])
+
+
+def _annotate_contrib_types(model: Any) -> Any:
+    """Give outputs of onnxruntime contrib ops (fused GELU, FusedConv) a float type.
+
+    ONNX shape inference does not know these ops, and the calibrator only collects ranges
+    for tensors with a known float type; their outputs have their input's element type.
+    """
+    import onnx
+
+    for _ in range(3):  # each pass lets shape inference propagate past one more contrib op
+        model = onnx.shape_inference.infer_shapes(model)
+        known = {v.name for v in (*model.graph.value_info, *model.graph.input,
+                                  *model.graph.output)}
+        known |= {i.name for i in model.graph.initializer}
+        added = 0
+        for node in model.graph.node:
+            if node.domain != "com.microsoft":
+                continue
+            for out in node.output:
+                if out and out not in known:
+                    model.graph.value_info.append(
+                        onnx.helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, None))
+                    added += 1
+        if not added:
+            break
+    return model
+
+
+def _worth_quantizing(node: Any, model: Any, quantize_depthwise: bool) -> bool:
+    """Conv/Gemm/MatMul nodes that gain from int8 (see :func:`quantize_onnx`)."""
+    inits = {i.name for i in model.graph.initializer}
+    if node.op_type == "Conv":
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        return quantize_depthwise or group == 1
+    if node.op_type == "MatMul":
+        return any(x in inits for x in node.input)
+    return True
 
 
 def onnx_top1(path_or_session: str | Path | Any, data: LabelledImages, *, batch: int = 64,
@@ -217,3 +286,19 @@ def to_bf16(fused: nn.Module) -> nn.Module:
                           "use fp32 or the onnxruntime int8 backend")
     m = copy.deepcopy(fused).eval().to(torch.bfloat16)
     return m.to(memory_format=torch.channels_last)
+
+
+def speed_check(fp32_path: str | Path, int8_path: str | Path, meta: ModelMetadata, *,
+                threads: int | None = None, rounds: int = 5) -> tuple[float, float]:
+    """Median batch-1 latency (ms) of the fp32 and int8 models, timed interleaved."""
+    from fastvit.bench.measure import time_interleaved
+    from fastvit.export.onnx import ort_session
+
+    x = np.random.default_rng(0).standard_normal((1, *meta.input_size)).astype(np.float32)
+    fns = []
+    for p in (fp32_path, int8_path):
+        sess = ort_session(p, threads=threads)
+        feed = {sess.get_inputs()[0].name: x}
+        fns.append(lambda s=sess, f=feed: s.run(None, f))
+    t32, t8 = time_interleaved(fns, warmup=3, rounds=rounds, round_time=0.2)
+    return t32.median_ms, t8.median_ms

@@ -51,7 +51,7 @@ class ConvBN(Reparameterizable):
         assert self.conv is not None and self.bn is not None
         return fuse_conv_bn(self.conv.weight, self.conv.bias, self.bn)
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # A fused ConvBN also accepts the unfused keys (official/timm fused checkpoints keep
         # the ConvFFN conv+BN): fold them on load so those checkpoints load strict=True.
         if self.inference_mode and prefix + "conv.weight" in state_dict:

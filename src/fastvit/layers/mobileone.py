@@ -128,6 +128,8 @@ class RepStem(Reparameterizable, nn.Sequential):
     dropped into any network (e.g. a detector) and fused with ``fastvit.reparameterize``.
     """
 
+    __jit_unused_properties__ = ["conv1", "conv2", "conv3"]  # noqa: RUF012
+
     def __init__(
         self,
         in_channels: int,

@@ -266,7 +266,7 @@ class RepMixerBlock(Reparameterizable):
             self.convffn.fold_output_scale(self.layer_scale)
             self.layer_scale = None
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # Official/timm fused checkpoints keep the layer scale: fold it into fc2 on load.
         if self.layer_scale is None:
             fold_scale_entries(state_dict, prefix + "layer_scale", prefix + "convffn.fc2.")
@@ -335,7 +335,7 @@ class AttentionBlock(Reparameterizable):
             self.convffn.fold_output_scale(self.layer_scale_2)
             self.layer_scale_2 = None
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # Official/timm fused checkpoints keep the BatchNorm and both layer scales: fold them
         # on load (same math as _reparameterize, on state-dict tensors).
         if self.inference_mode:

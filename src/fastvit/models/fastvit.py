@@ -111,6 +111,7 @@ class FastViT(Reparameterizable):
                                      module=f"network.{len(network) - 1}", stage=i))
         self.network = nn.ModuleList(network)
         self.stage_ends = stage_ends
+        self.feature_end = stage_ends[max(out_indices)]  # last module a features_only run needs
 
         if features_only:
             self.conv_exp = None
@@ -180,14 +181,13 @@ class FastViT(Reparameterizable):
         """Run ``network[: last + 1]``; also return the outputs of the stage modules."""
         stage_outs: list[Tensor] = []
         for i, module in enumerate(self.network):
-            if i > last:
-                break
-            if self.grad_checkpointing and self.training and not torch.jit.is_scripting():
-                x = checkpoint(module, x, use_reentrant=False)
-            else:
-                x = module(x)
-            if i in self.stage_ends:
-                stage_outs.append(x)
+            if i <= last:  # (no `break`: TorchScript unrolls loops over module lists)
+                if self.grad_checkpointing and self.training and not torch.jit.is_scripting():
+                    x = checkpoint(module, x, use_reentrant=False)
+                else:
+                    x = module(x)
+                if i in self.stage_ends:
+                    stage_outs.append(x)
         return x, stage_outs
 
     def forward_intermediates(
@@ -243,8 +243,7 @@ class FastViT(Reparameterizable):
 
     def forward(self, x: Tensor) -> Tensor | list[Tensor]:
         if self.features_only:
-            _, stage_outs = self._run_network(self.patch_embed(x),
-                                              self.stage_ends[max(self.out_indices)])
+            _, stage_outs = self._run_network(self.patch_embed(x), self.feature_end)
             return [stage_outs[i] for i in self.out_indices]
         return self.forward_head(self.forward_features(x))
 

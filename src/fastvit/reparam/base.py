@@ -19,7 +19,6 @@ class Reparameterizable(nn.Module):
     Subclasses implement :meth:`_reparameterize` (only called while not yet fused).
     """
 
-    inference_mode: bool
 
     def reparameterize(self) -> None:
         """Fuse this module (and its reparameterizable children) in place."""

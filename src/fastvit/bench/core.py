@@ -1,0 +1,257 @@
+"""``fastvit bench``: latency, throughput, peak memory and roofline of every backend.
+
+Everything requested (variants x backends x batch sizes, timm's counterparts with
+``compare_timm``, and a large sgemm for the roofline) is timed interleaved in one process so
+ratios are measured side by side under the same machine load.
+
+Roofline: the time the model's FLOPs would take at the measured sgemm rate,
+``GFLOP x batch / (sgemm GFLOP/s)`` — a practical lower bound for a dense fp32 CPU run with
+the same threads. ``x_roofline`` is measured median latency / roofline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fastvit.bench.measure import peak_memory_mb, sgemm_runner, time_interleaved
+from fastvit.bench.runners import BACKENDS, TIMM_BACKENDS, RunnerSpec, build_runner, count_flops
+from fastvit.errors import ConfigError
+
+SGEMM_N = 2048
+
+
+@dataclass
+class BenchRow:
+    """One measured configuration."""
+
+    variant: str
+    impl: str
+    backend: str
+    batch: int
+    size: int
+    threads: int
+    median_ms: float
+    p90_ms: float
+    mean_ms: float
+    samples: int
+    throughput: float  # images / s at the median latency
+    gflop: float  # per image
+    gmacs: float  # per image
+    roofline_ms: float
+    x_roofline: float
+    peak_mem_mb: float | None = None
+
+
+@dataclass
+class BenchResult:
+    rows: list[BenchRow]
+    sgemm_gflops: float
+    sgemm_gflops_best: float
+    config: dict[str, Any]
+    machine: dict[str, Any]
+    ratios: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"config": self.config, "machine": self.machine,
+                "sgemm": {"n": SGEMM_N, "median_gflops": self.sgemm_gflops,
+                          "best_gflops": self.sgemm_gflops_best},
+                "rows": [asdict(r) for r in self.rows], "ratios": self.ratios}
+
+
+def machine_info(threads: int) -> dict[str, Any]:
+    import onnxruntime
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cpu_count": os.cpu_count(), "threads": threads,
+            "python": sys.version.split()[0], "torch": torch.__version__,
+            "onnxruntime": onnxruntime.__version__, "platform": platform.platform()}
+
+
+def run_benchmark(
+    variants: Sequence[str],
+    *,
+    batches: Sequence[int] = (1,),
+    size: int = 256,
+    backends: Sequence[str] = ("eager",),
+    threads: int | None = None,
+    compare_timm: bool = False,
+    warmup: int = 5,
+    rounds: int = 10,
+    round_time: float = 0.25,
+    memory: bool = True,
+    cache_dir: str | Path | None = None,
+    log: Callable[[str], None] | None = None,
+) -> BenchResult:
+    """Measure every (variant, backend, batch) [and timm's counterpart] interleaved."""
+    import tempfile
+
+    log = log or (lambda s: None)
+    for b in backends:
+        if b not in BACKENDS:
+            raise ConfigError(f"unknown backend {b!r}; use any of {', '.join(BACKENDS)}")
+    if not variants:
+        raise ConfigError("no variants given; e.g. `fastvit bench fastvit_t8`")
+    if any(b < 1 for b in batches) or size < 32 or size % 32:
+        raise ConfigError("batch sizes must be >= 1 and --size a multiple of 32 (>= 32)")
+    threads = int(threads or torch.get_num_threads())
+    torch.set_num_threads(threads)
+    tmp = None
+    if cache_dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="fastvit-bench-")
+        cache_dir = tmp.name
+
+    specs: list[RunnerSpec] = []
+    for v in variants:
+        for be in backends:
+            for bs in batches:
+                specs.append(RunnerSpec(v, be, bs, size, "fastvit", threads, str(cache_dir)))
+                if compare_timm and be in TIMM_BACKENDS:
+                    specs.append(RunnerSpec(v, be, bs, size, "timm", threads, str(cache_dir)))
+    try:
+        flops = {}
+        for s in specs:
+            if (s.variant, s.impl) not in flops:
+                flops[(s.variant, s.impl)] = count_flops(s.variant, size, s.impl)
+        fns = []
+        for s in specs:
+            log(f"building {s.key}")
+            fns.append(build_runner(s).fn)
+        fns.append(sgemm_runner(SGEMM_N, threads))
+        log(f"timing {len(fns)} runners interleaved ({rounds} rounds)")
+        timings = time_interleaved(fns, warmup=warmup, rounds=rounds, round_time=round_time,
+                                   on_round=lambda r: log(f"round {r + 1}/{rounds}"))
+        sg = timings[-1]
+        sgemm_flop = 2.0 * SGEMM_N**3
+        sgemm_gflops = sgemm_flop / (sg.median_ms * 1e-3) / 1e9
+        sgemm_best = sgemm_flop / min(sg.samples) / 1e9
+        mem: dict[str, float | None] = {}
+        if memory:
+            for s in specs:
+                log(f"peak memory of {s.key} (child process)")
+                mem[s.key] = peak_memory_mb(s, warmup=2)
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+
+    rows = []
+    for s, t in zip(specs, timings):
+        gflop = flops[(s.variant, s.impl)] / 1e9
+        roof = gflop * s.batch / sgemm_gflops * 1e3
+        rows.append(BenchRow(
+            variant=s.variant, impl=s.impl, backend=s.backend, batch=s.batch, size=s.size,
+            threads=threads, median_ms=t.median_ms, p90_ms=t.p90_ms, mean_ms=t.mean_ms,
+            samples=len(t.samples), throughput=s.batch / (t.median_ms * 1e-3), gflop=gflop,
+            gmacs=gflop / 2, roofline_ms=roof, x_roofline=t.median_ms / roof,
+            peak_mem_mb=mem.get(s.key)))
+    config = {"variants": list(variants), "batches": list(batches), "size": size,
+              "backends": list(backends), "threads": threads, "compare_timm": compare_timm,
+              "warmup": warmup, "rounds": rounds, "round_time": round_time}
+    result = BenchResult(rows, sgemm_gflops, sgemm_best, config, machine_info(threads))
+    result.ratios = compute_ratios(rows)
+    return result
+
+
+def compute_ratios(rows: Sequence[BenchRow]) -> list[dict[str, Any]]:
+    """ours/timm latency per backend, and unfused/fused speed-up per implementation."""
+    by = {(r.impl, r.variant, r.backend, r.batch): r for r in rows}
+    out = []
+    for (impl, v, be, bs), r in by.items():
+        if impl != "fastvit":
+            continue
+        t = by.get(("timm", v, be, bs))
+        if t is not None:
+            out.append({"kind": "fastvit/timm", "variant": v, "backend": be, "batch": bs,
+                        "ratio": r.median_ms / t.median_ms})
+    for (impl, v, be, bs), r in by.items():
+        if be != "unfused":
+            continue
+        for fused_be in ("eager", "channels_last", "onnxruntime", "compile"):
+            f = by.get((impl, v, fused_be, bs))
+            if f is not None:
+                out.append({"kind": f"{impl} unfused/{fused_be}", "variant": v,
+                            "backend": fused_be, "batch": bs, "ratio": r.median_ms / f.median_ms})
+    return out
+
+
+def format_table(result: BenchResult) -> str:
+    """A plain-text table of all rows plus the ratios."""
+    hdr = ("variant", "impl", "backend", "batch", "median ms", "p90 ms", "img/s", "peak MiB",
+           "GMACs", "roofline ms", "x roofline")
+    lines_ = []
+    for r in result.rows:
+        lines_.append((r.variant, r.impl, r.backend, str(r.batch), f"{r.median_ms:.2f}",
+                       f"{r.p90_ms:.2f}", f"{r.throughput:.1f}",
+                       "n/a" if r.peak_mem_mb is None else f"{r.peak_mem_mb:.0f}",
+                       f"{r.gmacs:.3f}", f"{r.roofline_ms:.2f}", f"{r.x_roofline:.2f}"))
+    widths = [max(len(h), *(len(x[i]) for x in lines_)) for i, h in enumerate(hdr)]
+    fmt = "  ".join(f"{{:<{w}}}" if i < 3 else f"{{:>{w}}}" for i, w in enumerate(widths))
+    out = [fmt.format(*hdr), fmt.format(*("-" * w for w in widths))]
+    out += [fmt.format(*x) for x in lines_]
+    c = result.config
+    out.append("")
+    out.append(f"size {c['size']}x{c['size']}, {c['threads']} threads, fp32 sgemm "
+               f"(n={SGEMM_N}) {result.sgemm_gflops:.1f} GFLOP/s median "
+               f"({result.sgemm_gflops_best:.1f} best), interleaved over {c['rounds']} rounds")
+    for q in result.ratios:
+        out.append(f"ratio {q['kind']:<28} {q['variant']:<14} {q['backend']:<16} "
+                   f"b{q['batch']:<3} {q['ratio']:.3f}")
+    return "\n".join(out)
+
+
+def write_json(result: BenchResult, path: str | Path) -> Path:
+    """Write the result as JSON (atomically)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(result.to_dict(), indent=2))
+    os.replace(tmp, path)
+    return path
+
+
+def write_png(result: BenchResult, path: str | Path) -> Path:
+    """Latency vs GMACs, one series per (implementation, backend, batch) (atomically)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(7, 5), dpi=110)
+    series: dict[tuple[str, str, int], list] = {}
+    for r in result.rows:
+        series.setdefault((r.impl, r.backend, r.batch), []).append(r)
+    for (impl, be, bs), rs in sorted(series.items()):
+        rs = sorted(rs, key=lambda r: r.gmacs)
+        ax.plot([r.gmacs for r in rs], [r.median_ms for r in rs],
+                marker="o" if impl == "fastvit" else "x",
+                linestyle="-" if impl == "fastvit" else "--", label=f"{impl} {be} b{bs}")
+        for r in rs:
+            ax.annotate(r.variant.replace("fastvit_", ""), (r.gmacs, r.median_ms),
+                        fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("GMACs per image")
+    ax.set_ylabel("median latency per batch (ms)")
+    c = result.config
+    ax.set_title(f"FastViT CPU latency, {c['size']}px, {c['threads']} threads")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path

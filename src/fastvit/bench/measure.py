@@ -1,0 +1,158 @@
+"""Timing, sgemm rate and peak memory.
+
+Latency: every runner is warmed up, then all runners are timed *interleaved* in rounds
+(each round runs each runner for about ``round_time`` seconds, in an order rotated per
+round), so load from other processes hits every runner alike. Per-call wall times
+(``time.perf_counter``) give the median and 90th percentile.
+
+Peak memory: each runner is rebuilt in a fresh child process (spawn); a thread samples the
+resident set size (``/proc/self/statm``) every millisecond while the model is built and run
+(warm-up + 3 calls). We report the peak RSS minus the RSS just before the model was built:
+weights + runtime workspaces + activations, as the operating system sees them (this also
+covers onnxruntime's arena, which PyTorch-only tools such as tracemalloc cannot see).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from fastvit.bench.runners import Runner, RunnerSpec, build_runner
+
+
+@dataclass
+class Timing:
+    """Per-call latencies (seconds) of one runner."""
+
+    samples: list[float] = field(default_factory=list)
+
+    @property
+    def median_ms(self) -> float:
+        return statistics.median(self.samples) * 1e3
+
+    @property
+    def p90_ms(self) -> float:
+        s = sorted(self.samples)
+        return s[min(len(s) - 1, math.ceil(0.9 * len(s)) - 1)] * 1e3
+
+    @property
+    def mean_ms(self) -> float:
+        return statistics.fmean(self.samples) * 1e3
+
+
+def sgemm_runner(n: int = 2048, threads: int | None = None) -> Callable[[], Any]:
+    """A large fp32 ``torch.mm`` (``2 n^3`` FLOP per call) at the benchmark's thread count."""
+    if threads:
+        torch.set_num_threads(threads)
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=g)
+    b = torch.randn(n, n, generator=g)
+    out = torch.empty(n, n)
+    return lambda: torch.mm(a, b, out=out)
+
+
+def time_interleaved(
+    fns: Sequence[Callable[[], Any]],
+    *,
+    warmup: int = 5,
+    rounds: int = 10,
+    round_time: float = 0.25,
+    min_iters: int = 1,
+    on_round: Callable[[int], None] | None = None,
+) -> list[Timing]:
+    """Time ``fns`` interleaved; returns one :class:`Timing` per function."""
+    iters = []
+    for fn in fns:
+        for _ in range(max(1, warmup)):
+            fn()
+        t0 = time.perf_counter()
+        fn()
+        one = time.perf_counter() - t0
+        iters.append(max(min_iters, int(round_time / max(one, 1e-6))))
+    timings = [Timing() for _ in fns]
+    n = len(fns)
+    for r in range(rounds):
+        for j in range(n):
+            i = (j + r) % n  # rotate the order so no runner always follows the same one
+            fn, samples = fns[i], timings[i].samples
+            for _ in range(iters[i]):
+                t0 = time.perf_counter()
+                fn()
+                samples.append(time.perf_counter() - t0)
+        if on_round is not None:
+            on_round(r)
+    return timings
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):  # not Linux: high-water mark only
+        import resource
+
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def _memory_child(spec: RunnerSpec, warmup: int, conn: Any) -> None:
+    try:
+        import numpy  # noqa: F401  (import cost is not the model's)
+        import onnxruntime  # noqa: F401
+        import timm  # noqa: F401
+
+        import fastvit  # noqa: F401
+
+        base = _rss_bytes()
+        peak = [base]
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.is_set():
+                peak[0] = max(peak[0], _rss_bytes())
+                time.sleep(0.001)
+
+        t = threading.Thread(target=sample, daemon=True)
+        t.start()
+        runner = build_runner(spec)
+        for _ in range(max(1, warmup) + 3):
+            runner.fn()
+        stop.set()
+        t.join()
+        peak[0] = max(peak[0], _rss_bytes())
+        conn.send(("ok", (peak[0] - base) / 2**20))
+    except Exception as e:  # report, never hang the parent
+        conn.send(("error", f"{type(e).__name__}: {e}"))
+    finally:
+        conn.close()
+
+
+def peak_memory_mb(spec: RunnerSpec, warmup: int = 2, timeout: float = 600.0) -> float | None:
+    """Peak RSS increase (MiB) of building and running ``spec`` in a fresh process."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_memory_child, args=(spec, warmup, child), daemon=True)
+    proc.start()
+    child.close()
+    result = None
+    if parent.poll(timeout):
+        status, value = parent.recv()
+        result = value if status == "ok" else None
+    proc.join(timeout=10)
+    if proc.is_alive():
+        proc.kill()
+        proc.join()
+    return result
+
+
+def build_runners(specs: Sequence[RunnerSpec]) -> list[Runner]:
+    return [build_runner(s) for s in specs]

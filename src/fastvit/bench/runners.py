@@ -1,0 +1,175 @@
+"""Benchmark runners: one zero-argument callable per (variant, backend, batch, implementation).
+
+Backends (all CPU, float32 unless named otherwise):
+
+* ``unfused``            training form in eval mode, PyTorch eager (the "before" of reparam);
+* ``eager``              fully fused model, PyTorch eager, NCHW;
+* ``channels_last``      fully fused model and input in channels-last (NHWC) memory format;
+* ``compile``            ``torch.compile`` (inductor, weights frozen) of the fused model;
+* ``torchscript``        traced + ``torch.jit.freeze`` of the fused model;
+* ``bf16``               fused model in bfloat16, channels-last (oneDNN AMX/AVX-512 BF16);
+* ``onnxruntime``        the exported fused ONNX model in onnxruntime (all graph optimizations);
+* ``onnxruntime-int8``   that model statically quantized to int8 (QDQ, per-channel weights,
+                         calibrated on the digits train split).
+
+``impl="timm"`` builds timm's model of the same variant, reparameterized with
+``timm.utils.reparameterize_model`` for every backend but ``unfused``.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from fastvit.errors import ConfigError
+
+BACKENDS = ("unfused", "eager", "channels_last", "compile", "torchscript", "bf16",
+            "onnxruntime", "onnxruntime-int8")
+IMPLS = ("fastvit", "timm")
+#: Backends that timm's model can be run with for --compare-timm.
+TIMM_BACKENDS = ("unfused", "eager", "channels_last", "compile", "torchscript", "bf16",
+                 "onnxruntime")
+
+
+@dataclass(frozen=True)
+class RunnerSpec:
+    """What to build; picklable so a child process can rebuild it for memory measurement."""
+
+    variant: str
+    backend: str
+    batch: int
+    size: int
+    impl: str = "fastvit"
+    threads: int | None = None
+    cache_dir: str | None = None  # where ONNX files are written and shared with children
+
+    @property
+    def key(self) -> str:
+        return f"{self.impl}:{self.variant}:{self.backend}:b{self.batch}"
+
+
+@dataclass
+class Runner:
+    spec: RunnerSpec
+    fn: Callable[[], Any]
+
+
+def build_model(variant: str, impl: str, *, fused: bool, num_classes: int = 1000) -> nn.Module:
+    """A randomly initialised eval-mode model (weights do not change timings)."""
+    torch.manual_seed(0)
+    if impl == "timm":
+        import timm
+        from timm.utils import reparameterize_model
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            m = timm.create_model(variant, pretrained=False, num_classes=num_classes).eval()
+        return reparameterize_model(m) if fused else m
+    if impl != "fastvit":
+        raise ConfigError(f"unknown implementation {impl!r}; use fastvit or timm")
+    import fastvit
+
+    if variant not in fastvit.list_models():
+        raise ConfigError(f"unknown variant {variant!r}; choose from "
+                          f"{', '.join(fastvit.list_models())}")
+    m = fastvit.create_model(variant, num_classes=num_classes).eval()
+    return fastvit.reparameterize(m) if fused else m
+
+
+def onnx_path(spec: RunnerSpec, int8: bool = False) -> Path:
+    """Cached ONNX file for ``spec`` (fp32, or int8 quantized), exported on first use."""
+    from fastvit.export.metadata import metadata_from_model
+    from fastvit.export.onnx import _save_proto, onnx_proto
+
+    if spec.cache_dir is None:
+        raise ConfigError("onnxruntime backends need a cache directory for the exported model")
+    cache = Path(spec.cache_dir)
+    cache.mkdir(parents=True, exist_ok=True)
+    stem = f"{spec.impl}_{spec.variant}_{spec.size}"
+    fp32 = cache / f"{stem}.onnx"
+    if not fp32.exists():
+        model = build_model(spec.variant, spec.impl, fused=True)
+        meta = metadata_from_model(model, input_size=spec.size)
+        _save_proto(onnx_proto(model, meta), fp32)
+    if not int8:
+        return fp32
+    q = cache / f"{stem}_int8.onnx"
+    if not q.exists():
+        from fastvit.export.metadata import metadata_from_model as _meta
+        from fastvit.export.quantize import load_images, quantize_onnx
+
+        meta = _meta(build_model(spec.variant, spec.impl, fused=True), input_size=spec.size)
+        calib = load_images("digits", meta, split="train", limit=32)
+        batches = [calib.images[i:i + 8] for i in range(0, len(calib.images), 8)]
+        quantize_onnx(fp32, q, batches)
+    return q
+
+
+def build_runner(spec: RunnerSpec) -> Runner:
+    """Build the model for ``spec`` and return a callable running one batch."""
+    if spec.backend not in BACKENDS:
+        raise ConfigError(f"unknown backend {spec.backend!r}; use any of {', '.join(BACKENDS)}")
+    if spec.impl == "timm" and spec.backend not in TIMM_BACKENDS:
+        raise ConfigError(f"--compare-timm does not support backend {spec.backend}")
+    if spec.threads:
+        torch.set_num_threads(spec.threads)
+    g = torch.Generator().manual_seed(int(hashlib.md5(spec.key.encode()).hexdigest()[:6], 16))
+    x = torch.randn(spec.batch, 3, spec.size, spec.size, generator=g)
+
+    if spec.backend.startswith("onnxruntime"):
+        from fastvit.export.onnx import ort_session
+
+        sess = ort_session(onnx_path(spec, int8=spec.backend.endswith("int8")), threads=spec.threads)
+        name = sess.get_inputs()[0].name
+        feed = {name: x.numpy()}
+        return Runner(spec, lambda: sess.run(None, feed))
+
+    model = build_model(spec.variant, spec.impl, fused=spec.backend != "unfused")
+    if spec.backend in ("channels_last", "bf16"):
+        x = x.contiguous(memory_format=torch.channels_last)
+        model = model.to(memory_format=torch.channels_last)
+    if spec.backend == "bf16":
+        from fastvit.export.quantize import to_bf16
+
+        model = to_bf16(model)
+        x = x.to(torch.bfloat16)
+    if spec.backend == "compile":
+        model = _compile(model)
+    if spec.backend == "torchscript":
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            model = torch.jit.freeze(torch.jit.trace(copy.deepcopy(model), x, check_trace=False))
+
+    def run() -> Any:
+        with torch.inference_mode():
+            return model(x)
+
+    return Runner(spec, run)
+
+
+def _compile(model: nn.Module) -> Callable[..., Any]:
+    """torch.compile with inductor; weights frozen as constants (inference only)."""
+    import torch._inductor.config as inductor_config
+
+    inductor_config.freezing = True
+    return torch.compile(model, mode="max-autotune-no-cudagraphs", dynamic=False)
+
+
+def count_flops(variant: str, size: int, impl: str = "fastvit") -> float:
+    """FLOPs (multiply-adds x 2) of one fused forward at batch 1, counted by PyTorch."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = build_model(variant, impl, fused=True)
+    x = torch.zeros(1, 3, size, size)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.inference_mode():
+        model(x)
+    return float(counter.get_total_flops())

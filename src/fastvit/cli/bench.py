@@ -1,0 +1,63 @@
+"""`fastvit bench [variants]`: interleaved latency / throughput / memory / roofline table.
+
+Writes ``bench.json`` and ``bench.png`` (latency vs GMACs) to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("variants", nargs="*", default=["fastvit_t8"],
+                   help="model variants (default: fastvit_t8; 'all' for every variant)")
+    p.add_argument("--batch", default="1", help="comma-separated batch sizes (default 1)")
+    p.add_argument("--size", type=int, default=256, help="input height/width (default 256)")
+    p.add_argument("--backend", default="eager",
+                   help="comma-separated: unfused, eager, channels_last, compile, torchscript, "
+                        "bf16, onnxruntime, onnxruntime-int8 (default eager)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    p.add_argument("--compare-timm", action="store_true",
+                   help="also time timm's reparameterized model, interleaved, and print ratios")
+    p.add_argument("--warmup", type=int, default=5, help="warm-up calls per runner")
+    p.add_argument("--rounds", type=int, default=10, help="interleaved timing rounds")
+    p.add_argument("--round-time", type=float, default=0.25,
+                   help="seconds per runner per round (default 0.25)")
+    p.add_argument("--no-memory", action="store_true",
+                   help="skip peak-memory measurement (one child process per runner)")
+    p.add_argument("--out", default="runs/bench", help="folder for bench.json and bench.png")
+    p.add_argument("--quiet", action="store_true", help="no progress messages")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from fastvit.bench.core import format_table, run_benchmark, write_json, write_png
+    from fastvit.errors import ConfigError
+
+    try:
+        batches = [int(b) for b in args.batch.split(",") if b.strip()]
+    except ValueError:
+        raise ConfigError(f"--batch must be comma-separated integers, got {args.batch!r}") from None
+    backends = [b.strip() for b in args.backend.split(",") if b.strip()]
+    variants = list(args.variants)
+    if variants == ["all"]:
+        import fastvit
+
+        variants = fastvit.list_models()
+
+    def log(msg: str) -> None:
+        if not args.quiet:
+            print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+    result = run_benchmark(
+        variants, batches=batches, size=args.size, backends=backends, threads=args.threads,
+        compare_timm=args.compare_timm, warmup=args.warmup, rounds=args.rounds,
+        round_time=args.round_time, memory=not args.no_memory, log=log)
+    print(format_table(result))
+    out = Path(args.out)
+    j = write_json(result, out / "bench.json")
+    p = write_png(result, out / "bench.png")
+    print(f"wrote {j} and {p}")
+    return 0

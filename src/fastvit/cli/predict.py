@@ -1,0 +1,60 @@
+"""`fastvit predict CKPT_OR_ONNX IMAGE_OR_DIR`: top-k classes and probabilities per image.
+
+Preprocessing comes from the model's metadata. Without class names in the model, labels are
+class indices and a one-line warning is printed; ``--class-names FILE`` supplies names (a
+file whose length does not match the model's classes is an error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+
+
+def add_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="checkpoint (.safetensors/.pth), TorchScript (.pt) or .onnx")
+    p.add_argument("images", help="an image file or a folder of images (searched recursively)")
+    p.add_argument("--top-k", type=int, default=5, help="classes to show per image (default 5)")
+    p.add_argument("--backend", choices=("torch", "onnxruntime"), default=None,
+                   help="default: onnxruntime for .onnx files, torch otherwise")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.add_argument("--batch-size", type=int, default=16, help="images per batch (default 16)")
+    p.add_argument("--size", type=int, default=None, help="override the input size")
+    p.add_argument("--class-names", default=None, help="text file, one class name per line")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar for folders")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from fastvit.export.predict import (
+        MissingClassNamesWarning,
+        list_images,
+        load_predictor,
+        predict_images,
+        read_class_names,
+    )
+
+    names = read_class_names(args.class_names) if args.class_names else None
+    paths = list_images(args.images)  # check images before the (slower) model load
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        predictor = load_predictor(args.model, args.backend, size=args.size, class_names=names,
+                                   threads=args.threads)
+        preds = predict_images(predictor, paths, top_k=args.top_k, batch_size=args.batch_size,
+                               progress=Path(args.images).is_dir() and not args.no_progress)
+    for w in caught:  # one line each, no source location
+        if issubclass(w.category, (MissingClassNamesWarning, UserWarning)):
+            print(f"fastvit predict: warning: {w.message}", file=sys.stderr)
+    if args.json:
+        doc = {"model": str(args.model), "backend": predictor.backend,
+               "variant": predictor.meta.variant,
+               "predictions": [p.to_dict() for p in preds]}
+        print(json.dumps(doc, indent=2))
+    else:
+        for p in preds:
+            print(p.format())
+    return 0

@@ -1,0 +1,124 @@
+"""Distributed data parallel helpers: process group setup under ``torchrun``, and SyncBN.
+
+``torchrun`` (or any launcher following its protocol) sets RANK, WORLD_SIZE and LOCAL_RANK;
+we read those, pick nccl on CUDA and gloo on CPU, and otherwise run as a single process.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from fastvit.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """Where this process sits in the job."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    initialized_here: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def resolve_device(device: str, local_rank: int = 0) -> torch.device:
+    """'auto' -> this rank's CUDA device if there is one, else CPU."""
+    if device == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("--device cuda requested but CUDA is not available; use --device cpu")
+        if dev.index is None:
+            dev = torch.device(f"cuda:{local_rank}")
+    return dev
+
+
+def setup_distributed(device: str = "auto") -> DistEnv:
+    """Join the process group described by torchrun's variables, if any."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = resolve_device(device, local_rank)
+    if world_size <= 1:
+        return DistEnv(device=dev)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    initialized_here = False
+    if not dist.is_initialized():
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
+        initialized_here = True
+    return DistEnv(rank, world_size, local_rank, dev, initialized_here)
+
+
+def cleanup_distributed(env: DistEnv) -> None:
+    """Leave the process group if we created it."""
+    if env.initialized_here and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(env: DistEnv) -> None:
+    if env.distributed:
+        dist.barrier()
+
+
+def all_reduce_sum(values: list[float], env: DistEnv) -> list[float]:
+    """Sum a few floats over all ranks (float64, on the rank's device)."""
+    if not env.distributed:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=env.device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
+
+
+def broadcast_object(obj: object, env: DistEnv, src: int = 0) -> object:
+    """Send a picklable object from ``src`` to every rank."""
+    if not env.distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def revert_sync_batchnorm(module: nn.Module) -> nn.Module:
+    """Replace every SyncBatchNorm with an equivalent BatchNorm2d (same tensors, copied).
+
+    Reparameterization folds BatchNorm2d; a SyncBatchNorm left in the tree would be skipped.
+    The inverse of ``nn.SyncBatchNorm.convert_sync_batchnorm``.
+    """
+    out = module
+    if isinstance(module, nn.SyncBatchNorm):
+        out = nn.BatchNorm2d(
+            module.num_features, module.eps, module.momentum, module.affine,
+            module.track_running_stats,
+        )
+        with torch.no_grad():
+            if module.affine:
+                out.weight.copy_(module.weight)
+                out.bias.copy_(module.bias)
+                out.weight.requires_grad_(module.weight.requires_grad)
+                out.bias.requires_grad_(module.bias.requires_grad)
+            if module.track_running_stats:
+                out.running_mean.copy_(module.running_mean)
+                out.running_var.copy_(module.running_var)
+                out.num_batches_tracked.copy_(module.num_batches_tracked)
+        out.train(module.training)
+        out.to(device=next(iter(module.state_dict().values())).device)
+    for name, child in module.named_children():
+        out.add_module(name, revert_sync_batchnorm(child))
+    return out

@@ -1,0 +1,143 @@
+"""End of a run: reparameterize the best weights, verify on the val set, save both forms.
+
+The best checkpoint's weights (the EMA copy when it scored higher) are loaded into a fresh
+training-form model, so SyncBatchNorm or DDP wrappers never reach the fusion code. The fused
+model must give the same val predictions as the training form; the number of differing
+predictions and the largest logit difference are reported (and a real disagreement raises).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from fastvit.errors import ReparamError
+from fastvit.train.checkpoint import load_training_checkpoint
+from fastvit.train.modeling import count_params, create_train_model
+
+# A prediction that flips between forms is a fusion bug unless the training form's top two
+# logits were closer than this (then float rounding legitimately decides the tie).
+TIE_MARGIN = 1e-4
+
+
+@dataclass
+class FinalReport:
+    """What the end-of-run reparameterization produced and how well it matched."""
+
+    source: str  # 'ema' or 'model'
+    epoch: int
+    top1: float  # fused model, val split, %
+    top5: float
+    num_val: int
+    mismatches: int  # val predictions that differ between training and fused form
+    max_logit_diff: float
+    params_unfused: int
+    params_fused: int
+    model_path: str
+    reparam_path: str
+    summary_path: str
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple[
+        torch.Tensor, torch.Tensor]:
+    """(logits float32 on CPU, targets) for every sample of ``loader``, in order."""
+    model.eval().to(device)
+    outs, targets = [], []
+    for images, y in loader:
+        outs.append(model(images.to(device)).float().cpu())
+        targets.append(y)
+    return torch.cat(outs), torch.cat(targets)
+
+
+def compare_predictions(ref: torch.Tensor, fused: torch.Tensor) -> tuple[int, int, float]:
+    """(mismatches, mismatches not explained by a near-tie, max abs logit difference)."""
+    diff = float((ref - fused).abs().max()) if ref.numel() else 0.0
+    differ = ref.argmax(1) != fused.argmax(1)
+    top2 = ref.topk(min(2, ref.shape[1]), dim=1).values
+    margin = (top2[:, 0] - top2[:, -1]) if ref.shape[1] > 1 else torch.full_like(top2[:, 0], 1e9)
+    real = differ & (margin > TIE_MARGIN)
+    return int(differ.sum()), int(real.sum()), diff
+
+
+def _topk(logits: torch.Tensor, targets: torch.Tensor) -> tuple[float, float]:
+    k = min(5, logits.shape[1])
+    hits = logits.topk(k, dim=1).indices == targets[:, None]
+    n = max(len(targets), 1)
+    return 100.0 * float(hits[:, 0].sum()) / n, 100.0 * float(hits.any(1).sum()) / n
+
+
+def preprocessing_metadata(cfg: Any) -> dict[str, Any]:
+    """How inputs must be prepared for the saved model (stored in the safetensors metadata)."""
+    return {
+        "input_size": int(cfg.input_size),
+        "crop_pct": float(cfg.crop_pct),
+        "interpolation": str(cfg.interpolation),
+        "mean": [float(v) for v in cfg.mean],
+        "std": [float(v) for v in cfg.std],
+    }
+
+
+def finalize(out_dir: Path, splits: Any, cfg: Any, device: torch.device) -> FinalReport:
+    """Reparameterize the best weights, verify them on the val split and save both forms."""
+    import fastvit
+
+    ckpt = load_training_checkpoint(out_dir / "best.pt")
+    use_ema = bool(ckpt["best"]["ema"]) and ckpt.get("ema") is not None
+    state = ckpt["ema"] if use_ema else ckpt["model"]
+    model = create_train_model(cfg.model, len(splits.classes))
+    model.load_state_dict(state, strict=True)
+    model.eval()
+    model.class_names = list(splits.classes)
+    prep = preprocessing_metadata(cfg)
+    if isinstance(getattr(model, "pretrained_cfg", None), dict):
+        model.pretrained_cfg = dict(
+            model.pretrained_cfg, input_size=(3, prep["input_size"], prep["input_size"]),
+            crop_pct=prep["crop_pct"], interpolation=prep["interpolation"],
+            mean=tuple(prep["mean"]), std=tuple(prep["std"]))
+    fused = fastvit.reparameterize(model)
+
+    loader = DataLoader(splits.val, batch_size=max(cfg.batch_size, 64), shuffle=False)
+    ref_logits, targets = predict_logits(model, loader, device)
+    fused_logits, _ = predict_logits(fused, loader, device)
+    mismatches, real, max_diff = compare_predictions(ref_logits, fused_logits)
+    if real:
+        raise ReparamError(
+            f"the reparameterized model changes {real} val predictions (max logit difference "
+            f"{max_diff:.3g}); the training-form checkpoint best.pt is kept for inspection"
+        )
+    top1, top5 = _topk(fused_logits, targets)
+    meta = dict(prep, val_top1=round(top1, 4), dataset=splits.name, epoch=int(ckpt["epoch"]),
+                weights="ema" if use_ema else "model")
+    model_path = fastvit.save_model(model.cpu(), out_dir / "model.safetensors",
+                                    class_names=splits.classes, metadata=meta)
+    reparam_path = fastvit.save_model(fused.cpu(), out_dir / "model_reparam.safetensors",
+                                      class_names=splits.classes, metadata=meta)
+    report = FinalReport(
+        source="ema" if use_ema else "model", epoch=int(ckpt["best"]["epoch"]), top1=top1,
+        top5=top5, num_val=len(targets), mismatches=mismatches, max_logit_diff=max_diff,
+        params_unfused=count_params(model), params_fused=count_params(fused),
+        model_path=str(model_path), reparam_path=str(reparam_path),
+        summary_path=str(out_dir / "summary.json"))
+    _write_json(out_dir / "summary.json", asdict(report))
+    return report
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
