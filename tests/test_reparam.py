@@ -70,7 +70,7 @@ def test_conv_bias_is_folded():
     m.conv = nn.Conv2d(4, 6, 3, padding=1, bias=True).double()
     nn.init.normal_(m.conv.bias)
     _check(m, torch.randn(1, 4, 8, 8, dtype=torch.float64), 1e-10)
-    w, b = fuse.fuse_conv_bn(m.conv.weight, m.conv.bias, m.bn)
+    _, b = fuse.fuse_conv_bn(m.conv.weight, m.conv.bias, m.bn)
     # the bias term: a * b + c, checked against the closed form
     a = m.bn.weight / torch.sqrt(m.bn.running_var + m.bn.eps)
     expected = a * m.conv.bias + m.bn.bias - m.bn.running_mean * a
