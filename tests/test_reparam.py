@@ -192,3 +192,13 @@ def test_syncbatchnorm_converted_model_still_fuses():
     x = torch.randn(1, 8, 5, 5)
     with torch.no_grad():
         assert torch.allclose(fused(x), net.eval()(x), atol=1e-5)
+
+
+def test_wrappers_are_unwrapped():
+    block = RepMixerBlock(8)
+    randomize_bn_and_scales(block)
+    fused = fastvit.reparameterize(nn.DataParallel(block))
+    assert isinstance(fused, RepMixerBlock) and fused.inference_mode
+    x = torch.randn(1, 8, 5, 5)
+    with torch.no_grad():
+        assert torch.allclose(fused(x), block.eval()(x), atol=1e-5)

@@ -29,7 +29,7 @@ RESERVED_METADATA = ("variant", "form", "num_classes", "class_names", "fastvit_v
 
 
 def _source_name(source: object) -> str:
-    return str(source) if isinstance(source, (str, os.PathLike)) else "state dict"
+    return str(source) if isinstance(source, (str, os.PathLike)) else "the state dict"
 
 
 def _read(source: str | os.PathLike | Mapping[str, Any]) -> tuple[StateDict, dict[str, str]]:
@@ -80,7 +80,7 @@ def load_model(
     if name is not None and name != variant:
         if variant is not None:
             raise CheckpointError(
-                f"{where} is a {variant} checkpoint, not {name}; "
+                f"{where} looks like a {variant} checkpoint, not {name}; "
                 f"use name='{variant}' (or leave name out)"
             )
         if info.stages:
@@ -144,7 +144,7 @@ def load_into(
     model_variant = getattr(model, "variant", None)
     if info.variant is not None and model_variant is not None and info.variant != model_variant:
         raise CheckpointError(
-            f"{where} is a {info.variant} checkpoint but the model is {model_variant}; "
+            f"{where} looks like a {info.variant} checkpoint but the model is {model_variant}; "
             f"build the model with fastvit.create_model('{info.variant}') or use fastvit.load_model"
         )
     expected = model.state_dict()

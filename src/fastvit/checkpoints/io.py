@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import os
 import pickle
+import re
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,8 +29,9 @@ _WRAPPER_METADATA = {"arch": "variant"}
 
 
 def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    return text if len(text) <= 200 else text[:197] + "..."
+    """First sentence of an exception message, on one line, at most ~120 characters."""
+    text = " ".join(str(e).split()).split(". ")[0]
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 def _is_safetensors(path: Path) -> bool:
@@ -89,13 +91,16 @@ def _read_torch(path: Path) -> tuple[StateDict, dict[str, str]]:
         with _allow_training_args():
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        msg = _one_line(e)
-        if "weights_only" in msg.lower() or "weights only" in msg.lower():
+        full = str(e)
+        if "weights only" in full.lower() or "weights_only" in full.lower():
+            found = re.search(r"(?i)unsupported (?:global: )?GLOBAL ([\w.]+)", full)
+            what = f" ({found.group(1)})" if found else ""
             raise CheckpointError(
-                f"refusing to load {path}: it contains pickled objects other than tensors, which "
-                "weights_only loading does not run (re-save it as a plain state dict or safetensors)"
+                f"refusing to load {path}: it contains pickled objects other than tensors{what}, "
+                "which weights_only loading does not run; re-save it as a plain state dict or "
+                "safetensors"
             ) from e
-        raise CheckpointError(f"cannot read {path}: corrupt torch checkpoint ({msg})") from e
+        raise CheckpointError(f"cannot read {path}: corrupt torch checkpoint ({_one_line(e)})") from e
     except (EOFError, RuntimeError, ValueError, OSError) as e:
         raise CheckpointError(
             f"cannot read {path}: truncated or corrupt torch checkpoint ({_one_line(e)}); "

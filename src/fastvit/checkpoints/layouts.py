@@ -151,10 +151,11 @@ def detect_layout(sd: Mapping[str, Tensor]) -> str:
     timm = any(k.split(".", 1)[0] in ("stem", "stages", "final_conv") for k in sd)
     if official != timm:
         return OFFICIAL if official else TIMM
-    what = "mixes both" if official else "matches neither"
+    what = "mix" if official else "match neither"
+    joiner = "and" if official else "nor"
     raise CheckpointError(
         f"unknown checkpoint layout: its keys ({_few(sorted(sd))}) {what} the official FastViT "
-        "layout (patch_embed./network./conv_exp.) and timm's (stem./stages./final_conv.)"
+        f"layout (patch_embed./network./conv_exp.) {joiner} timm's (stem./stages./final_conv.)"
     )
 
 

@@ -55,6 +55,17 @@ def max_abs_diff(
     return float((ref_out - out).abs().max())
 
 
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The plain module inside DataParallel/DistributedDataParallel or ``torch.compile``."""
+    while True:
+        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
 def reparameterize(
     model: nn.Module,
     *,
@@ -67,7 +78,8 @@ def reparameterize(
 
     Args:
         model: any module tree containing fastvit blocks (a FastViT, or a user's network
-            that uses e.g. :class:`~fastvit.layers.RepStem`).
+            that uses e.g. :class:`~fastvit.layers.RepStem`); DDP/DataParallel and
+            ``torch.compile`` wrappers are unwrapped.
         inplace: modify ``model`` itself; by default a deep copy is converted and ``model``
             is left untouched so it can keep training.
         verify: run one random input through both forms and raise :class:`ReparamError`
@@ -79,6 +91,7 @@ def reparameterize(
         The fused model, in eval mode. BatchNorm running statistics are used whatever mode
         the input model is in. Calling it on an already fused model is a no-op.
     """
+    model = unwrap_model(model)
     reference = copy.deepcopy(model) if verify else None
     target = model if inplace else copy.deepcopy(model)
     reparameterize_tree(target)
