@@ -83,7 +83,11 @@ def test_official_unfused_checkpoint_matches_reference_logits(variant: str) -> N
     io = _fixture(f"{variant}_apple_io")
     info = detect(sd)
     assert (info.layout, info.form, info.variant, info.num_classes) == (
-        "official", "unfused", variant, 1000)
+        "official",
+        "unfused",
+        variant,
+        1000,
+    )
     model = load_model(sd)
     assert model.variant == variant and not model.inference_mode and not model.training
     with torch.no_grad():
@@ -135,7 +139,7 @@ def test_our_fused_form_converts_to_the_official_fused_layout(t8_reparam, t8_io)
 
 
 def _randomize(model: nn.Module, seed: int) -> None:
-    """Non-trivial BN statistics/affine terms, layer scales and biases (fusion bugs hide otherwise)."""
+    """Non-trivial BN statistics/affine terms, layer scales and biases (else fusion bugs hide)."""
     g = torch.Generator().manual_seed(seed)
 
     def rand(t: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
@@ -211,14 +215,28 @@ def _same_state(a: nn.Module, b: nn.Module) -> bool:
 
 def test_torch_files_wrapped_prefixed_and_timm_layout_round_trip(tmp_path, t8_unfused) -> None:
     ref = load_model(t8_unfused)
-    wrapped = {"epoch": 7, "arch": "fastvit_t8",
-               "state_dict": {f"module.{k}": v for k, v in t8_unfused.items()}}
+    wrapped = {
+        "epoch": 7,
+        "arch": "fastvit_t8",
+        "state_dict": {f"module.{k}": v for k, v in t8_unfused.items()},
+    }
     torch.save(wrapped, tmp_path / "a.pth")
-    torch.save({"state_dict_ema": convert_state_dict(t8_unfused, to="timm")}, tmp_path / "b.pth.tar")
-    torch.save({"model": dict(t8_unfused), "epoch": 1, "version": 2,  # timm train.py style
-                "args": argparse.Namespace(model="fastvit_t8", lr=1e-3, img_size=None)},
-               tmp_path / "c.pt")
-    for name in ("a.pth", "b.pth.tar", "c.pt"):
+    torch.save(
+        {"state_dict_ema": convert_state_dict(t8_unfused, to="timm")}, tmp_path / "b.pth.tar"
+    )
+    torch.save(
+        {
+            "model": dict(t8_unfused),
+            "epoch": 1,
+            "version": 2,  # timm train.py style
+            "args": argparse.Namespace(model="fastvit_t8", lr=1e-3, img_size=None),
+        },
+        tmp_path / "c.pt",
+    )
+    # torch.compile prefix; a safetensors file under a .pth name is recognised by its header
+    torch.save({f"_orig_mod.{k}": v for k, v in t8_unfused.items()}, tmp_path / "d.pth")
+    (tmp_path / "e.pth").write_bytes((APPLE / "fastvit_t8_apple_unfused.safetensors").read_bytes())
+    for name in ("a.pth", "b.pth.tar", "c.pt", "d.pth", "e.pth"):
         model = load_model(tmp_path / name)
         assert _same_state(model, ref), name
     sd, meta = read_checkpoint(tmp_path / "a.pth")
@@ -228,8 +246,12 @@ def test_torch_files_wrapped_prefixed_and_timm_layout_round_trip(tmp_path, t8_un
 def test_save_model_safetensors_with_metadata(tmp_path, t8_unfused, t8_io) -> None:
     model = load_model(t8_unfused)
     names = [f"class {i}" for i in range(1000)]
-    path = save_model(model, tmp_path / "sub" / "t8.safetensors", class_names=names,
-                      metadata={"epochs": 3, "note": "digits"})
+    path = save_model(
+        model,
+        tmp_path / "sub" / "t8.safetensors",
+        class_names=names,
+        metadata={"epochs": 3, "note": "digits"},
+    )
     assert sorted(os.listdir(path.parent)) == ["t8.safetensors"]  # no temp file left behind
     sd, meta = read_checkpoint(path)
     assert sd.keys() == model.state_dict().keys()
@@ -262,10 +284,13 @@ def test_save_model_rejects_bad_arguments(tmp_path) -> None:
     assert not list(tmp_path.iterdir())
 
 
-def test_headless_and_features_only(t8_unfused) -> None:
+def test_headless_grayscale_and_features_only(t8_unfused) -> None:
     headless = fastvit.create_model("fastvit_t8", num_classes=0)
     loaded = load_model(headless.state_dict())
     assert loaded.num_classes == 0 and _same_state(loaded, headless)
+    gray = fastvit.create_model("fastvit_t8", num_classes=5, in_chans=1)
+    loaded = load_model(convert_state_dict(gray.state_dict(), to="timm"))
+    assert (loaded.in_chans, loaded.num_classes) == (1, 5) and _same_state(loaded, gray)
     feats = load_model(t8_unfused, features_only=True)
     outs = feats(torch.randn(1, 3, 64, 64))
     assert [o.shape[1] for o in outs] == [48, 96, 192, 384]
@@ -320,7 +345,9 @@ def test_malicious_pickle_is_refused(tmp_path, t8_unfused) -> None:
     marker = tmp_path / "pwned"
     with (tmp_path / "evil.pth").open("wb") as f:
         torch.save({"state_dict": dict(t8_unfused), "extra": _Evil(marker)}, f)
-    with _one_line_error(CheckpointError, match=r"refusing to load .*evil.pth: .*other than tensors \(\S*mkdir\)"):
+    with _one_line_error(
+        CheckpointError, match=r"refusing to load .*evil.pth: .*other than tensors \(\S*mkdir\)"
+    ):
         load_model(tmp_path / "evil.pth")
     assert not marker.exists()
     # the same payload in a plain pickle with a .pt name
@@ -331,9 +358,13 @@ def test_malicious_pickle_is_refused(tmp_path, t8_unfused) -> None:
 
 
 def test_wrong_variant_unknown_layout_and_undetectable_architecture(t8_unfused) -> None:
-    with _one_line_error(CheckpointError, match="looks like a fastvit_t8 checkpoint, not fastvit_t12"):
+    with _one_line_error(
+        CheckpointError, match="looks like a fastvit_t8 checkpoint, not fastvit_t12"
+    ):
         load_model(t8_unfused, name="fastvit_t12")
-    with _one_line_error(CheckpointError, match="looks like a fastvit_t8 checkpoint but the model is fastvit_s12"):
+    with _one_line_error(
+        CheckpointError, match="looks like a fastvit_t8 checkpoint but the model is fastvit_s12"
+    ):
         load_into(fastvit.create_model("fastvit_s12"), t8_unfused)
     with _one_line_error(CheckpointError, match="unknown checkpoint layout: .*'fc.weight'"):
         load_model({"fc.weight": torch.zeros(2, 2)})
@@ -341,9 +372,14 @@ def test_wrong_variant_unknown_layout_and_undetectable_architecture(t8_unfused) 
         load_model(t8_unfused, name="fastvit_xl")
     # one block fewer in stage 0: no registered variant has this architecture
     custom = {k: v for k, v in t8_unfused.items() if not k.startswith("network.0.1.")}
-    with _one_line_error(CheckpointError, match=r"cannot tell which FastViT variant .*layers=\(1, 2, 4, 2\)"):
+    with _one_line_error(
+        CheckpointError, match=r"cannot tell which FastViT variant .*layers=\(1, 2, 4, 2\)"
+    ):
         load_model(custom)
-    with _one_line_error(CheckpointError, match=r"does not match fastvit_t8: .*layers=\(1, 2, 4, 2\).*layers=\(2, 2, 4, 2\)"):
+    with _one_line_error(
+        CheckpointError,
+        match=r"does not match fastvit_t8: .*layers=\(1, 2, 4, 2\).*layers=\(2, 2, 4, 2\)",
+    ):
         load_model(custom, name="fastvit_t8")
     with _one_line_error(CheckpointError, match="cannot load a checkpoint from a int"):
         load_model(12345)
@@ -352,11 +388,18 @@ def test_wrong_variant_unknown_layout_and_undetectable_architecture(t8_unfused) 
 
 
 def test_form_mismatches_are_errors(t8_unfused, t8_reparam) -> None:
-    with _one_line_error(CheckpointError, match="reparameterized \\(fused\\) checkpoint; it cannot be loaded into a training-form"):
+    with _one_line_error(
+        CheckpointError,
+        match="reparameterized \\(fused\\) checkpoint; it cannot be loaded into a training-form",
+    ):
         load_model(t8_reparam, inference_mode=False)
-    with _one_line_error(CheckpointError, match="fused\\) checkpoint but the model is in training form"):
+    with _one_line_error(
+        CheckpointError, match="fused\\) checkpoint but the model is in training form"
+    ):
         load_into(fastvit.create_model("fastvit_t8"), t8_reparam)
-    with _one_line_error(CheckpointError, match="unfused\\) checkpoint but the model is reparameterized"):
+    with _one_line_error(
+        CheckpointError, match="unfused\\) checkpoint but the model is reparameterized"
+    ):
         load_into(fastvit.create_model("fastvit_t8", inference_mode=True), t8_unfused)
     partial = dict(t8_unfused)
     for k in [k for k in partial if k.startswith("patch_embed.0.")]:
@@ -375,11 +418,17 @@ def test_missing_unexpected_and_misshaped_keys_are_listed(t8_unfused) -> None:
     del missing["conv_exp.se.reduce.bias"]
     with _one_line_error(CheckpointError, match="missing keys 'conv_exp.se.reduce.bias'"):
         load_model(missing)
-    extra = dict(t8_unfused, **{"network.0.0.extra.weight": torch.zeros(1), "aux.bias": torch.zeros(1)})
-    with _one_line_error(CheckpointError, match="unexpected keys 'network.0.0.extra.weight', 'aux.bias'"):
+    extra = dict(
+        t8_unfused, **{"network.0.0.extra.weight": torch.zeros(1), "aux.bias": torch.zeros(1)}
+    )
+    with _one_line_error(
+        CheckpointError, match="unexpected keys 'network.0.0.extra.weight', 'aux.bias'"
+    ):
         load_model(extra)
     bad = dict(t8_unfused, **{"conv_exp.se.reduce.weight": torch.zeros(5, 768, 1, 1)})
-    with _one_line_error(CheckpointError, match=r"shape mismatch for conv_exp.se.reduce.weight \(5, 768, 1, 1\)"):
+    with _one_line_error(
+        CheckpointError, match=r"shape mismatch for conv_exp.se.reduce.weight \(5, 768, 1, 1\)"
+    ):
         load_model(bad)
     many = {k: v for k, v in t8_unfused.items() if "token_mixer.mixer" not in k}
     with _one_line_error(CheckpointError, match=r"missing keys ('[^']+', ){4}'[^']+' and \d+ more"):
@@ -387,12 +436,21 @@ def test_missing_unexpected_and_misshaped_keys_are_listed(t8_unfused) -> None:
 
 
 def test_num_classes_mismatch_and_qkv_bias_that_is_no_bn_fold(t8_unfused) -> None:
-    with _one_line_error(CheckpointError, match="num_classes=1000 but num_classes=10 was requested"):
+    with _one_line_error(
+        CheckpointError,
+        match=r"has 1000 classes but num_classes=10 was requested; .*reset_classifier\(10\)",
+    ):
         load_model(t8_unfused, num_classes=10)
     assert load_model(t8_unfused, num_classes=1000).num_classes == 1000
+    with _one_line_error(CheckpointError, match="takes 3 input channels but in_chans=1"):
+        load_model(t8_unfused, in_chans=1)
     sa = fastvit.create_model("fastvit_sa12", num_classes=0, inference_mode=True)
     sd = sa.state_dict()
     torch.manual_seed(0)
-    sd["network.7.0.token_mixer.qkv.bias"] = torch.randn_like(sd["network.7.0.token_mixer.qkv.bias"])
-    with _one_line_error(CheckpointError, match="'network.7.0.token_mixer.qkv.bias' is not the fold of a BatchNorm"):
+    sd["network.7.0.token_mixer.qkv.bias"] = torch.randn_like(
+        sd["network.7.0.token_mixer.qkv.bias"]
+    )
+    with _one_line_error(
+        CheckpointError, match="'network.7.0.token_mixer.qkv.bias' is not the fold of a BatchNorm"
+    ):
         convert_state_dict(sd, to="timm")

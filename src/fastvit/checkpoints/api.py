@@ -98,15 +98,20 @@ def load_model(
 
     if not any(k.startswith("conv_exp.") for k in sd):  # saved from a features_only model
         create_kwargs.setdefault("features_only", True)
-    for key, value in (("num_classes", info.num_classes), ("in_chans", info.in_chans)):
-        if key == "num_classes" and create_kwargs.get("features_only"):
-            continue
-        requested = create_kwargs.setdefault(key, value)
-        if requested != value:
+    if not create_kwargs.get("features_only"):
+        requested = create_kwargs.setdefault("num_classes", info.num_classes)
+        if requested != info.num_classes:
             raise CheckpointError(
-                f"{where} has {key}={value} but {key}={requested} was requested; load it without "
-                + ("num_classes and call model.reset_classifier(n)" if key == "num_classes" else key)
+                f"{where} has {info.num_classes} classes but num_classes={requested} was "
+                f"requested; load it without num_classes, then call "
+                f"model.reset_classifier({requested})"
             )
+    requested = create_kwargs.setdefault("in_chans", info.in_chans)
+    if requested != info.in_chans:
+        raise CheckpointError(
+            f"{where} takes {info.in_chans} input channels but in_chans={requested} was "
+            "requested; load it without in_chans"
+        )
 
     fused = info.form != UNFUSED
     want_fused = create_kwargs.pop("inference_mode", None)
@@ -128,7 +133,10 @@ def load_model(
 
 
 def load_into(
-    model: nn.Module, source: str | os.PathLike | Mapping[str, Any], *, source_name: str | None = None
+    model: nn.Module,
+    source: str | os.PathLike | Mapping[str, Any],
+    *,
+    source_name: str | None = None,
 ) -> nn.Module:
     """Load a checkpoint (any supported layout/form) into an existing FastViT ``model``, strictly.
 
@@ -182,7 +190,10 @@ def _check_keys(sd: Mapping[str, Tensor], expected: Mapping[str, Tensor], where:
         if k in sd and sd[k].shape != v.shape
     ]
     if shapes:
-        problems.append(f"shape mismatch for {', '.join(shapes[:5])}" + (f" and {len(shapes) - 5} more" if len(shapes) > 5 else ""))
+        problems.append(
+            f"shape mismatch for {', '.join(shapes[:5])}"
+            + (f" and {len(shapes) - 5} more" if len(shapes) > 5 else "")
+        )
     if problems:
         raise CheckpointError(f"{where} does not fit the model: {'; '.join(problems)}")
 
@@ -199,7 +210,9 @@ def _metadata_class_names(metadata: Mapping[str, str], where: str) -> list[str] 
     try:
         names = json.loads(text)
     except json.JSONDecodeError as e:
-        raise CheckpointError(f"{where} has malformed class_names metadata ({e}); re-save it") from e
+        raise CheckpointError(
+            f"{where} has malformed class_names metadata ({e}); re-save it"
+        ) from e
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise CheckpointError(f"{where} has class_names metadata that is not a list of strings")
     return names

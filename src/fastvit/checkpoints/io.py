@@ -100,7 +100,9 @@ def _read_torch(path: Path) -> tuple[StateDict, dict[str, str]]:
                 "which weights_only loading does not run; re-save it as a plain state dict or "
                 "safetensors"
             ) from e
-        raise CheckpointError(f"cannot read {path}: corrupt torch checkpoint ({_one_line(e)})") from e
+        raise CheckpointError(
+            f"cannot read {path}: corrupt torch checkpoint ({_one_line(e)})"
+        ) from e
     except (EOFError, RuntimeError, ValueError, OSError) as e:
         raise CheckpointError(
             f"cannot read {path}: truncated or corrupt torch checkpoint ({_one_line(e)}); "
@@ -124,7 +126,9 @@ def write_safetensors(
 
     path = Path(path)
     if path.suffix != SAFETENSORS_SUFFIX:
-        raise CheckpointError(f"checkpoints are saved as safetensors; use a path ending in .safetensors, not {path}")
+        raise CheckpointError(
+            f"checkpoints are saved as safetensors; use a path ending in .safetensors, not {path}"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     # contiguous private copies: safetensors refuses shared or strided storage
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in sd.items()}

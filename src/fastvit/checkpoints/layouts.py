@@ -22,7 +22,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from types import SimpleNamespace
 
 import torch
 from torch import Tensor
@@ -55,8 +54,12 @@ _SE_TO_TIMM = {"reduce": "fc1", "expand": "fc2"}
 _SE_TO_OFFICIAL = {v: k for k, v in _SE_TO_TIMM.items()}
 _LAYER_SCALES = ("layer_scale", "layer_scale_1", "layer_scale_2")
 
-_UNFUSED_MARKERS = ("rbr_conv", "rbr_scale", "rbr_skip", "lkb_origin", "mixer", "pe")
-_FUSED_MARKERS = ("reparam_conv", "lkb_reparam")
+# Module names that exist only in one form (either layout).
+_UNFUSED_MARKERS = frozenset(
+    {"rbr_conv", "rbr_scale", "rbr_skip", "lkb_origin", "mixer", "pe"}  # official
+    | {"conv_kxk", "conv_scale", "identity", "large_conv", "pos_enc"}  # timm
+)
+_FUSED_MARKERS = frozenset({"reparam_conv", "lkb_reparam"})
 
 StateDict = dict[str, Tensor]
 
@@ -95,7 +98,9 @@ class CheckpointInfo:
     def describe(self) -> str:
         """Short architecture summary used in error messages."""
         mixers = "".join("A" if s.token_mixer == "attention" else "R" for s in self.stages)
-        ratios = tuple(int(s.mlp_ratio) if s.mlp_ratio.is_integer() else s.mlp_ratio for s in self.stages)
+        ratios = tuple(
+            int(s.mlp_ratio) if s.mlp_ratio.is_integer() else s.mlp_ratio for s in self.stages
+        )
         return (
             f"layers={self.layers}, embed_dims={self.embed_dims}, mlp_ratios={ratios}, "
             f"mixers={mixers}, pos_emb={tuple(int(s.pos_emb) for s in self.stages)}"
@@ -117,16 +122,21 @@ def unwrap_state_dict(obj: object) -> StateDict:
         if not isinstance(obj, Mapping):
             break
         inner = next(
-            (obj[k] for k in ("state_dict", "model", "state_dict_ema") if isinstance(obj.get(k), Mapping)),
+            (
+                obj[k]
+                for k in ("state_dict", "model", "state_dict_ema")
+                if isinstance(obj.get(k), Mapping)
+            ),
             None,
         )
         if inner is None:
             break
         obj = inner
     if not isinstance(obj, Mapping) or not obj:
+        what = "an empty dict" if isinstance(obj, Mapping) else f"a {type(obj).__name__}"
         raise CheckpointError(
-            f"checkpoint holds {type(obj).__name__ if not isinstance(obj, Mapping) else 'an empty dict'}, "
-            "not a state dict; pass a state dict or a file saved with torch.save(model.state_dict())"
+            f"checkpoint holds {what}, not a state dict; pass a state dict or a file saved "
+            "with torch.save(model.state_dict())"
         )
     bad = [k for k, v in obj.items() if not isinstance(v, Tensor)]
     if bad:
@@ -162,18 +172,25 @@ def detect_layout(sd: Mapping[str, Tensor]) -> str:
 def detect_form(sd: Mapping[str, Tensor]) -> str:
     """Return ``"unfused"``, ``"fused"`` or ``"fused_full"`` for a state dict of either layout."""
     segs = [set(k.split(".")) for k in sd]
-    unfused = any(s & {*_UNFUSED_MARKERS, "conv_kxk", "conv_scale", "identity", "large_conv", "pos_enc"} for s in segs)
-    fused = any(s & set(_FUSED_MARKERS) for s in segs)
+    unfused = any(s & _UNFUSED_MARKERS for s in segs)
+    fused = any(s & _FUSED_MARKERS for s in segs)
     if unfused and fused:
-        examples = [k for k in sd if set(k.split(".")) & set(_FUSED_MARKERS)]
+        examples = [k for k in sd if set(k.split(".")) & _FUSED_MARKERS]
         raise CheckpointError(
-            f"checkpoint is partially reparameterized (e.g. {_few(examples, 2)} next to training-form "
+            f"checkpoint is partially reparameterized (e.g. {_few(examples, 2)} next to "
+            "training-form "
             "branches); save it either before or after reparameterizing the whole model"
         )
     if not fused:
         return UNFUSED
     full = any(
-        k.endswith(("convffn.conv.reparam_conv.weight", "mlp.conv.reparam_conv.weight", "token_mixer.qkv.bias"))
+        k.endswith(
+            (
+                "convffn.conv.reparam_conv.weight",
+                "mlp.conv.reparam_conv.weight",
+                "token_mixer.qkv.bias",
+            )
+        )
         for k in sd
     )
     return FUSED_FULL if full else FUSED
@@ -192,7 +209,9 @@ def detect(sd: Mapping[str, Tensor]) -> CheckpointInfo:
         stages = _stage_specs(off)
     except CheckpointError:  # incomplete: the caller must name the variant, loading lists the gaps
         stages = ()
-    stem = off.get("patch_embed.0.reparam_conv.weight", off.get("patch_embed.0.rbr_conv.0.conv.weight"))
+    stem = off.get(
+        "patch_embed.0.reparam_conv.weight", off.get("patch_embed.0.rbr_conv.0.conv.weight")
+    )
     in_chans = int(stem.shape[1]) if stem is not None else 3
     head = off.get("head.weight")
     num_classes = int(head.shape[0]) if head is not None else 0
@@ -211,7 +230,13 @@ def _network_parts(keys: Iterable[str]) -> dict[int, tuple[int, str]]:
         if not m:
             continue
         sub = m.group(2)
-        kind = "downsample" if sub == "proj" else "pos_emb" if sub in ("pe", "reparam_conv") else "blocks"
+        kind = (
+            "downsample"
+            if sub == "proj"
+            else "pos_emb"
+            if sub in ("pe", "reparam_conv")
+            else "blocks"
+        )
         kinds[int(m.group(1))] = kind
     parts: dict[int, tuple[int, str]] = {}
     stage, seen = 0, set()
@@ -237,7 +262,9 @@ def _stage_specs(off: Mapping[str, Tensor]) -> tuple[StageSpec, ...]:
         fc1 = off.get(b + "0.convffn.fc1.weight")
         fc2 = off.get(b + "0.convffn.fc2.weight")
         if fc1 is None or fc2 is None:
-            raise CheckpointError(f"checkpoint lacks '{b}0.convffn.fc1/fc2' weights; it is incomplete")
+            raise CheckpointError(
+                f"checkpoint lacks '{b}0.convffn.fc1/fc2' weights; it is incomplete"
+            )
         dim = int(fc2.shape[0])
         attn = (b + "0.token_mixer.qkv.weight") in off
         specs.append(
@@ -251,7 +278,9 @@ def _stage_specs(off: Mapping[str, Tensor]) -> tuple[StageSpec, ...]:
             )
         )
     if not specs:
-        raise CheckpointError("checkpoint has no 'network.*' blocks; it is not a full FastViT model")
+        raise CheckpointError(
+            "checkpoint has no 'network.*' blocks; it is not a full FastViT model"
+        )
     return tuple(specs)
 
 
@@ -264,7 +293,9 @@ def match_variant(info: CheckpointInfo) -> str | None:
 
 
 def _signature(info: CheckpointInfo) -> tuple:
-    return tuple((s.depth, s.dim, float(s.mlp_ratio), s.token_mixer, s.pos_emb) for s in info.stages)
+    return tuple(
+        (s.depth, s.dim, float(s.mlp_ratio), s.token_mixer, s.pos_emb) for s in info.stages
+    )
 
 
 def _variant_signatures() -> dict[str, tuple]:
@@ -273,7 +304,9 @@ def _variant_signatures() -> dict[str, tuple]:
         cfg = get_config(name)
         sigs[name] = tuple(
             (int(d), int(w), float(r), str(t), bool(p))
-            for d, w, r, t, p in zip(cfg.layers, cfg.embed_dims, cfg.mlp_ratios, cfg.token_mixers, cfg.pos_embs)
+            for d, w, r, t, p in zip(
+                cfg.layers, cfg.embed_dims, cfg.mlp_ratios, cfg.token_mixers, cfg.pos_embs
+            )
         )
     return sigs
 
@@ -377,73 +410,27 @@ def _block_prefixes(off: Mapping[str, Tensor]) -> list[str]:
     return sorted({m.group(0) for k in off if (m := re.match(r"network\.\d+\.\d+\.", k))})
 
 
-def _bn(sd: Mapping[str, Tensor], p: str) -> SimpleNamespace | None:
-    """The BatchNorm stored at prefix ``p``, as float64 tensors that the fusion math accepts."""
-    if p + "weight" not in sd or p + "running_var" not in sd:
-        return None
-    return SimpleNamespace(
-        weight=sd[p + "weight"].double(),
-        bias=sd[p + "bias"].double(),
-        running_mean=sd[p + "running_mean"].double(),
-        running_var=sd[p + "running_var"].double(),
-        eps=BN_EPS,
-    )
-
-
-def _pop_bn(sd: StateDict, p: str) -> None:
-    for name in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
-        sd.pop(p + name, None)
-
-
 def fold_to_full(off: Mapping[str, Tensor]) -> StateDict:
     """Official-layout *fused* state dict -> our fully fused form (same outputs).
 
     Per block: ConvFFN conv+BN -> ``convffn.conv.reparam_conv``; ``layer_scale``/``layer_scale_2``
     scale the rows of ``convffn.fc2``; ``layer_scale_1`` scales the rows of ``token_mixer.proj``;
     the attention BatchNorm ``norm`` (x -> a*x + c) folds into qkv: W' = W diag(a), b' = W c.
-    The math is :mod:`fastvit.reparam.fuse`, the same that reparameterizes a model.
+    The math is :mod:`fastvit.reparam.fuse`, the same the fused blocks use when loading.
     """
     sd: StateDict = dict(off)
     for p in _block_prefixes(off):
-        dtype = sd[p + "convffn.fc2.weight"].dtype
-        conv = p + "convffn.conv."
-        bn = _bn(sd, conv + "bn.")
-        if bn is not None and conv + "conv.weight" in sd:
-            w = sd.pop(conv + "conv.weight")
-            kernel, bias = fuse.fuse_conv_bn(w.double(), None, bn)
-            sd[conv + "reparam_conv.weight"] = kernel.to(w.dtype)
-            sd[conv + "reparam_conv.bias"] = bias.to(w.dtype)
-            _pop_bn(sd, conv + "bn.")
-        for ls_key, target in (
-            ("layer_scale", "convffn.fc2"),
-            ("layer_scale_2", "convffn.fc2"),
-            ("layer_scale_1", "token_mixer.proj"),
-        ):
-            if p + ls_key not in sd:
-                continue
-            gamma = sd.pop(p + ls_key).double()
-            w, b = sd[p + target + ".weight"], sd[p + target + ".bias"]
-            w2, b2 = fuse.scale_output(w.double(), b.double(), gamma)
-            sd[p + target + ".weight"], sd[p + target + ".bias"] = w2.to(w.dtype), b2.to(b.dtype)
-        norm = _bn(sd, p + "norm.")
-        if norm is not None and p + "token_mixer.qkv.weight" in sd:
-            a, c = fuse.bn_affine(norm)
-            w = sd[p + "token_mixer.qkv.weight"].double()
-            b = sd.get(p + "token_mixer.qkv.bias")
-            w2, b2 = fuse.fold_affine_into_linear_input(w, None if b is None else b.double(), a, c)
-            sd[p + "token_mixer.qkv.weight"] = w2.to(dtype)
-            sd[p + "token_mixer.qkv.bias"] = b2.to(dtype)
-            _pop_bn(sd, p + "norm.")
+        fuse.fold_fused_block_entries(sd, p)
     return sd
 
 
 def _identity_bn(p: str, shift: Tensor, out: StateDict) -> None:
-    """BatchNorm at prefix ``p`` that computes x + shift in eval mode (weight 1, mean 0, var 1-eps)."""
+    """BatchNorm at prefix ``p`` computing x + shift in eval mode (weight 1, mean 0, var 1-eps)."""
     out[p + "weight"] = torch.ones_like(shift)
     out[p + "bias"] = shift
     out[p + "running_mean"] = torch.zeros_like(shift)
     out[p + "running_var"] = torch.full_like(shift, 1.0 - BN_EPS)
-    out[p + "num_batches_tracked"] = torch.tensor(0, dtype=torch.long)
+    out[p + "num_batches_tracked"] = torch.tensor(0, dtype=torch.long, device=shift.device)
 
 
 def unfold_from_full(off: Mapping[str, Tensor]) -> StateDict:
@@ -459,27 +446,28 @@ def unfold_from_full(off: Mapping[str, Tensor]) -> StateDict:
         if conv + "reparam_conv.weight" in sd:
             sd[conv + "conv.weight"] = sd.pop(conv + "reparam_conv.weight")
             _identity_bn(conv + "bn.", sd.pop(conv + "reparam_conv.bias"), sd)
-        dim = sd[p + "convffn.fc2.weight"].shape[0]
-        dtype = sd[p + "convffn.fc2.weight"].dtype
+        fc2 = sd[p + "convffn.fc2.weight"]
+        dim, like = fc2.shape[0], {"dtype": fc2.dtype, "device": fc2.device}
         attention = p + "token_mixer.qkv.weight" in sd
         scales = ("layer_scale_1", "layer_scale_2") if attention else ("layer_scale",)
         for ls_key in scales:
             if p + ls_key not in sd:
-                sd[p + ls_key] = torch.ones(dim, 1, 1, dtype=dtype)
+                sd[p + ls_key] = torch.ones(dim, 1, 1, **like)
         if attention and p + "norm.weight" not in sd:
             w = sd[p + "token_mixer.qkv.weight"]
             b = sd.pop(p + "token_mixer.qkv.bias", None)
             if b is None:
-                beta = torch.zeros(dim, dtype=torch.float64)
+                beta = torch.zeros(dim, dtype=torch.float64, device=fc2.device)
             else:
                 beta = torch.linalg.lstsq(w.double(), b.double().unsqueeze(1)).solution.squeeze(1)
                 resid = (w.double() @ beta - b.double()).abs().max().item()
                 if resid > 1e-4 * max(1.0, b.double().abs().max().item()):
                     raise CheckpointError(
-                        f"'{p}token_mixer.qkv.bias' is not the fold of a BatchNorm (residual {resid:.2e}); "
+                        f"'{p}token_mixer.qkv.bias' is not the fold of a BatchNorm "
+                        f"(residual {resid:.2e}); "
                         "this checkpoint cannot be expressed in the official/timm fused layout"
                     )
-            _identity_bn(p + "norm.", beta.to(dtype), sd)
+            _identity_bn(p + "norm.", beta.to(fc2.dtype), sd)
     return sd
 
 

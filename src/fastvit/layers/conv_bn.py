@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from fastvit.reparam.base import Reparameterizable, new_conv
-from fastvit.reparam.fuse import fuse_conv_bn, pop_bn_affine, scale_shift_conv
+from fastvit.reparam.fuse import fold_conv_bn_entries, fuse_conv_bn
 
 
 class ConvBN(Reparameterizable):
@@ -54,13 +54,8 @@ class ConvBN(Reparameterizable):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # A fused ConvBN also accepts the unfused keys (official/timm fused checkpoints keep
         # the ConvFFN conv+BN): fold them on load so those checkpoints load strict=True.
-        if self.inference_mode and prefix + "conv.weight" in state_dict:
-            affine = pop_bn_affine(state_dict, prefix + "bn.")
-            if affine is not None:
-                w, b = scale_shift_conv(state_dict.pop(prefix + "conv.weight"),
-                                        state_dict.pop(prefix + "conv.bias", None), *affine)
-                state_dict[prefix + "reparam_conv.weight"] = w
-                state_dict[prefix + "reparam_conv.bias"] = b
+        if self.inference_mode:
+            fold_conv_bn_entries(state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _reparameterize(self) -> None:

@@ -19,9 +19,8 @@ from fastvit.reparam.base import Reparameterizable, new_conv, new_linear
 from fastvit.reparam.fuse import (
     bn_affine,
     fold_affine_into_linear_input,
-    fold_scale_entries,
+    fold_fused_block_entries,
     identity_kernel,
-    pop_bn_affine,
     scale_output,
 )
 
@@ -268,8 +267,8 @@ class RepMixerBlock(Reparameterizable):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # Official/timm fused checkpoints keep the layer scale: fold it into fc2 on load.
-        if self.layer_scale is None:
-            fold_scale_entries(state_dict, prefix + "layer_scale", prefix + "convffn.fc2.")
+        if self.inference_mode:
+            fold_fused_block_entries(state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
@@ -339,14 +338,7 @@ class AttentionBlock(Reparameterizable):
         # Official/timm fused checkpoints keep the BatchNorm and both layer scales: fold them
         # on load (same math as _reparameterize, on state-dict tensors).
         if self.inference_mode:
-            qkv = prefix + "token_mixer.qkv."
-            affine = pop_bn_affine(state_dict, prefix + "norm.")
-            if affine is not None and qkv + "weight" in state_dict:
-                w, b = fold_affine_into_linear_input(state_dict[qkv + "weight"],
-                                                     state_dict.get(qkv + "bias"), *affine)
-                state_dict[qkv + "weight"], state_dict[qkv + "bias"] = w, b
-            fold_scale_entries(state_dict, prefix + "layer_scale_1", prefix + "token_mixer.proj.")
-            fold_scale_entries(state_dict, prefix + "layer_scale_2", prefix + "convffn.fc2.")
+            fold_fused_block_entries(state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 

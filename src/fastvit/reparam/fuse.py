@@ -144,17 +144,61 @@ BN_KEYS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked
 def pop_bn_affine(sd: dict[str, Tensor], prefix: str, eps: float = 1e-5
                   ) -> tuple[Tensor, Tensor] | None:
     """Remove BatchNorm entries ``prefix{weight,bias,running_*}`` from ``sd`` and return
-    their ``(a, c)``; ``None`` (and ``sd`` untouched) when they are not all there."""
+    their ``(a, c)`` in float64; ``None`` (``sd`` untouched) when they are not all there.
+
+    Checkpoint files do not store eps: the PyTorch default 1e-5 (used by every FastViT
+    BatchNorm) is assumed.
+    """
     if not all(prefix + k in sd for k in BN_KEYS[:4]):
         return None
-    t = {k: sd.pop(prefix + k) for k in BN_KEYS if prefix + k in sd}
+    t = {k: sd.pop(prefix + k).double() for k in BN_KEYS if prefix + k in sd}
     return affine_from_stats(t["running_mean"], t["running_var"], t["weight"], t["bias"], eps)
+
+
+def fold_conv_bn_entries(sd: dict[str, Tensor], prefix: str) -> None:
+    """``prefix{conv.weight, bn.*}`` -> ``prefix reparam_conv.{weight,bias}`` (in ``sd``)."""
+    if prefix + "conv.weight" not in sd:
+        return
+    affine = pop_bn_affine(sd, prefix + "bn.")
+    if affine is None:
+        return
+    w = sd.pop(prefix + "conv.weight")
+    b = sd.pop(prefix + "conv.bias", None)
+    kernel, bias = scale_shift_conv(w.double(), None if b is None else b.double(), *affine)
+    sd[prefix + "reparam_conv.weight"] = kernel.to(w.dtype)
+    sd[prefix + "reparam_conv.bias"] = bias.to(w.dtype)
 
 
 def fold_scale_entries(sd: dict[str, Tensor], scale_key: str, layer_prefix: str) -> None:
     """Fold the layer scale ``sd[scale_key]`` into ``layer_prefix{weight,bias}`` (in ``sd``)."""
     if scale_key not in sd:
         return
-    scale = sd.pop(scale_key)
-    w, b = scale_output(sd[layer_prefix + "weight"], sd.get(layer_prefix + "bias"), scale)
-    sd[layer_prefix + "weight"], sd[layer_prefix + "bias"] = w, b
+    scale = sd.pop(scale_key).double()
+    w = sd[layer_prefix + "weight"]
+    b = sd.get(layer_prefix + "bias")
+    w2, b2 = scale_output(w.double(), None if b is None else b.double(), scale)
+    sd[layer_prefix + "weight"], sd[layer_prefix + "bias"] = w2.to(w.dtype), b2.to(w.dtype)
+
+
+def fold_norm_into_linear_entries(sd: dict[str, Tensor], norm_prefix: str, linear_prefix: str
+                                  ) -> None:
+    """Fold the BatchNorm ``norm_prefix*`` into the following linear ``linear_prefix*``."""
+    if linear_prefix + "weight" not in sd:
+        return
+    affine = pop_bn_affine(sd, norm_prefix)
+    if affine is None:
+        return
+    w = sd[linear_prefix + "weight"]
+    b = sd.get(linear_prefix + "bias")
+    w2, b2 = fold_affine_into_linear_input(w.double(), None if b is None else b.double(), *affine)
+    sd[linear_prefix + "weight"], sd[linear_prefix + "bias"] = w2.to(w.dtype), b2.to(w.dtype)
+
+
+def fold_fused_block_entries(sd: dict[str, Tensor], prefix: str) -> None:
+    """Bring one official/timm *fused* FastViT block (official key names) at ``prefix`` to our
+    fully fused form: ConvFFN conv+BN, layer scales and the attention BatchNorm folded."""
+    fold_conv_bn_entries(sd, prefix + "convffn.conv.")
+    fold_scale_entries(sd, prefix + "layer_scale", prefix + "convffn.fc2.")
+    fold_scale_entries(sd, prefix + "layer_scale_2", prefix + "convffn.fc2.")
+    fold_scale_entries(sd, prefix + "layer_scale_1", prefix + "token_mixer.proj.")
+    fold_norm_into_linear_entries(sd, prefix + "norm.", prefix + "token_mixer.qkv.")
