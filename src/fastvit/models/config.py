@@ -49,7 +49,7 @@ class FastViTConfig:
             "mean": self.mean,
             "std": self.std,
             "num_classes": num_classes,
-            "first_conv": "patch_embed.0",
+            "first_conv": "patch_embed.0.rbr_conv.0.conv",
             "classifier": "head",
         }
 
