@@ -77,6 +77,7 @@ def machine_info(threads: int) -> dict[str, Any]:
     except (OSError, StopIteration):
         pass
     return {"cpu": cpu, "cpu_count": os.cpu_count(), "threads": threads,
+            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
             "python": sys.version.split()[0], "torch": torch.__version__,
             "onnxruntime": onnxruntime.__version__, "platform": platform.platform()}
 
@@ -203,6 +204,10 @@ def format_table(result: BenchResult) -> str:
     out += [fmt.format(*x) for x in lines_]
     c = result.config
     out.append("")
+    load = result.machine.get("load_average")
+    if load:
+        out.append(f"load average at the end: {load[0]:.2f} (1 min) on "
+                   f"{result.machine['cpu_count']} cores; above the core count timings suffer")
     out.append(f"size {c['size']}x{c['size']}, {c['threads']} threads, fp32 sgemm "
                f"(n={SGEMM_N}) {result.sgemm_gflops:.1f} GFLOP/s median "
                f"({result.sgemm_gflops_best:.1f} best), interleaved over {c['rounds']} rounds")

@@ -16,7 +16,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=int, default=256, help="input height/width (default 256)")
     p.add_argument("--backend", default="eager",
                    help="comma-separated: unfused, eager, channels_last, compile, torchscript, "
-                        "bf16, onnxruntime, onnxruntime-int8 (default eager)")
+                        "bf16, bf16-compile, onnxruntime, onnxruntime-int8 (default eager)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     p.add_argument("--compare-timm", action="store_true",
                    help="also time timm's reparameterized model, interleaved, and print ratios")

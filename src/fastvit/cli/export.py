@@ -2,7 +2,9 @@
 
 Every format is exported from the fully fused model and checked: ONNX and TorchScript
 against PyTorch on random and real inputs (max |diff| <= 1e-4), int8 ONNX for accuracy on a
-labelled set and for speed against fp32, CoreML by reading back its spec.
+labelled set and for speed against fp32, CoreML by reading back its spec (CoreML prediction
+needs macOS, so no numeric check is possible elsewhere). Preprocessing (input size, crop_pct,
+interpolation, mean/std) and class names are stored in every exported file.
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ SUFFIX = {"onnx": ".onnx", "onnx-int8": ".int8.onnx", "torchscript": ".torchscri
 def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="checkpoint (.safetensors/.pth, any supported layout)")
     p.add_argument("--format", default="onnx",
-                   help=f"comma-separated formats: {', '.join(FORMATS)} (default: onnx)")
+                   help="comma-separated formats (default: onnx): onnx; onnx-int8 (static int8, "
+                        "writes the fp32 .onnx too); torchscript; coreml (.mlpackage, needs "
+                        "`pip install 'fastvit[coreml]'`; converted and spec-checked on any OS, "
+                        "but CoreML models only RUN on macOS)")
     p.add_argument("-o", "--output", default=None,
                    help="output file (one format only); default: next to the checkpoint")
     p.add_argument("--output-dir", default=None, help="directory for the exported files")

@@ -24,7 +24,8 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=int, default=None, help="override the input size")
     p.add_argument("--class-names", default=None, help="text file, one class name per line")
     p.add_argument("--threads", type=int, default=None, help="CPU threads")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar for folders")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar for folders (it is shown only on a terminal)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
         predictor = load_predictor(args.model, args.backend, size=args.size, class_names=names,
                                    threads=args.threads)
         preds = predict_images(predictor, paths, top_k=args.top_k, batch_size=args.batch_size,
-                               progress=Path(args.images).is_dir() and not args.no_progress)
+                               progress=Path(args.images).is_dir() and not args.no_progress
+                               and sys.stderr.isatty())
     for w in caught:  # one line each, no source location
         if issubclass(w.category, (MissingClassNamesWarning, UserWarning)):
             print(f"fastvit predict: warning: {w.message}", file=sys.stderr)

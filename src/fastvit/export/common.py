@@ -71,10 +71,10 @@ def load_source(source: str | Path | nn.Module) -> nn.Module:
     if isinstance(source, nn.Module):
         return source
     path = Path(source)
-    if not path.exists():
-        raise CheckpointError(f"checkpoint {path} does not exist; check the path")
     if path.suffix.lower() == ".onnx":
         raise ConfigError(f"{path} is already an ONNX model; export needs a PyTorch checkpoint")
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist; check the path")
     import fastvit
 
     model = fastvit.load_model(path)

@@ -332,6 +332,9 @@ def predict_images(
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
     meta = predictor.meta
+    if meta.in_chans not in (1, 3):
+        raise DataError(f"the model takes {meta.in_chans}-channel input but images have 1 "
+                        "(grayscale) or 3 (RGB) channels; use a model built with in_chans=1 or 3")
     if meta.class_names is None:
         warnings.warn("the model has no class names; showing class indices (pass --class-names "
                       "FILE with one name per line)", MissingClassNamesWarning, stacklevel=2)

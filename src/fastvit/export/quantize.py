@@ -11,6 +11,8 @@ BF16 kernels) when the CPU has them; :func:`bf16_supported` says whether it does
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import tempfile
 import warnings
@@ -29,9 +31,6 @@ from fastvit.export.metadata import ModelMetadata
 
 QUANT_FORMATS = ("qdq", "qoperator")
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
-#: Digits split used everywhere in this module: a fixed permutation, the last 20% is val.
-DIGITS_SEED = 0
-DIGITS_VAL_FRACTION = 0.2
 
 
 @dataclass
@@ -45,17 +44,19 @@ class LabelledImages:
 def digits_split(split: str) -> tuple[list[Any], np.ndarray]:
     """scikit-learn's 1797 handwritten digits as PIL "L" images and labels, ``train``/``val``.
 
-    A fixed permutation (seed 0) puts 20% of the images in ``val``.
+    The split is the project's fixed stratified one (:mod:`fastvit.data.digits`: 1438 train,
+    359 val), so accuracies here are comparable with ``fastvit train``/``eval``.
     """
     from PIL import Image
     from sklearn.datasets import load_digits
 
+    from fastvit.data.digits import digits_split_indices
+
     if split not in ("train", "val"):
         raise ConfigError(f"unknown digits split {split!r}; use train or val")
     d = load_digits()
-    order = np.random.default_rng(DIGITS_SEED).permutation(len(d.target))
-    n_val = round(len(order) * DIGITS_VAL_FRACTION)
-    idx = order[-n_val:] if split == "val" else order[:-n_val]
+    train_idx, val_idx = digits_split_indices(d.target)
+    idx = val_idx if split == "val" else train_idx
     arr = (np.clip(d.images[idx] / 16.0, 0, 1) * 255).round().astype(np.uint8)
     return [Image.fromarray(a, mode="L") for a in arr], d.target[idx].astype(np.int64)
 
@@ -100,7 +101,7 @@ def quantize_onnx(
     quant_format: str = "qdq",
     per_channel: bool = True,
     method: str = "minmax",
-    quantize_depthwise: bool = False,
+    quantize_depthwise: bool = True,
     op_types: Sequence[str] = ("Conv", "Gemm", "MatMul"),
     activations: str = "uint8",
     symmetric_activations: bool = False,
@@ -110,10 +111,12 @@ def quantize_onnx(
     ``calibration`` is a float32 array ``(N, C, H, W)`` or an iterable of such batches of
     preprocessed images. The graph is first optimized offline by onnxruntime (extended
     level: the erf pattern becomes one fused GELU kernel), then ``op_types`` are quantized.
-    Depthwise convolutions stay in fp32 unless ``quantize_depthwise``: onnxruntime's int8
-    depthwise kernels are several times *slower* than its fp32 ones, and they hold few FLOPs.
-    Activation-by-activation MatMuls (attention scores) also stay fp32. The fp32 metadata
-    is copied to the output.
+    Grouped convs with several outputs per input channel (the 7x7 stride-2 patch
+    embeddings, ``conv_exp``) always stay fp32: onnxruntime runs them in int8 through a generic
+    kernel ~20x slower than fp32. ``quantize_depthwise=False`` also keeps true depthwise convs
+    fp32 (slower overall: the graph then switches between int8 NHWC and fp32 NCHWc layouts
+    around every block). Activation-by-activation MatMuls (attention scores) stay fp32. The
+    fp32 metadata is copied to the output.
     """
     import onnx
     from onnxruntime.quantization import (
@@ -162,20 +165,22 @@ def quantize_onnx(
                    if not _worth_quantizing(n, model, quantize_depthwise)]
         tmp_out = atomic_path(out_path)
         try:
-            quantize_static(
-                str(pre), str(tmp_out), _Reader(),
-                quant_format=QuantFormat.QDQ if quant_format == "qdq" else QuantFormat.QOperator,
-                per_channel=per_channel,
-                activation_type=QuantType.QUInt8 if activations == "uint8" else QuantType.QInt8,
-                weight_type=QuantType.QInt8,
-                op_types_to_quantize=list(op_types),
-                nodes_to_exclude=exclude,
-                calibrate_method={"minmax": CalibrationMethod.MinMax,
-                                  "percentile": CalibrationMethod.Percentile,
-                                  "entropy": CalibrationMethod.Entropy}[method],
-                extra_options={"WeightSymmetric": True,
-                               "ActivationSymmetric": symmetric_activations},
-            )
+            quiet = contextlib.redirect_stdout(io.StringIO())  # calibrators print progress
+            with quiet:
+                quantize_static(
+                    str(pre), str(tmp_out), _Reader(),
+                    quant_format=QuantFormat.QDQ if quant_format == "qdq" else QuantFormat.QOperator,
+                    per_channel=per_channel,
+                    activation_type=QuantType.QUInt8 if activations == "uint8" else QuantType.QInt8,
+                    weight_type=QuantType.QInt8,
+                    op_types_to_quantize=list(op_types),
+                    nodes_to_exclude=exclude,
+                    calibrate_method={"minmax": CalibrationMethod.MinMax,
+                                      "percentile": CalibrationMethod.Percentile,
+                                      "entropy": CalibrationMethod.Entropy}[method],
+                    extra_options={"WeightSymmetric": True,
+                                   "ActivationSymmetric": symmetric_activations},
+                )
             q = onnx.load(str(tmp_out))
             del q.metadata_props[:]
             for p in src.metadata_props:
@@ -232,10 +237,16 @@ def _annotate_contrib_types(model: Any) -> Any:
 
 def _worth_quantizing(node: Any, model: Any, quantize_depthwise: bool) -> bool:
     """Conv/Gemm/MatMul nodes that gain from int8 (see :func:`quantize_onnx`)."""
-    inits = {i.name for i in model.graph.initializer}
+    inits = {i.name: i for i in model.graph.initializer}
     if node.op_type == "Conv":
         group = next((a.i for a in node.attribute if a.name == "group"), 1)
-        return quantize_depthwise or group == 1
+        if group == 1:
+            return True
+        weight = inits.get(node.input[1])
+        out_channels = weight.dims[0] if weight is not None else -1
+        # grouped convs with several outputs per input channel (the patch-embedding 7x7,
+        # conv_exp) fall back to a very slow generic int8 kernel: always keep them fp32
+        return quantize_depthwise and out_channels == group
     if node.op_type == "MatMul":
         return any(x in inits for x in node.input)
     return True

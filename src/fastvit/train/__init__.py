@@ -46,8 +46,10 @@ def format_summary(result: TrainResult) -> str:
             f"  saved {f.model_path} (training form) and {f.reparam_path} (fused)",
         ]
     out = result.output_dir
-    lines.append(f"  run files: {out}/last.pt, {out}/best.pt, {out}/metrics.csv, "
-                 f"{out}/curves.png, {out}/tensorboard/")
+    files = ["last.pt", "best.pt", "metrics.csv", "summary.json"]
+    files += ["curves.png"] if cfg.plot else []
+    files += ["tensorboard/"] if cfg.tensorboard else []
+    lines.append(f"  run files in {out}/: {', '.join(files)}")
     if f is not None:
         lines.append(f"next: fastvit eval {f.reparam_path}")
     return "\n".join(lines)

@@ -7,7 +7,7 @@ we read those, pick nccl on CUDA and gloo on CPU, and otherwise run as a single 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -23,7 +23,7 @@ class DistEnv:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-    device: torch.device = torch.device("cpu")
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     initialized_here: bool = False
 
     @property
@@ -33,6 +33,9 @@ class DistEnv:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
+
+
+SINGLE_PROCESS = DistEnv()
 
 
 def resolve_device(device: str, local_rank: int = 0) -> torch.device:
@@ -95,14 +98,91 @@ def broadcast_object(obj: object, env: DistEnv, src: int = 0) -> object:
     return box[0]
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks whose gradient is again a sum over ranks (every rank's loss depends
+    on every rank's contribution)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        out = x.clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        out = grad.clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
+
+class GlooSyncBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics span all ranks, for CPU/gloo jobs.
+
+    torch's SyncBatchNorm only runs on accelerators. This subclass computes the batch mean
+    and (two-pass) variance over the global batch with autograd-aware all-reduces, so DDP on
+    CPU trains exactly like one process with the global batch. It *is* a BatchNorm2d (same
+    state dict), so reparameterization folds it like any other; outside training, or without
+    a process group, it is a plain BatchNorm2d.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_available() and dist.is_initialized()
+                and dist.get_world_size() > 1):
+            return super().forward(x)
+        all_reduce = _AllReduceSum.apply
+        c = x.shape[1]
+        count = torch.tensor([x.numel() // c], dtype=x.dtype, device=x.device)
+        sums = all_reduce(torch.cat([x.sum(dim=(0, 2, 3)), count]))
+        n = sums[-1]
+        mean = sums[:c] / n
+        centered = x - mean.view(1, c, 1, 1)
+        var = all_reduce(centered.pow(2).sum(dim=(0, 2, 3))) / n  # biased, as BN normalises
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                m = (1.0 / float(self.num_batches_tracked) if self.momentum is None
+                     else self.momentum)
+                unbiased = var.detach() * (n / (n - 1)).clamp(min=0)
+                self.running_mean.lerp_(mean.detach(), m)
+                self.running_var.lerp_(unbiased, m)
+        y = centered * torch.rsqrt(var + self.eps).view(1, c, 1, 1)
+        if self.affine:
+            y = y * self.weight.view(1, c, 1, 1) + self.bias.view(1, c, 1, 1)
+        return y
+
+
+def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
+    """Make every BatchNorm2d synchronise across ranks: torch's SyncBatchNorm on CUDA,
+    :class:`GlooSyncBatchNorm2d` on CPU."""
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    return _to_gloo_bn(module)
+
+
+def _to_gloo_bn(module: nn.Module) -> nn.Module:
+    out = module
+    if type(module) is nn.BatchNorm2d:
+        out = GlooSyncBatchNorm2d(module.num_features, module.eps, module.momentum,
+                                  module.affine, module.track_running_stats)
+        out.load_state_dict(module.state_dict())
+        out.to(next(iter(module.state_dict().values())).device)
+        if module.affine:
+            out.weight.requires_grad_(module.weight.requires_grad)
+            out.bias.requires_grad_(module.bias.requires_grad)
+        out.train(module.training)
+    for name, child in module.named_children():
+        out.add_module(name, _to_gloo_bn(child))
+    return out
+
+
 def revert_sync_batchnorm(module: nn.Module) -> nn.Module:
-    """Replace every SyncBatchNorm with an equivalent BatchNorm2d (same tensors, copied).
+    """Replace every SyncBatchNorm (torch's or ours) with an equivalent BatchNorm2d.
 
     Reparameterization folds BatchNorm2d; a SyncBatchNorm left in the tree would be skipped.
     The inverse of ``nn.SyncBatchNorm.convert_sync_batchnorm``.
     """
     out = module
-    if isinstance(module, nn.SyncBatchNorm):
+    if isinstance(module, (nn.SyncBatchNorm, GlooSyncBatchNorm2d)):
         out = nn.BatchNorm2d(
             module.num_features, module.eps, module.momentum, module.affine,
             module.track_running_stats,

@@ -40,11 +40,13 @@ from fastvit.train.checkpoint import (
 )
 from fastvit.train.config import DEFAULT_MODEL, TrainConfig, validate_config
 from fastvit.train.distributed import (
+    SINGLE_PROCESS,
     DistEnv,
     all_reduce_sum,
     barrier,
     broadcast_object,
     cleanup_distributed,
+    convert_sync_batchnorm,
     setup_distributed,
 )
 from fastvit.train.modeling import (
@@ -130,7 +132,7 @@ def train_one_epoch(
     clip_mode: str = "norm",
     channels_last: bool = False,
     frozen_modules: list[str] | tuple[str, ...] = (),
-    env: DistEnv = DistEnv(),
+    env: DistEnv = SINGLE_PROCESS,
     desc: str = "train",
     progress: bool = False,
 ) -> EpochStats:
@@ -206,7 +208,7 @@ def evaluate(
     amp: str = "none",
     channels_last: bool = False,
     num_batches: int | None = None,
-    env: DistEnv = DistEnv(),
+    env: DistEnv = SINGLE_PROCESS,
     desc: str = "eval",
     progress: bool = False,
 ) -> dict[str, float]:
@@ -245,6 +247,22 @@ def evaluate(
 
 
 # --------------------------------------------------------------------------- setup
+# torch's CPU (oneDNN) backward of a 1x1 stride-2 convolution on channels-last inputs of
+# >= 112 px crashes the process (segfault; seen with torch 2.14). FastViT's stem has such a
+# branch, so refuse the combination with a message instead of crashing mid-run.
+CPU_CHANNELS_LAST_MAX_SIZE = 96
+
+
+def check_channels_last(cfg: TrainConfig, device: torch.device) -> None:
+    """Refuse channels-last training on CPU at input sizes where torch crashes."""
+    if cfg.channels_last and device.type == "cpu" and cfg.input_size > CPU_CHANNELS_LAST_MAX_SIZE:
+        raise ConfigError(
+            f"--channels-last on CPU is limited to input sizes <= {CPU_CHANNELS_LAST_MAX_SIZE} "
+            f"(torch's CPU backward of the stem's strided 1x1 conv crashes at {cfg.input_size} "
+            "px); add --no-channels-last"
+        )
+
+
 def resolve_variant(
     cfg: TrainConfig, resume: dict[str, Any] | None, init_model: nn.Module | None
 ) -> str:
@@ -394,7 +412,10 @@ def train(cfg: TrainConfig, *, echo: Callable[[str], None] | None = print) -> Tr
     """
     t_start = time.perf_counter()
     validate_config(cfg)
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
     env = setup_distributed(cfg.device)
+    check_channels_last(cfg, env.device)
     say = echo if (echo is not None and env.is_main) else (lambda _msg: None)
     try:
         return _run(cfg, env, say, t_start)
@@ -451,7 +472,7 @@ def _run(cfg: TrainConfig, env: DistEnv, say: Callable[[str], None], t_start: fl
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     if cfg.sync_bn and env.distributed:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = convert_sync_batchnorm(model, env.device)
 
     teacher = None
     if cfg.distill != "none":

@@ -9,6 +9,7 @@ predictions and the largest logit difference are reported (and a real disagreeme
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from dataclasses import asdict, dataclass
@@ -22,6 +23,8 @@ from torch.utils.data import DataLoader
 from fastvit.errors import ReparamError
 from fastvit.train.checkpoint import load_training_checkpoint
 from fastvit.train.modeling import count_params, create_train_model
+
+logger = logging.getLogger("fastvit")
 
 # A prediction that flips between forms is a fusion bug unless the training form's top two
 # logits were closer than this (then float rounding legitimately decides the tie).
@@ -47,12 +50,15 @@ class FinalReport:
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple[
-        torch.Tensor, torch.Tensor]:
-    """(logits float32 on CPU, targets) for every sample of ``loader``, in order."""
+def predict_logits(
+    model: nn.Module, loader: DataLoader, device: torch.device, limit_batches: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits float32 on CPU, targets) for the samples of ``loader``, in order."""
     model.eval().to(device)
     outs, targets = [], []
-    for images, y in loader:
+    for i, (images, y) in enumerate(loader):
+        if limit_batches is not None and i >= limit_batches:
+            break
         outs.append(model(images.to(device)).float().cpu())
         targets.append(y)
     return torch.cat(outs), torch.cat(targets)
@@ -90,8 +96,17 @@ def finalize(out_dir: Path, splits: Any, cfg: Any, device: torch.device) -> Fina
     """Reparameterize the best weights, verify them on the val split and save both forms."""
     import fastvit
 
-    ckpt = load_training_checkpoint(out_dir / "best.pt")
-    use_ema = bool(ckpt["best"]["ema"]) and ckpt.get("ema") is not None
+    best_path = out_dir / "best.pt"
+    if best_path.is_file():
+        ckpt = load_training_checkpoint(best_path)
+        use_ema = bool(ckpt["best"]["ema"])
+    else:  # resumed into a new directory after the best epoch: the last weights are all we have
+        ckpt = load_training_checkpoint(out_dir / "last.pt")
+        last = ckpt["history"][-1]
+        use_ema = last.get("ema_top1") is not None and last["ema_top1"] > last["val_top1"]
+        logger.warning("warning: %s has no best.pt; reparameterizing the last epoch's weights",
+                       out_dir)
+    use_ema = use_ema and ckpt.get("ema") is not None
     state = ckpt["ema"] if use_ema else ckpt["model"]
     model = create_train_model(cfg.model, len(splits.classes))
     model.load_state_dict(state, strict=True)
@@ -105,9 +120,10 @@ def finalize(out_dir: Path, splits: Any, cfg: Any, device: torch.device) -> Fina
             mean=tuple(prep["mean"]), std=tuple(prep["std"]))
     fused = fastvit.reparameterize(model)
 
-    loader = DataLoader(splits.val, batch_size=max(cfg.batch_size, 64), shuffle=False)
-    ref_logits, targets = predict_logits(model, loader, device)
-    fused_logits, _ = predict_logits(fused, loader, device)
+    loader = DataLoader(splits.val, batch_size=cfg.batch_size, shuffle=False)
+    limit = cfg.limit_val_batches  # quick runs check only part of the val set
+    ref_logits, targets = predict_logits(model, loader, device, limit)
+    fused_logits, _ = predict_logits(fused, loader, device, limit)
     mismatches, real, max_diff = compare_predictions(ref_logits, fused_logits)
     if real:
         raise ReparamError(
@@ -122,7 +138,7 @@ def finalize(out_dir: Path, splits: Any, cfg: Any, device: torch.device) -> Fina
     reparam_path = fastvit.save_model(fused.cpu(), out_dir / "model_reparam.safetensors",
                                       class_names=splits.classes, metadata=meta)
     report = FinalReport(
-        source="ema" if use_ema else "model", epoch=int(ckpt["best"]["epoch"]), top1=top1,
+        source="ema" if use_ema else "model", epoch=int(ckpt["epoch"]), top1=top1,
         top5=top5, num_val=len(targets), mismatches=mismatches, max_logit_diff=max_diff,
         params_unfused=count_params(model), params_fused=count_params(fused),
         model_path=str(model_path), reparam_path=str(reparam_path),

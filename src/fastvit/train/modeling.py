@@ -149,9 +149,9 @@ def freeze_stages(model: nn.Module, num_stages: int) -> list[str]:
     modules = []
     for mname, m in model.named_modules():
         params = [f"{mname}.{pn}" if mname else pn for pn, _ in m.named_parameters(recurse=True)]
-        if mname and params and all(p in frozen for p in params):
-            if not any(mname.startswith(prefix + ".") for prefix in modules):
-                modules.append(mname)
+        inside = any(mname.startswith(prefix + ".") for prefix in modules)
+        if mname and params and all(p in frozen for p in params) and not inside:
+            modules.append(mname)
     return modules
 
 

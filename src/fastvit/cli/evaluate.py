@@ -1,0 +1,54 @@
+"""`fastvit eval`: top-1, top-5, loss and img/s of a checkpoint on a dataset.
+
+Accepts every checkpoint ``fastvit.load_model`` reads (official/timm/ours, unfused or fused)
+and the ``last.pt``/``best.pt`` files of a training run. Preprocessing (input size, crop,
+mean/std) comes from the checkpoint's metadata when it has some, else from the variant.
+Without ``--data`` it evaluates on the digits val split.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", metavar="CKPT", help="model file (.safetensors/.pth) or a "
+                   "training run's last.pt/best.pt")
+    p.add_argument("--data", metavar="DIR", help="ImageFolder root (its val/ split is used) or "
+                   "a folder of class folders (default: the digits val split)")
+    p.add_argument("--input-size", type=int, metavar="PX", help="default: from the checkpoint")
+    p.add_argument("--crop-pct", type=float)
+    p.add_argument("--interpolation", choices=("bilinear", "bicubic", "nearest"))
+    p.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"))
+    p.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"))
+    p.add_argument("--batch-size", "-b", type=int, default=64)
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None,
+                   help="for a run's .pt: use the EMA weights (default: whichever was best)")
+    p.add_argument("--limit-batches", type=int, metavar="N", help="evaluate N batches only")
+    p.add_argument("--check-images", choices=("auto", "full", "header", "none"), default="auto")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from fastvit.train.evaluation import evaluate_checkpoint
+
+    result = evaluate_checkpoint(
+        args.checkpoint, data=args.data, input_size=args.input_size, crop_pct=args.crop_pct,
+        interpolation=args.interpolation, mean=args.mean, std=args.std,
+        batch_size=args.batch_size, workers=args.workers, device=args.device, amp=args.amp,
+        channels_last=args.channels_last, use_ema=args.ema, limit_batches=args.limit_batches,
+        check_images=args.check_images)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"{result['checkpoint']} ({result['variant']}, {result['form']}) on {result['data']}: "
+          f"{result['images']} images at {result['input_size']}px")
+    print(f"  top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  loss "
+          f"{result['loss']:.4f}  {result['img_s']:.0f} img/s")
+    return 0

@@ -1,0 +1,120 @@
+"""`fastvit bench`: timing statistics, FLOP counts, a tiny end-to-end run, outputs, bad input."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from fastvit.bench import (
+    RunnerSpec,
+    build_runner,
+    count_flops,
+    format_table,
+    peak_memory_mb,
+    run_benchmark,
+    time_interleaved,
+    write_json,
+    write_png,
+)
+from fastvit.cli.main import main
+from fastvit.errors import ConfigError
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_time_interleaved_orders_and_counts() -> None:
+    calls: list[str] = []
+
+    def sleeper(name: str, dt: float):
+        def f() -> None:
+            calls.append(name)
+            time.sleep(dt)
+        return f
+
+    fast, slow = time_interleaved([sleeper("a", 0.001), sleeper("b", 0.004)], warmup=1,
+                                  rounds=3, round_time=0.012)
+    assert 0.9 < fast.median_ms < 3.0 and 3.5 < slow.median_ms < 7.0
+    assert fast.p90_ms >= fast.median_ms
+    assert len(fast.samples) > len(slow.samples) >= 3  # ~equal time per round, not equal calls
+    timed = calls[4:]  # after warm-up and the one calibration call per function
+    assert "a" in timed[: len(timed) // 2] and "b" in timed[: len(timed) // 2]  # interleaved
+
+
+def test_flop_count_matches_paper_scale() -> None:
+    # FastViT-T8: 0.7 GMACs at 256x256 (paper); our counter sees convs + linears exactly.
+    flops = count_flops("fastvit_t8", 256)
+    assert flops / 2e9 == pytest.approx(0.685, abs=0.01)
+    assert count_flops("fastvit_t8", 256, impl="timm") == pytest.approx(flops, rel=1e-3)
+
+
+def test_tiny_benchmark_end_to_end(tmp_path: Path) -> None:
+    result = run_benchmark(["fastvit_t8"], batches=[1, 2], size=64,
+                           backends=["unfused", "eager", "onnxruntime"], threads=1,
+                           compare_timm=True, warmup=1, rounds=2, round_time=0.02, memory=False)
+    rows = result.rows
+    assert len(rows) == 3 * 2 * 2  # backends x batches x (ours, timm)
+    for r in rows:
+        assert r.median_ms > 0 and r.p90_ms >= r.median_ms and r.samples >= 2
+        assert r.throughput == pytest.approx(r.batch / (r.median_ms / 1e3))
+        assert r.roofline_ms == pytest.approx(r.gflop * r.batch / result.sgemm_gflops * 1e3)
+    assert result.sgemm_gflops > 1
+    kinds = {(q["kind"], q["backend"], q["batch"]) for q in result.ratios}
+    assert ("fastvit/timm", "eager", 1) in kinds and ("fastvit unfused/eager", "eager", 2) in kinds
+    table = format_table(result)
+    assert "x roofline" in table and "fastvit/timm" in table
+    doc = json.loads(write_json(result, tmp_path / "b.json").read_text())
+    assert len(doc["rows"]) == 12 and doc["machine"]["threads"] == 1
+    png = write_png(result, tmp_path / "b.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_peak_memory_in_child_process(tmp_path: Path) -> None:
+    spec = RunnerSpec("fastvit_t8", "onnxruntime", 1, 64, threads=1, cache_dir=str(tmp_path))
+    mb = peak_memory_mb(spec, warmup=1)
+    assert mb is not None and 5 < mb < 2000  # ~14 MB of weights plus workspaces
+    assert (tmp_path / "fastvit_fastvit_t8_64.onnx").exists()
+
+
+def test_runners_agree_with_eager() -> None:
+    ref = build_runner(RunnerSpec("fastvit_t8", "eager", 1, 64, threads=1)).fn()
+    for backend in ("channels_last", "torchscript", "unfused"):
+        out = build_runner(RunnerSpec("fastvit_t8", backend, 1, 64, threads=1)).fn()
+        torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_cli_bench_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "bench"
+    assert main(["bench", "fastvit_t8", "--size", "32", "--backend", "eager", "--rounds", "1",
+                 "--round-time", "0.01", "--warmup", "1", "--threads", "1", "--no-memory",
+                 "--out", str(out), "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "fastvit_t8" in text and "median ms" in text
+    assert (out / "bench.json").exists() and (out / "bench.png").exists()
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--backend", "tensorrt"], "unknown backend 'tensorrt'"),
+    (["--size", "100"], "multiple of 32"),
+    (["--batch", "1,x"], "--batch must be comma-separated integers"),
+    (["fastvit_t99"], "unknown variant"),
+])
+def test_cli_bench_bad_input(argv: list[str], needle: str,
+                             capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", *argv, "--rounds", "1", "--no-memory", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], err
+
+
+def test_bad_backend_raises() -> None:
+    with pytest.raises(ConfigError):
+        build_runner(RunnerSpec("fastvit_t8", "onnxruntime-int8", 1, 64, impl="timm"))

@@ -1,0 +1,243 @@
+"""Export round trips (ONNX, TorchScript, CoreML spec, int8 ONNX), graph checks, metadata,
+and bad inputs. Models have randomized BatchNorm statistics and layer scales, so a fusion or
+export bug cannot hide behind identity statistics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import fastvit
+from conftest import randomize_bn_and_scales
+from fastvit.cli.main import main
+from fastvit.errors import CheckpointError, ConfigError, ReparamError
+from fastvit.export import (
+    ModelMetadata,
+    describe_onnx,
+    export_onnx,
+    export_torchscript,
+    load_torchscript,
+    ort_session,
+    read_onnx_metadata,
+)
+from fastvit.export.common import real_inputs
+from fastvit.export.onnx import FORBIDDEN_OPS, load_onnx, simplify_graph
+
+SIZE = 64
+NAMES = [f"class_{i}" for i in range(10)]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One intra-op thread: tiny inputs gain nothing from two on a shared machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _model(variant: str, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    m = fastvit.create_model(variant, num_classes=10)
+    randomize_bn_and_scales(m, seed=seed)
+    m.pretrained_cfg = dict(m.pretrained_cfg, input_size=(3, SIZE, SIZE))
+    m.class_names = NAMES
+    return m.eval()
+
+
+@pytest.fixture(scope="module", params=["fastvit_t8", "fastvit_sa12"])
+def model(request: pytest.FixtureRequest) -> torch.nn.Module:
+    return _model(request.param)
+
+
+def test_onnx_round_trip(model: torch.nn.Module, tmp_path: Path) -> None:
+    path = tmp_path / "m.onnx"
+    report = export_onnx(model, path)
+    assert report.ok and report.max_abs_diff_random <= 1e-4 and report.max_abs_diff_real <= 1e-4
+    assert "max |diff| vs PyTorch on real inputs" in report.summary()
+
+    proto = load_onnx(path)
+    info = describe_onnx(proto)
+    assert info["opset"] >= 17
+    assert not any(op in info["op_counts"] for op in FORBIDDEN_OPS)
+    assert info["foldable_nodes"] == 0
+    assert "Constant" not in info["op_counts"]
+    assert info["input_shape"] == ["batch", 3, SIZE, SIZE]
+
+    meta = read_onnx_metadata(proto)
+    assert meta == ModelMetadata(variant=model.variant, num_classes=10,
+                                 input_size=(3, SIZE, SIZE), crop_pct=0.9,
+                                 interpolation="bicubic", mean=(0.485, 0.456, 0.406),
+                                 std=(0.229, 0.224, 0.225), class_names=tuple(NAMES))
+
+    # Independently of the exporter's own check: the unfused model in eval mode vs ORT, at
+    # two batch sizes (dynamic batch), on random and real (digits) inputs.
+    sess = ort_session(path)
+    for x in (torch.randn(1, 3, SIZE, SIZE), real_inputs(meta, 5)):
+        with torch.no_grad():
+            ref = model(x).numpy()
+        out = sess.run(None, {"input": x.numpy()})[0]
+        np.testing.assert_allclose(out, ref, atol=1e-4, rtol=0)
+        assert np.abs(ref).max() > 1e-2  # the check is not vacuous
+
+
+def test_onnx_dynamic_hw(tmp_path: Path) -> None:
+    m = _model("fastvit_sa12", seed=1)
+    path = tmp_path / "dyn.onnx"
+    report = export_onnx(m, path, dynamic_hw=True, opset=17)
+    assert report.ok
+    assert describe_onnx(load_onnx(path))["input_shape"] == ["batch", 3, "height", "width"]
+    sess = ort_session(path)
+    x = torch.randn(2, 3, 96, 128)
+    with torch.no_grad():
+        np.testing.assert_allclose(sess.run(None, {"input": x.numpy()})[0], m(x).numpy(),
+                                   atol=1e-4, rtol=0)
+
+
+def test_torchscript_round_trip(model: torch.nn.Module, tmp_path: Path) -> None:
+    path = tmp_path / "m.torchscript.pt"
+    report = export_torchscript(model, path)
+    assert report.ok and report.max_abs_diff_real <= 1e-4
+    loaded, meta = load_torchscript(path)
+    assert meta.variant == model.variant and meta.class_names == tuple(NAMES)
+    assert meta.input_size == (3, SIZE, SIZE)
+    x = torch.randn(3, 3, SIZE, SIZE)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), atol=1e-4, rtol=0)
+    # the archive holds the fused graph: no BatchNorm op anywhere in its code
+    assert "batch_norm" not in loaded.inlined_graph.str()
+
+
+def test_coreml_spec(tmp_path: Path) -> None:
+    pytest.importorskip("coremltools", reason="coremltools is the optional 'coreml' extra")
+    from fastvit.export import export_coreml, inspect_coreml
+
+    m = _model("fastvit_t8", seed=2)
+    path = tmp_path / "t8.mlpackage"
+    report = export_coreml(m, path)
+    assert path.is_dir() and report.details["ops"] > 0
+    info = inspect_coreml(path)
+    (inp,) = info["inputs"]
+    assert inp["name"] == "input" and inp["dtype"] == "FLOAT32"
+    assert inp["shape"] == [1, 3, SIZE, SIZE] and inp["ranges"][0] == (1, 64)
+    assert [o["name"] for o in info["outputs"]] == ["logits"]
+    ops = info["op_counts"]
+    assert not any("batch_norm" in op for op in ops)
+    # fused graph: one conv per fused conv of the PyTorch model (+ none hidden elsewhere)
+    n_convs = sum(isinstance(x, torch.nn.Conv2d) for x in fastvit.reparameterize(m).modules())
+    assert ops["conv"] == n_convs
+    assert info["metadata"].class_names == tuple(NAMES)
+    assert info["metadata"].input_size == (3, SIZE, SIZE)
+
+
+def test_int8_quantization_keeps_predictions(tmp_path: Path) -> None:
+    from fastvit.export.quantize import load_images, onnx_top1, quantize_onnx
+
+    m = _model("fastvit_t8", seed=3)
+    fp32 = tmp_path / "m.onnx"
+    export_onnx(m, fp32, verify=False)
+    meta = read_onnx_metadata(fp32)
+    calib = load_images("digits", meta, split="train", limit=16)
+    q = quantize_onnx(fp32, tmp_path / "m.int8.onnx", [calib.images[:8], calib.images[8:]])
+    ops = describe_onnx(load_onnx(q))["op_counts"]
+    assert ops.get("QuantizeLinear", 0) > 0 and ops.get("DequantizeLinear", 0) > 0
+    qmeta = read_onnx_metadata(q)
+    assert qmeta.class_names == tuple(NAMES) and "int8" in qmeta.extra["quantization"]
+    val = load_images("digits", meta, split="val", limit=32)
+    f32 = ort_session(fp32).run(None, {"input": val.images})[0]
+    i8 = ort_session(q).run(None, {"input": val.images})[0]
+    # int8 stays close to fp32 (relative to the logit range) and mostly agrees on the class
+    assert np.abs(i8 - f32).max() < 0.1 * np.abs(f32).max()
+    assert (i8.argmax(1) == f32.argmax(1)).mean() >= 0.8
+    # top-1 on labelled data is computed the same way for both
+    val.labels = f32.argmax(1)
+    assert onnx_top1(fp32, val) == 100.0
+
+
+def test_simplify_graph_removes_identity_dropout_and_folds() -> None:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    two = numpy_helper.from_array(np.full((1, 4), 2.0, np.float32), "two")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Constant", [], ["c"], value=numpy_helper.from_array(
+                np.full((1, 4), 3.0, np.float32))),
+            helper.make_node("Add", ["two", "c"], ["five"]),  # foldable: constants only
+            helper.make_node("Identity", ["x"], ["x_id"]),
+            helper.make_node("Dropout", ["x_id"], ["x_drop"]),
+            helper.make_node("Mul", ["x_drop", "five"], ["y0"]),
+            helper.make_node("Identity", ["y0"], ["y"]),  # feeds the graph output
+        ],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], [two])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    simplify_graph(proto)
+    onnx.checker.check_model(proto)
+    assert [n.op_type for n in proto.graph.node] == ["Mul"]
+    x = np.arange(4, dtype=np.float32).reshape(1, 4)
+    out = ort_session(proto.SerializeToString()).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(out, x * 5)
+
+
+def test_cli_export_from_unfused_checkpoint(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    m = _model("fastvit_t8", seed=4)
+    ckpt = tmp_path / "t8.safetensors"
+    fastvit.save_model(m, ckpt, metadata={"input_size": [3, SIZE, SIZE], "crop_pct": 0.95})
+    names = tmp_path / "names.txt"
+    names.write_text("\n".join(f"n{i}" for i in range(10)))
+    out_dir = tmp_path / "out"
+    assert main(["export", str(ckpt), "--format", "onnx,torchscript", "--output-dir",
+                 str(out_dir), "--class-names", str(names)]) == 0
+    text = capsys.readouterr().out
+    assert text.count("(tolerance 1e-04, ok)") == 4  # random + real, for both formats
+    meta = read_onnx_metadata(out_dir / "t8.onnx")
+    assert meta.crop_pct == 0.95 and meta.input_size == (3, SIZE, SIZE)
+    assert meta.class_names == tuple(f"n{i}" for i in range(10))
+    assert load_torchscript(out_dir / "t8.torchscript.pt")[1] == meta
+
+
+def test_export_bad_inputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    m = _model("fastvit_t8", seed=5)
+    with pytest.raises(ConfigError, match="opset 16 is too old"):
+        export_onnx(m, tmp_path / "x.onnx", opset=16)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        export_onnx(tmp_path / "missing.safetensors", tmp_path / "x.onnx")
+    with pytest.raises(ConfigError, match="3 class names for a 10-class model"):
+        export_onnx(m, tmp_path / "x.onnx", class_names=["a", "b", "c"])
+    with pytest.raises(ConfigError, match="already an ONNX model"):
+        export_torchscript(tmp_path / "x.onnx", tmp_path / "y.pt")
+    with pytest.raises(ReparamError, match="BatchNorm"):
+        export_onnx(torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1), torch.nn.BatchNorm2d(3)),
+                    tmp_path / "bn.onnx")
+
+    ckpt = tmp_path / "t8.safetensors"
+    fastvit.save_model(m, ckpt)
+    for argv, needle in (
+        (["export", str(ckpt), "--format", "tflite"], "unknown format tflite"),
+        (["export", str(ckpt), "--format", "onnx,torchscript", "-o", "a.onnx"],
+         "--output takes one format"),
+        (["export", str(tmp_path / "nope.pth")], "does not exist"),
+        (["export", str(ckpt), "--opset", "13"], "opset 13 is too old"),
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and needle in err[0], err
+
+
+def test_metadata_props_round_trip_and_validation() -> None:
+    meta = ModelMetadata(variant="fastvit_t8", num_classes=2, input_size=(1, 32, 48),
+                         crop_pct=1.0, interpolation="bilinear", mean=(0.5,), std=(0.2,),
+                         class_names=("cat", "dog"), extra={"note": "x"})
+    assert ModelMetadata.from_props(meta.to_props()) == meta
+    assert meta.resize_size == 32
+    with pytest.raises(ConfigError, match="crop_pct"):
+        ModelMetadata(crop_pct=1.5)
+    with pytest.raises(ConfigError, match="one value per channel"):
+        ModelMetadata(input_size=(1, 32, 32))
+    with pytest.raises(ConfigError, match="interpolation"):
+        ModelMetadata(interpolation="cubic-ish")
