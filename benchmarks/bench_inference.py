@@ -12,10 +12,13 @@ Sections (``--sections``, default all):
 * ``ideas``    model-level speed ideas measured on monkeypatched copies of our fused model
                (the model code is not changed here): channels-last, grouped->depthwise
                patch-embedding convs, oneDNN fused conv+GELU / conv+residual-add.
+* ``speedup``  unfused -> fused for every variant, also with the proposed model changes.
 * ``runtimes`` T8 in every shipped runtime vs the fp32 roofline (GFLOP / sgemm rate).
 * ``int8``     T8 trained on the digits train split for a few epochs (64x64), then fp32 vs
                int8 (onnxruntime static, per-channel) vs bf16 (PyTorch) top-1 on the digits
                val split, and speed at 256x256 batch 1.
+* ``ortprofile`` per-op-type onnxruntime time of the fp32 and int8 T8 graphs (why int8 is
+               not faster at batch 1). Not in the default set.
 
 Run: ``.venv/bin/python benchmarks/bench_inference.py --threads 2``
 """
@@ -56,12 +59,17 @@ def torch_fn(model: Callable, x: torch.Tensor) -> Callable[[], object]:
 
 
 def report(names: list[str], timings: list[Timing], ref: str | None = None) -> None:
-    """Print median/p90 and, if ``ref`` is given, each median / ref median."""
-    base = dict(zip(names, timings))[ref].median_ms if ref else None
+    """Print median/p90/p10 and, if ``ref`` is given, the median and p10 ratios to it.
+
+    On a shared machine the p10 (10th percentile) is the more robust estimate of unloaded
+    latency; both ratios are printed.
+    """
+    base = dict(zip(names, timings))[ref] if ref else None
     for n, t in zip(names, timings):
-        ratio = f"  x{t.median_ms / base:.3f} vs {ref}" if base else ""
-        print(f"  {n:<44} median {t.median_ms:8.2f} ms  p90 {t.p90_ms:8.2f} ms  "
-              f"n={len(t.samples):<4}{ratio}")
+        ratio = (f"  x{t.median_ms / base.median_ms:.3f} (median) x{t.p10_ms / base.p10_ms:.3f} "
+                 f"(p10) vs {ref}") if base else ""
+        print(f"  {n:<44} median {t.median_ms:8.2f}  p90 {t.p90_ms:8.2f}  p10 {t.p10_ms:7.2f} ms"
+              f"  n={len(t.samples):<4}{ratio}")
 
 
 # --------------------------------------------------------------------------- speed ideas
@@ -193,6 +201,35 @@ def section_ideas(args: argparse.Namespace) -> None:
         report([n.split(" | ")[1] for n in names[sl]], timings[sl], ref="timm fused (NCHW)")
 
 
+def section_speedup(args: argparse.Namespace) -> None:
+    """unfused -> fused for every variant, with and without the proposed model changes."""
+    print(f"\n== speedup: unfused -> fused eager for every variant (batch 1, {SIZE}px, fp32, "
+          f"{args.threads} threads) ==")
+    x = torch.randn(1, 3, SIZE, SIZE)
+    xcl = x.contiguous(memory_format=torch.channels_last)
+    names, fns = [], []
+    for v in fastvit.list_models():
+        unfused = build_model(v, "fastvit", fused=False)
+        fused = build_model(v, "fastvit", fused=True)
+        best = fuse_pointwise(grouped_to_depthwise(copy.deepcopy(fused))).to(
+            memory_format=torch.channels_last)
+        for name, m, inp in (("unfused", unfused, x), ("fused", fused, x),
+                             ("fused + proposed changes", best, xcl)):
+            names.append(f"{v} | {name}")
+            fns.append(torch_fn(m, inp))
+    timings = time_interleaved(fns, warmup=args.warmup, rounds=args.rounds,
+                               round_time=args.round_time)
+    report(names, timings)
+    t = dict(zip(names, timings))
+    for stat in ("median_ms", "p10_ms"):
+        print(f"\n target 3 [{stat[:-3]}]: unfused / fused  (goal >= 1.5)")
+        for v in fastvit.list_models():
+            un = getattr(t[f"{v} | unfused"], stat)
+            fu = getattr(t[f"{v} | fused"], stat)
+            be = getattr(t[f"{v} | fused + proposed changes"], stat)
+            print(f"  {v:<14} fused {un / fu:.2f}x   fused + proposed changes {un / be:.2f}x")
+
+
 # --------------------------------------------------------------------------- targets
 
 def section_targets(args: argparse.Namespace) -> None:
@@ -216,22 +253,23 @@ def section_targets(args: argparse.Namespace) -> None:
                                round_time=args.round_time)
     t = {s.key: tm for s, tm in zip(specs, timings)}
     report([s.key for s in specs], timings)
-    print("\n target 1: ours fused eager / timm fused eager  (goal <= 0.80)")
-    for v in TARGET_VARIANTS:
-        timm_nchw = t[f"timm:{v}:eager:b1"].median_ms
-        timm_cl = t[f"timm:{v}:channels_last:b1"].median_ms
-        ours = t[f"fastvit:{v}:eager:b1"].median_ms
-        ours_cl = t[f"fastvit:{v}:channels_last:b1"].median_ms
-        print(f"  {v:<14} NCHW/NCHW {ours / timm_nchw:.3f}   ours-cl/timm-NCHW "
-              f"{ours_cl / timm_nchw:.3f}   cl/cl {ours_cl / timm_cl:.3f}   "
-              f"(timm {timm_nchw:.2f} ms, ours {ours:.2f} ms, ours cl {ours_cl:.2f} ms)")
-    print("\n target 3: unfused eager / fused eager  (goal >= 1.5)")
-    for v in fastvit.list_models():
-        un = t[f"fastvit:{v}:unfused:b1"].median_ms
-        fe = t[f"fastvit:{v}:eager:b1"].median_ms
-        fc = t[f"fastvit:{v}:channels_last:b1"].median_ms
-        print(f"  {v:<14} NCHW {un / fe:.2f}x   (channels_last fused: {un / fc:.2f}x)  "
-              f"unfused {un:.2f} ms, fused {fe:.2f} ms, fused cl {fc:.2f} ms")
+    for stat in ("median_ms", "p10_ms"):
+        def ms(key: str, stat: str = stat) -> float:
+            return getattr(t[key], stat)
+
+        print(f"\n target 1 [{stat[:-3]}]: ours fused eager / timm fused eager  (goal <= 0.80)")
+        for v in TARGET_VARIANTS:
+            timm_nchw, timm_cl = ms(f"timm:{v}:eager:b1"), ms(f"timm:{v}:channels_last:b1")
+            ours, ours_cl = ms(f"fastvit:{v}:eager:b1"), ms(f"fastvit:{v}:channels_last:b1")
+            print(f"  {v:<14} NCHW/NCHW {ours / timm_nchw:.3f}   ours-cl/timm-NCHW "
+                  f"{ours_cl / timm_nchw:.3f}   cl/cl {ours_cl / timm_cl:.3f}   "
+                  f"(timm {timm_nchw:.2f} ms, ours {ours:.2f} ms, ours cl {ours_cl:.2f} ms)")
+        print(f"\n target 3 [{stat[:-3]}]: unfused eager / fused eager  (goal >= 1.5)")
+        for v in fastvit.list_models():
+            un = ms(f"fastvit:{v}:unfused:b1")
+            fe, fc = ms(f"fastvit:{v}:eager:b1"), ms(f"fastvit:{v}:channels_last:b1")
+            print(f"  {v:<14} NCHW {un / fe:.2f}x   (channels_last fused: {un / fc:.2f}x)  "
+                  f"unfused {un:.2f} ms, fused {fe:.2f} ms, fused cl {fc:.2f} ms")
 
 
 # --------------------------------------------------------------------------- runtimes
@@ -243,8 +281,8 @@ def section_runtimes(args: argparse.Namespace) -> None:
     gflop = count_flops(v, SIZE) / 1e9
     with tempfile.TemporaryDirectory() as cache:
         specs = [RunnerSpec(v, b, 1, SIZE, "fastvit", args.threads, cache)
-                 for b in ("eager", "channels_last", "torchscript", "compile", "bf16", "bf16-compile",
-                           "onnxruntime", "onnxruntime-int8")]
+                 for b in ("eager", "channels_last", "torchscript", "compile", "bf16",
+                           "bf16-compile", "onnxruntime", "onnxruntime-int8")]
         specs.append(RunnerSpec(v, "onnxruntime", 1, SIZE, "timm", args.threads, cache))
         fns, names = [], []
         for s in specs:
@@ -263,20 +301,23 @@ def section_runtimes(args: argparse.Namespace) -> None:
         names.append("sgemm n=2048")
         timings = time_interleaved(fns, warmup=args.warmup, rounds=args.rounds,
                                    round_time=args.round_time)
-    sg = timings[-1]
-    rate = 2 * 2048**3 / (sg.median_ms * 1e-3) / 1e9
-    roof = gflop / rate * 1e3
     report(names, timings)
-    print(f"\n  sgemm {rate:.1f} GFLOP/s (median) -> T8 roofline {gflop:.3f} GFLOP / rate = "
-          f"{roof:.2f} ms")
-    print("  target 2: best shipped runtime / fp32 roofline  (goal <= 1.5)")
-    for n, tm in zip(names[:-1], timings[:-1]):
-        print(f"    {n:<48} {tm.median_ms:7.2f} ms  x{tm.median_ms / roof:.2f} roofline")
+    sg = timings[-1]
+    for stat in ("median_ms", "p10_ms"):
+        rate = 2 * 2048**3 / (getattr(sg, stat) * 1e-3) / 1e9
+        roof = gflop / rate * 1e3
+        print(f"\n  [{stat[:-3]}] sgemm {rate:.1f} GFLOP/s -> T8 roofline {gflop:.3f} GFLOP / "
+              f"rate = {roof:.2f} ms")
+        print(f"  target 2 [{stat[:-3]}]: shipped runtime / fp32 roofline  (goal <= 1.5 for the "
+              "best)")
+        for n, tm in zip(names[:-1], timings[:-1]):
+            v_ms = getattr(tm, stat)
+            print(f"    {n:<48} {v_ms:7.2f} ms  x{v_ms / roof:.2f} roofline")
 
 
 # --------------------------------------------------------------------------- int8 / bf16
 
-def train_digits_t8(epochs: int, size: int, threads: int) -> tuple[nn.Module, float]:
+def train_digits_t8(epochs: int, size: int, threads: int = 1) -> tuple[nn.Module, float]:
     """FastViT-T8 trained on the digits train split (AdamW, cosine, label smoothing)."""
     from timm.scheduler import CosineLRScheduler
 
@@ -298,6 +339,8 @@ def train_digits_t8(epochs: int, size: int, threads: int) -> tuple[nn.Module, fl
     t0 = time.perf_counter()
     step = 0
     model.train()
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
     for ep in range(epochs):
         perm = torch.randperm(len(y_all), generator=g)
         for i in range(0, len(perm) - bs + 1, bs):
@@ -313,6 +356,7 @@ def train_digits_t8(epochs: int, size: int, threads: int) -> tuple[nn.Module, fl
             sched.step_update(step)
         log(f"epoch {ep + 1}/{epochs} loss {loss.item():.3f} "
             f"({time.perf_counter() - t0:.0f} s)")
+    torch.set_num_threads(before)
     model.eval()
     model.class_names = [str(i) for i in range(10)]
     return model, time.perf_counter() - t0
@@ -326,7 +370,8 @@ def section_int8(args: argparse.Namespace) -> None:
     size = args.train_size
     print(f"\n== int8 / bf16: fastvit_t8 trained on digits ({args.epochs} epochs at "
           f"{size}px, {args.threads} threads) ==")
-    model, secs = train_digits_t8(args.epochs, size, args.threads)
+    # training runs on one thread: on a shared machine two-thread training steps can stall
+    model, secs = train_digits_t8(args.epochs, size, threads=1)
     fused = fastvit.reparameterize(model)
     meta = metadata_from_model(fused)
     val = load_images("digits", meta, split="val")
@@ -389,12 +434,73 @@ def section_int8(args: argparse.Namespace) -> None:
             print(f"  speed at {sz}x{sz}, batch 1:")
             report(names, timings, ref="onnxruntime fp32")
             print(f"  target 4: int8 speed-up over fp32 onnxruntime (goal >= 1.5): "
-                  f"{timings[0].median_ms / timings[1].median_ms:.2f}x")
+                  f"{timings[0].median_ms / timings[1].median_ms:.2f}x (median), "
+                  f"{timings[0].p10_ms / timings[1].p10_ms:.2f}x (p10)")
+
+
+def ort_op_profile(path: Path, threads: int, runs: int, prefix: Path) -> dict[str, float]:
+    """Per-op-type time (ms): onnxruntime's node profile, median over runs per node, summed."""
+    import json
+    from collections import defaultdict
+
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.enable_profiling = True
+    opts.profile_file_prefix = str(prefix)
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((1, 3, SIZE, SIZE)).astype(np.float32)
+    for _ in range(runs):
+        sess.run(None, {"input": x})
+    events = json.loads(Path(sess.end_profiling()).read_text())
+    per_node: dict[str, list[float]] = defaultdict(list)
+    op_of: dict[str, str] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            per_node[e["name"]].append(e["dur"] / 1e3)
+            name = e["name"].lower()
+            depthwise = any(k in name for k in ("token_mixer", "convffn/conv/", "lkb",
+                                                "patch_embed.1", "pos_emb", "conv_exp/reparam"))
+            op_of[e["name"]] = e["args"]["op_name"] + (" (depthwise/grouped)" if depthwise
+                                                       and "Conv" in e["args"]["op_name"] else "")
+    agg: dict[str, float] = defaultdict(float)
+    for node, durs in per_node.items():
+        agg[op_of[node]] += float(np.median(durs[runs // 4:]))  # skip the first runs
+    return dict(sorted(agg.items(), key=lambda kv: -kv[1]))
+
+
+def section_ortprofile(args: argparse.Namespace) -> None:
+    """Why int8 is not faster: per-op time of the fp32 and int8 T8 graphs in onnxruntime."""
+    from fastvit.export import export_onnx, quantize_onnx
+    from fastvit.export.metadata import metadata_from_model
+    from fastvit.export.quantize import load_images
+
+    print(f"\n== ortprofile: fastvit_t8 {SIZE}px batch 1, {args.threads} threads, per-op time "
+          "(median per node over runs, summed per op type) ==")
+    model = build_model("fastvit_t8", "fastvit", fused=True)
+    with tempfile.TemporaryDirectory() as d:
+        fp32 = Path(d) / "t8.onnx"
+        export_onnx(model, fp32, verify=False)
+        calib = load_images("digits", metadata_from_model(model), limit=32)
+        paths = {"fp32": fp32}
+        paths["int8 (all convs but grouped)"] = quantize_onnx(
+            fp32, Path(d) / "q.onnx", [calib.images[:16], calib.images[16:]])
+        paths["int8 (depthwise fp32)"] = quantize_onnx(
+            fp32, Path(d) / "q_pw.onnx", [calib.images[:16], calib.images[16:]],
+            quantize_depthwise=False)
+        for name, p in paths.items():
+            prof = ort_op_profile(p, args.threads, 40, Path(d) / "prof")
+            print(f"  {name}: total {sum(prof.values()):.2f} ms")
+            for op, ms in list(prof.items())[:9]:
+                print(f"    {op:<42} {ms:6.2f} ms")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sections", default="targets,ideas,runtimes,int8")
+    p.add_argument("--sections", default="targets,ideas,speedup,runtimes,int8")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--round-time", type=float, default=0.3)
@@ -410,7 +516,8 @@ def main() -> None:
     for sec in args.sections.split(","):
         print(f"\n(load average before {sec}: {load()})")
         {"targets": section_targets, "ideas": section_ideas, "runtimes": section_runtimes,
-         "int8": section_int8}[sec.strip()](args)
+         "int8": section_int8, "ortprofile": section_ortprofile,
+         "speedup": section_speedup}[sec.strip()](args)
         print(f"(load average after {sec}: {load()})")
 
 

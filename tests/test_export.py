@@ -241,3 +241,19 @@ def test_metadata_props_round_trip_and_validation() -> None:
         ModelMetadata(input_size=(1, 32, 32))
     with pytest.raises(ConfigError, match="interpolation"):
         ModelMetadata(interpolation="cubic-ish")
+
+
+def test_cli_export_int8_with_accuracy_and_speed_check(tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    m = _model("fastvit_t8", seed=6)
+    ckpt = tmp_path / "t8.safetensors"
+    fastvit.save_model(m, ckpt, metadata={"input_size": [3, 32, 32]})
+    out = tmp_path / "t8_q.onnx"
+    assert main(["export", str(ckpt), "--format", "onnx-int8", "-o", str(out), "--val", "digits",
+                 "--calibration-count", "16", "--threads", "1", "--no-verify"]) == 0
+    text = capsys.readouterr().out
+    assert "wrote int8 ONNX model" in text and "16 calibration images from digits" in text
+    assert "top-1 on digits (359 images): fp32" in text and "speed-up" in text
+    assert out.exists() and (tmp_path / "t8_q.fp32.onnx").exists()  # fp32 kept beside it
+    ops = describe_onnx(load_onnx(out))["op_counts"]
+    assert ops.get("QuantizeLinear", 0) > 0

@@ -141,6 +141,15 @@ def test_quick_run_writes_everything(quick_run, capsys):
     assert res["top1"] == pytest.approx(summary["top1"], abs=1e-9)
     rc, text, err = cli(["eval", out / "last.pt", "-b", "16", "--limit-batches", "1"], capsys)
     assert rc == 0 and "top-1" in text and "(fastvit_t8, unfused)" in text
+    # the same fused weights in timm's fused layout (a .pth without metadata): same result
+    # once the preprocessing is given on the command line
+    timm_fused = out.parent / "timm_fused.pth"
+    torch.save(fastvit.convert_state_dict(fused.state_dict(), to="timm"), timm_fused)
+    rc, text, err = cli(["eval", timm_fused, "-b", "16", "--limit-batches", "1", "--json",
+                         "--input-size", "32", "--crop-pct", "1.0", "--interpolation",
+                         "bilinear"], capsys)
+    assert rc == 0, err
+    assert json.loads(text)["top1"] == pytest.approx(summary["top1"], abs=1e-9)
 
 
 def test_digits_training_learns(tmp_path):
@@ -152,6 +161,31 @@ def test_digits_training_learns(tmp_path):
     assert res.final.mismatches == 0 and res.final.num_val == 359
     assert res.final.top1 == pytest.approx(res.best_top1, abs=1e-9)
     assert res.history[1]["train_loss"] < res.history[0]["train_loss"]
+
+
+@pytest.mark.parametrize("options", [
+    ["--amp", "bf16", "--clip-grad", "1.0", "--grad-checkpointing", "--no-channels-last"],
+    ["--opt", "sgd", "--lr", "0.05", "--sched", "step", "--no-ema", "--mixup", "0.2",
+     "--cutmix", "1.0", "--auto-augment", "rand-m9-mstd0.5-inc1", "--reprob", "0.25",
+     "--drop-path", "0.1", "--model", "fastvit_sa12", "--input-size", "64"],
+], ids=["bf16-clip-checkpointing", "sgd-mixup-randaug-sa12"])
+def test_training_options_run(options, tmp_path, capsys):
+    rc, _out, err = cli(["train", "--output", tmp_path / "o", "--epochs", "1", "--batch-size",
+                        "8", "--limit-train-batches", "2", "--limit-val-batches", "1",
+                        "--no-tensorboard", "--no-plot", *options], capsys)
+    assert rc == 0, err
+    ckpt = load_training_checkpoint(tmp_path / "o" / "last.pt")
+    loss = ckpt["history"][0]["train_loss"]
+    assert 0 < loss < 10
+    assert ckpt["config"]["model"] == ("fastvit_sa12" if "--model" in options else "fastvit_t8")
+    assert (ckpt["ema"] is None) == ("--no-ema" in options)
+    assert json.loads((tmp_path / "o" / "summary.json").read_text())["mismatches"] == 0
+
+
+def test_channels_last_on_cpu_is_refused_where_torch_crashes(tmp_path):
+    with pytest.raises(ConfigError, match="--no-channels-last"):
+        train(recipe_config("digits", input_size=128, device="cpu",
+                            output=str(tmp_path / "o")), echo=None)
 
 
 # --------------------------------------------------------------------------- resume
@@ -264,7 +298,7 @@ def test_distillation_loss_terms():
 
 
 def test_distill_from_fastvit_checkpoint(quick_run, tmp_path, capsys):
-    rc, out, err = cli(["train", "--output", tmp_path / "d", "--distill", "soft",
+    rc, _out, err = cli(["train", "--output", tmp_path / "d", "--distill", "soft",
                         "--teacher", quick_run / "model.safetensors", "--epochs", "1",
                         "--batch-size", "16", "--limit-train-batches", "2",
                         "--limit-val-batches", "1", "--no-tensorboard", "--no-plot"], capsys)

@@ -57,11 +57,12 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     assert (tmp_path / "ddp" / "model_reparam.safetensors").is_file()
     assert not list((tmp_path / "ddp").glob("*.rank1*"))
 
-    torch.set_num_threads(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # like each rank, so both runs use the same kernels
     try:
         single = train(_cfg(tmp_path, "single", batch=32), echo=None)
     finally:
-        torch.set_num_threads(os.cpu_count() or 1)
+        torch.set_num_threads(threads)
     seed_everything(cfg2.seed)  # the runs' initial weights
     init = fastvit.create_model("fastvit_t8", num_classes=10).state_dict()
     diff2 = moved2 = 0.0

@@ -41,6 +41,7 @@ class BenchRow:
     threads: int
     median_ms: float
     p90_ms: float
+    p10_ms: float
     mean_ms: float
     samples: int
     throughput: float  # images / s at the median latency
@@ -154,7 +155,8 @@ def run_benchmark(
         roof = gflop * s.batch / sgemm_gflops * 1e3
         rows.append(BenchRow(
             variant=s.variant, impl=s.impl, backend=s.backend, batch=s.batch, size=s.size,
-            threads=threads, median_ms=t.median_ms, p90_ms=t.p90_ms, mean_ms=t.mean_ms,
+            threads=threads, median_ms=t.median_ms, p90_ms=t.p90_ms, p10_ms=t.p10_ms,
+            mean_ms=t.mean_ms,
             samples=len(t.samples), throughput=s.batch / (t.median_ms * 1e-3), gflop=gflop,
             gmacs=gflop / 2, roofline_ms=roof, x_roofline=t.median_ms / roof,
             peak_mem_mb=mem.get(s.key)))
@@ -176,7 +178,7 @@ def compute_ratios(rows: Sequence[BenchRow]) -> list[dict[str, Any]]:
         t = by.get(("timm", v, be, bs))
         if t is not None:
             out.append({"kind": "fastvit/timm", "variant": v, "backend": be, "batch": bs,
-                        "ratio": r.median_ms / t.median_ms})
+                        "ratio": r.median_ms / t.median_ms, "ratio_p10": r.p10_ms / t.p10_ms})
     for (impl, v, be, bs), r in by.items():
         if be != "unfused":
             continue
@@ -184,18 +186,19 @@ def compute_ratios(rows: Sequence[BenchRow]) -> list[dict[str, Any]]:
             f = by.get((impl, v, fused_be, bs))
             if f is not None:
                 out.append({"kind": f"{impl} unfused/{fused_be}", "variant": v,
-                            "backend": fused_be, "batch": bs, "ratio": r.median_ms / f.median_ms})
+                            "backend": fused_be, "batch": bs, "ratio": r.median_ms / f.median_ms,
+                            "ratio_p10": r.p10_ms / f.p10_ms})
     return out
 
 
 def format_table(result: BenchResult) -> str:
     """A plain-text table of all rows plus the ratios."""
-    hdr = ("variant", "impl", "backend", "batch", "median ms", "p90 ms", "img/s", "peak MiB",
-           "GMACs", "roofline ms", "x roofline")
+    hdr = ("variant", "impl", "backend", "batch", "median ms", "p90 ms", "p10 ms", "img/s",
+           "peak MiB", "GMACs", "roofline ms", "x roofline")
     lines_ = []
     for r in result.rows:
         lines_.append((r.variant, r.impl, r.backend, str(r.batch), f"{r.median_ms:.2f}",
-                       f"{r.p90_ms:.2f}", f"{r.throughput:.1f}",
+                       f"{r.p90_ms:.2f}", f"{r.p10_ms:.2f}", f"{r.throughput:.1f}",
                        "n/a" if r.peak_mem_mb is None else f"{r.peak_mem_mb:.0f}",
                        f"{r.gmacs:.3f}", f"{r.roofline_ms:.2f}", f"{r.x_roofline:.2f}"))
     widths = [max(len(h), *(len(x[i]) for x in lines_)) for i, h in enumerate(hdr)]
@@ -213,7 +216,7 @@ def format_table(result: BenchResult) -> str:
                f"({result.sgemm_gflops_best:.1f} best), interleaved over {c['rounds']} rounds")
     for q in result.ratios:
         out.append(f"ratio {q['kind']:<28} {q['variant']:<14} {q['backend']:<16} "
-                   f"b{q['batch']:<3} {q['ratio']:.3f}")
+                   f"b{q['batch']:<3} {q['ratio']:.3f} (median)  {q['ratio_p10']:.3f} (p10)")
     return "\n".join(out)
 
 

@@ -85,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
             from fastvit.export.onnx import export_onnx
 
             path = outputs.get("onnx", out.with_name(out.name.replace(".int8.onnx", ".onnx")))
+            if fmt == "onnx-int8" and path == out:  # -o x.onnx --format onnx-int8
+                path = out.with_name(out.stem + ".fp32.onnx")
             report = export_onnx(model, path, opset=args.opset, dynamic_hw=args.dynamic_hw,
                                  verify=not args.no_verify, check_images=args.check_images,
                                  **common)

@@ -248,18 +248,25 @@ def evaluate(
 
 # --------------------------------------------------------------------------- setup
 # torch's CPU (oneDNN) backward of a 1x1 stride-2 convolution on channels-last inputs of
-# >= 112 px crashes the process (segfault; seen with torch 2.14). FastViT's stem has such a
-# branch, so refuse the combination with a message instead of crashing mid-run.
+# >= 112 px crashes the process (segfault; seen with torch 2.14). A model with such a conv
+# (FastViT's stem has one, as a MobileOne scale branch) must not train channels-last on CPU
+# at those sizes: refuse with a message instead of crashing mid-run.
 CPU_CHANNELS_LAST_MAX_SIZE = 96
 
 
-def check_channels_last(cfg: TrainConfig, device: torch.device) -> None:
-    """Refuse channels-last training on CPU at input sizes where torch crashes."""
-    if cfg.channels_last and device.type == "cpu" and cfg.input_size > CPU_CHANNELS_LAST_MAX_SIZE:
+def check_channels_last(cfg: TrainConfig, device: torch.device, model: nn.Module) -> None:
+    """Refuse channels-last CPU training where torch would crash (see above)."""
+    if not (cfg.channels_last and device.type == "cpu"
+            and cfg.input_size > CPU_CHANNELS_LAST_MAX_SIZE):
+        return
+    strided_pointwise = any(
+        isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and max(m.stride) > 1
+        for m in model.modules())
+    if strided_pointwise:
         raise ConfigError(
             f"--channels-last on CPU is limited to input sizes <= {CPU_CHANNELS_LAST_MAX_SIZE} "
-            f"(torch's CPU backward of the stem's strided 1x1 conv crashes at {cfg.input_size} "
-            "px); add --no-channels-last"
+            f"(torch crashes in the backward of the stem's strided 1x1 conv at "
+            f"{cfg.input_size} px); add --no-channels-last"
         )
 
 
@@ -415,7 +422,6 @@ def train(cfg: TrainConfig, *, echo: Callable[[str], None] | None = print) -> Tr
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     env = setup_distributed(cfg.device)
-    check_channels_last(cfg, env.device)
     say = echo if (echo is not None and env.is_main) else (lambda _msg: None)
     try:
         return _run(cfg, env, say, t_start)
@@ -466,6 +472,7 @@ def _run(cfg: TrainConfig, env: DistEnv, say: Callable[[str], None], t_start: fl
     frozen = freeze_stages(model, cfg.freeze_stages)
     if frozen:
         say(f"frozen: {', '.join(frozen)}")
+    check_channels_last(cfg, env.device, model)
     if cfg.grad_checkpointing:
         model.set_grad_checkpointing(True)
     model.to(env.device)
