@@ -454,3 +454,17 @@ def test_num_classes_mismatch_and_qkv_bias_that_is_no_bn_fold(t8_unfused) -> Non
         CheckpointError, match="'network.7.0.token_mixer.qkv.bias' is not the fold of a BatchNorm"
     ):
         convert_state_dict(sd, to="timm")
+
+
+def test_preprocessing_metadata_round_trip(tmp_path):
+    model = fastvit.create_model("fastvit_t8", num_classes=2)
+    model.pretrained_cfg = dict(model.pretrained_cfg, input_size=(3, 48, 48), crop_pct=1.0,
+                                mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    path = tmp_path / "m.safetensors"
+    fastvit.save_model(model, path)
+    cfg = fastvit.load_model(path).pretrained_cfg
+    assert cfg["input_size"] == (3, 48, 48) and cfg["crop_pct"] == 1.0
+    assert cfg["mean"] == (0.5, 0.5, 0.5) and cfg["std"] == (0.25, 0.25, 0.25)
+    fastvit.save_model(model, path, metadata={"input_size": 32, "interpolation": "bilinear"})
+    cfg = fastvit.load_model(path).pretrained_cfg
+    assert cfg["input_size"] == (3, 32, 32) and cfg["interpolation"] == "bilinear"

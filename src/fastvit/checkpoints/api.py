@@ -26,6 +26,33 @@ from fastvit.errors import CheckpointError, ConfigError
 
 # Metadata keys written by save_model (user metadata may not reuse them).
 RESERVED_METADATA = ("variant", "form", "num_classes", "class_names", "fastvit_version", "layout")
+#: Preprocessing fields of ``model.pretrained_cfg`` that travel in the file's metadata (JSON).
+PREPROCESS_KEYS = ("input_size", "crop_pct", "interpolation", "mean", "std")
+
+
+def _preprocessing_from_metadata(
+    metadata: Mapping[str, str], in_chans: int, where: str
+) -> dict[str, Any]:
+    """``pretrained_cfg`` updates from metadata written by :func:`save_model` or training."""
+    out: dict[str, Any] = {}
+    for key in PREPROCESS_KEYS:
+        if key not in metadata:
+            continue
+        raw = metadata[key]
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            if key != "interpolation":
+                raise CheckpointError(f"{where} has malformed '{key}' metadata ({raw!r}); "
+                                      "re-save it with fastvit.save_model") from None
+            value = raw
+        if key == "input_size":
+            if isinstance(value, int):
+                value = (in_chans, value, value)
+            elif isinstance(value, list) and len(value) == 2:
+                value = (in_chans, *value)
+        out[key] = tuple(value) if isinstance(value, list) else value
+    return out
 
 
 def _source_name(source: object) -> str:
@@ -129,6 +156,9 @@ def load_model(
     if want_fused and not fused:
         model = reparameterize(model, inplace=True)
     model.class_names = _metadata_class_names(metadata, where)
+    prep = _preprocessing_from_metadata(metadata, model.in_chans, where)
+    if prep:
+        model.pretrained_cfg = dict(model.pretrained_cfg, **prep)
     return model.eval()
 
 
@@ -229,7 +259,10 @@ def save_model(
 
     Metadata: ``variant``, ``form`` (``unfused`` or ``fused``), ``num_classes``, ``class_names``
     (JSON; defaults to ``model.class_names``), ``fastvit_version``, ``layout`` (``official``),
-    plus ``metadata`` (values that are not strings are stored as JSON). Returns the path.
+    the preprocessing of ``model.pretrained_cfg`` (``input_size``, ``crop_pct``,
+    ``interpolation``, ``mean``, ``std``; :func:`load_model` restores them), plus ``metadata``
+    (values that are not strings are stored as JSON; they override the preprocessing keys).
+    Returns the path.
     """
     from fastvit import __version__
 
@@ -254,6 +287,12 @@ def save_model(
                 f"class_names has {len(names)} names but the model has {num_classes} classes"
             )
         meta["class_names"] = json.dumps(names)
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    for key in PREPROCESS_KEYS:  # preprocessing travels with the weights
+        if key in cfg:
+            value = cfg[key]
+            meta[key] = value if isinstance(value, str) else json.dumps(
+                list(value) if isinstance(value, tuple) else value)
     for key, value in (metadata or {}).items():
         if key in RESERVED_METADATA:
             raise ConfigError(f"metadata key '{key}' is reserved by save_model; rename it")

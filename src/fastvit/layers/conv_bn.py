@@ -27,13 +27,18 @@ class ConvBN(Reparameterizable):
         super().__init__()
         self.inference_mode = inference_mode
         self.stride, self.padding, self.groups = stride, padding, groups
+        # A strided 1x1 conv without padding only reads every stride-th pixel: run it as a
+        # stride-1 conv on the subsampled input (same result; and torch 2.14's oneDNN backward
+        # of strided 1x1 convs on channels-last CPU tensors crashes at >= 112 px).
+        self.subsample = stride if kernel_size == 1 and padding == 0 and stride > 1 else 1
         if inference_mode:
             self.conv = None
             self.bn = None
             self.reparam_conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding,
                                           groups=groups, bias=True)
         else:
-            self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding,
+            self.conv = nn.Conv2d(in_channels, out_channels, kernel_size,
+                                  stride if self.subsample == 1 else 1, padding,
                                   groups=groups, bias=False)
             self.bn = nn.BatchNorm2d(out_channels)
             self.reparam_conv = None
@@ -42,6 +47,8 @@ class ConvBN(Reparameterizable):
         if self.reparam_conv is not None:
             return self.reparam_conv(x)
         assert self.conv is not None and self.bn is not None
+        if self.subsample > 1:
+            x = x[:, :, :: self.subsample, :: self.subsample]
         return self.bn(self.conv(x))
 
     def get_kernel_bias(self) -> tuple[Tensor, Tensor]:
