@@ -293,10 +293,27 @@ def section_runtimes(args: argparse.Namespace) -> None:
             log(f"  ready in {time.perf_counter() - t0:.1f} s")
             fns.append(r.fn)
             names.append(s.key)
+        x = torch.randn(1, 3, SIZE, SIZE)
         best = ideas_models(v)["ours + cl + grouped->dw + fused conv+act/add"][0]
-        fns.append(torch_fn(best, torch.randn(1, 3, SIZE, SIZE).contiguous(
-            memory_format=torch.channels_last)))
+        fns.append(torch_fn(best, x.contiguous(memory_format=torch.channels_last)))
         names.append("fastvit:fastvit_t8:eager+ideas(cl,dw,fused):b1")
+        # the grouped->depthwise change under bf16 + torch.compile and under onnxruntime
+        from fastvit.bench.runners import _compile
+        from fastvit.export.metadata import metadata_from_model
+        from fastvit.export.onnx import onnx_proto, ort_session
+        from fastvit.export.quantize import to_bf16
+
+        dw = grouped_to_depthwise(build_model(v, "fastvit", fused=True))
+        dw_bf16 = _compile(to_bf16(dw))
+        xb = x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+        torch_fn(dw_bf16, xb)()  # compile now
+        fns.append(torch_fn(dw_bf16, xb))
+        names.append("fastvit:fastvit_t8:bf16-compile+grouped->dw:b1")
+        sess = ort_session(onnx_proto(dw, metadata_from_model(dw)).SerializeToString(),
+                           threads=args.threads)
+        feed = {"input": x.numpy()}
+        fns.append(lambda: sess.run(None, feed))
+        names.append("fastvit:fastvit_t8:onnxruntime+grouped->dw:b1")
         fns.append(sgemm_runner(2048, args.threads))
         names.append("sgemm n=2048")
         timings = time_interleaved(fns, warmup=args.warmup, rounds=args.rounds,
@@ -334,7 +351,8 @@ def train_digits_t8(epochs: int, size: int, threads: int = 1) -> tuple[nn.Module
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
     bs = 64
     steps = epochs * (len(y_all) // bs)
-    sched = CosineLRScheduler(opt, t_initial=steps, warmup_t=steps // 10, warmup_lr_init=1e-4)
+    sched = CosineLRScheduler(opt, t_initial=steps, warmup_t=steps // 10, warmup_lr_init=1e-4,
+                              t_in_epochs=False)  # stepped per optimizer update
     g = torch.Generator().manual_seed(0)
     t0 = time.perf_counter()
     step = 0

@@ -10,6 +10,9 @@ RSS before them, i.e. activations and gradients; CUDA: peak allocated).
     python benchmarks/bench_train.py --size 256 --batch 32
     python benchmarks/bench_train.py --profile            # top ops of one step, both models
     python benchmarks/bench_train.py --main-job           # + time `fastvit train` on digits
+    python benchmarks/bench_train.py --size 256 --batch 32 --channels-last --timm-nchw
+        # each model in its fastest layout that runs: timm's channels-last backward crashes
+        # torch 2.14 on CPU at >= 112 px (its stem's strided 1x1 conv); ours does not
 
 Prints img/s of both, the ratio ours/timm (target >= 1.15), and peak memory of both.
 """
@@ -72,12 +75,16 @@ class Trainer:
             torch.cuda.synchronize(self.device)
 
 
+def _channels_last(which: str, args: argparse.Namespace) -> bool:
+    return args.channels_last and not (which == "timm" and args.timm_nchw)
+
+
 def throughput(args: argparse.Namespace, device: torch.device) -> dict[str, list[float]]:
     trainers = {}
     for which in ("ours", "timm"):
         torch.manual_seed(0)
         trainers[which] = Trainer(build(which, args.model, args.classes), args.batch, args.size,
-                                  args.classes, device, args.channels_last)
+                                  args.classes, device, _channels_last(which, args))
         trainers[which].steps(args.warmup)
     rates: dict[str, list[float]] = {"ours": [], "timm": []}
     for r in range(args.rounds):
@@ -96,7 +103,7 @@ def memory_child(which: str, args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     trainer = Trainer(build(which, args.model, args.classes), args.batch, args.size,
-                      args.classes, device, args.channels_last)
+                      args.classes, device, _channels_last(which, args))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
@@ -137,6 +144,8 @@ def peak_memory(which: str, args: argparse.Namespace) -> dict[str, float]:
            "--device", args.device, "--threads", str(args.threads or 0)]
     if args.channels_last:
         cmd.append("--channels-last")
+    if args.timm_nchw:
+        cmd.append("--timm-nchw")
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -190,6 +199,8 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--timm-nchw", action="store_true",
+                   help="keep timm's model in NCHW even with --channels-last")
     p.add_argument("--profile", action="store_true")
     p.add_argument("--profile-rows", type=int, default=15)
     p.add_argument("--main-job", action="store_true", help="also time `fastvit train`")

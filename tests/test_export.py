@@ -257,3 +257,18 @@ def test_cli_export_int8_with_accuracy_and_speed_check(tmp_path: Path,
     assert out.exists() and (tmp_path / "t8_q.fp32.onnx").exists()  # fp32 kept beside it
     ops = describe_onnx(load_onnx(out))["op_counts"]
     assert ops.get("QuantizeLinear", 0) > 0
+
+
+def test_training_metadata_conventions_are_applied(tmp_path: Path) -> None:
+    """`fastvit train` stores input_size as an int and interpolation as a plain string."""
+    from fastvit.export.common import load_source
+    from fastvit.export.metadata import metadata_from_model
+
+    m = _model("fastvit_t8", seed=7)
+    ckpt = tmp_path / "trained.safetensors"
+    fastvit.save_model(m, ckpt, metadata={"input_size": 48, "crop_pct": 1.0,
+                                          "interpolation": "bilinear", "mean": [0.5] * 3,
+                                          "std": [0.25] * 3})
+    meta = metadata_from_model(load_source(ckpt))
+    assert meta.input_size == (3, 48, 48) and meta.crop_pct == 1.0
+    assert meta.interpolation == "bilinear" and meta.mean == (0.5,) * 3 and meta.std == (0.25,) * 3

@@ -231,7 +231,10 @@ def write_json(result: BenchResult, path: str | Path) -> Path:
 
 
 def write_png(result: BenchResult, path: str | Path) -> Path:
-    """Latency vs GMACs, one series per (implementation, backend, batch) (atomically)."""
+    """Latency per image vs GMACs (log scale), one series per (implementation, backend, batch).
+
+    Written atomically; batch sizes are comparable because latency is divided by the batch.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -245,14 +248,15 @@ def write_png(result: BenchResult, path: str | Path) -> Path:
         series.setdefault((r.impl, r.backend, r.batch), []).append(r)
     for (impl, be, bs), rs in sorted(series.items()):
         rs = sorted(rs, key=lambda r: r.gmacs)
-        ax.plot([r.gmacs for r in rs], [r.median_ms for r in rs],
+        ax.plot([r.gmacs for r in rs], [r.median_ms / r.batch for r in rs],
                 marker="o" if impl == "fastvit" else "x",
                 linestyle="-" if impl == "fastvit" else "--", label=f"{impl} {be} b{bs}")
         for r in rs:
-            ax.annotate(r.variant.replace("fastvit_", ""), (r.gmacs, r.median_ms),
+            ax.annotate(r.variant.replace("fastvit_", ""), (r.gmacs, r.median_ms / r.batch),
                         fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.set_xlabel("GMACs per image")
-    ax.set_ylabel("median latency per batch (ms)")
+    ax.set_ylabel("median latency per image (ms) = batch latency / batch")
+    ax.set_yscale("log")
     c = result.config
     ax.set_title(f"FastViT CPU latency, {c['size']}px, {c['threads']} threads")
     ax.grid(True, alpha=0.3)

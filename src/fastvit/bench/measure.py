@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from fastvit.bench.runners import Runner, RunnerSpec, build_runner
+from fastvit.bench.runners import RunnerSpec, build_runner
 
 
 @dataclass
@@ -158,7 +158,3 @@ def peak_memory_mb(spec: RunnerSpec, warmup: int = 2, timeout: float = 600.0) ->
         proc.kill()
         proc.join()
     return result
-
-
-def build_runners(specs: Sequence[RunnerSpec]) -> list[Runner]:
-    return [build_runner(s) for s in specs]

@@ -87,7 +87,7 @@ def build_model(variant: str, impl: str, *, fused: bool, num_classes: int = 1000
 def onnx_path(spec: RunnerSpec, int8: bool = False) -> Path:
     """Cached ONNX file for ``spec`` (fp32, or int8 quantized), exported on first use."""
     from fastvit.export.metadata import metadata_from_model
-    from fastvit.export.onnx import _save_proto, onnx_proto
+    from fastvit.export.onnx import onnx_proto, save_proto
 
     if spec.cache_dir is None:
         raise ConfigError("onnxruntime backends need a cache directory for the exported model")
@@ -98,15 +98,16 @@ def onnx_path(spec: RunnerSpec, int8: bool = False) -> Path:
     if not fp32.exists():
         model = build_model(spec.variant, spec.impl, fused=True)
         meta = metadata_from_model(model, input_size=spec.size)
-        _save_proto(onnx_proto(model, meta), fp32)
+        save_proto(onnx_proto(model, meta), fp32)
     if not int8:
         return fp32
     q = cache / f"{stem}_int8.onnx"
     if not q.exists():
-        from fastvit.export.metadata import metadata_from_model as _meta
+        from fastvit.export.onnx import read_onnx_metadata
         from fastvit.export.quantize import load_images, quantize_onnx
 
-        meta = _meta(build_model(spec.variant, spec.impl, fused=True), input_size=spec.size)
+        meta = read_onnx_metadata(fp32)
+        assert meta is not None
         calib = load_images("digits", meta, split="train", limit=32)
         batches = [calib.images[i:i + 8] for i in range(0, len(calib.images), 8)]
         quantize_onnx(fp32, q, batches)

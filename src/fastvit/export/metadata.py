@@ -139,7 +139,10 @@ def metadata_from_model(
     """
     cfg = dict(getattr(model, "pretrained_cfg", None) or {})
     num_classes = int(getattr(model, "num_classes", cfg.get("num_classes", 1000)))
-    in_size = tuple(cfg.get("input_size", (3, 256, 256)))
+    raw = cfg.get("input_size", (3, 256, 256))
+    in_size = (3, int(raw), int(raw)) if isinstance(raw, (int, float)) else tuple(raw)
+    if len(in_size) == 2:  # (H, W)
+        in_size = (3, *in_size)
     in_chans = _model_in_chans(model, default=int(in_size[0]))
     in_size = (in_chans, int(in_size[1]), int(in_size[2]))
     mean = tuple(float(v) for v in cfg.get("mean", IMAGENET_MEAN))

@@ -62,7 +62,7 @@ def export_onnx(
     meta = metadata_from_model(fused, input_size=input_size, class_names=class_names)
     proto = onnx_proto(fused, meta, opset=opset, dynamic_hw=dynamic_hw)
     path = Path(path)
-    _save_proto(proto, path)
+    save_proto(proto, path)
     report = ExportReport(path=path, format="onnx")
     report.details.update(describe_onnx(proto))
     if verify:
@@ -266,7 +266,8 @@ def verify_onnx(fused: nn.Module, path: str | Path, meta: ModelMetadata, report:
                            f"(> {report.tolerance:.0e}); please report this as a bug")
 
 
-def _save_proto(proto: Any, path: Path) -> None:
+def save_proto(proto: Any, path: Path) -> None:
+    """Write an ONNX model atomically (temporary sibling, then ``os.replace``)."""
     tmp = atomic_path(path)
     try:
         tmp.write_bytes(proto.SerializeToString())
@@ -300,6 +301,7 @@ __all__ = [
     "onnx_proto",
     "ort_session",
     "read_onnx_metadata",
+    "save_proto",
     "simplify_graph",
     "verify_onnx",
 ]
