@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from fastvit.layers.conv_ops import conv2d
 from fastvit.reparam.base import Reparameterizable, new_conv
 from fastvit.reparam.fuse import fold_conv_bn_entries, fuse_conv_bn
 
@@ -34,10 +35,10 @@ class ConvBN(Reparameterizable):
         if inference_mode:
             self.conv = None
             self.bn = None
-            self.reparam_conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding,
-                                          groups=groups, bias=True)
+            self.reparam_conv = conv2d(in_channels, out_channels, kernel_size, stride, padding,
+                                       groups=groups, bias=True)
         else:
-            self.conv = nn.Conv2d(in_channels, out_channels, kernel_size,
+            self.conv = conv2d(in_channels, out_channels, kernel_size,
                                   stride if self.subsample == 1 else 1, padding,
                                   groups=groups, bias=False)
             self.bn = nn.BatchNorm2d(out_channels)

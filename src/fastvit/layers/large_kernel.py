@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from fastvit.layers.conv_bn import ConvBN
+from fastvit.layers.conv_ops import conv2d
 from fastvit.reparam.base import Reparameterizable, new_conv
 from fastvit.reparam.fuse import pad_kernel
 
@@ -40,7 +41,7 @@ class ReparamLargeKernelConv(Reparameterizable):
         self.stride, self.groups, self.padding = stride, groups, kernel_size // 2
         self.activation = activation() if apply_act else nn.Identity()
         if inference_mode:
-            self.lkb_reparam = nn.Conv2d(in_channels, out_channels, kernel_size, stride,
+            self.lkb_reparam = conv2d(in_channels, out_channels, kernel_size, stride,
                                          self.padding, groups=groups, bias=True)
             self.lkb_origin = None
             self.small_conv = None

@@ -6,6 +6,7 @@ from torch import Tensor, nn
 
 from fastvit.errors import ConfigError
 from fastvit.layers.conv_bn import ConvBN
+from fastvit.layers.conv_ops import conv2d
 from fastvit.layers.se import SEBlock
 from fastvit.reparam.base import Reparameterizable, new_conv
 from fastvit.reparam.fuse import fuse_bn_alone, pad_kernel
@@ -54,8 +55,8 @@ class MobileOneBlock(Reparameterizable):
                 f"for kernel_size={kernel_size}, got padding={padding}")
 
         if inference_mode:
-            self.reparam_conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride,
-                                          padding, groups=groups, bias=True)
+            self.reparam_conv = conv2d(in_channels, out_channels, kernel_size, stride,
+                                       padding, groups=groups, bias=True)
             self.rbr_skip = None
             self.rbr_conv = None
             self.rbr_scale = None

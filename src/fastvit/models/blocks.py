@@ -179,7 +179,16 @@ class ConvFFN(Reparameterizable):
             trunc_normal_(self.conv.conv.weight, std=0.02)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.act(self.fc1(self.conv(x)))
+        x = self.conv(x)
+        if (not torch.jit.is_scripting() and not torch.jit.is_tracing()
+                and x.is_contiguous(memory_format=torch.channels_last)):
+            # NHWC: the 1x1 convs are GEMMs on the (N*H*W, C) view; plain sgemm beats
+            # oneDNN's 1x1 conv here. (Traced/scripted exports keep the Conv ops.)
+            y = self.act(F.linear(x.permute(0, 2, 3, 1), self.fc1.weight.flatten(1),
+                                  self.fc1.bias))
+            y = F.linear(self.drop(y), self.fc2.weight.flatten(1), self.fc2.bias)
+            return self.drop(y).permute(0, 3, 1, 2)
+        x = self.act(self.fc1(x))
         return self.drop(self.fc2(self.drop(x)))
 
     def _reparameterize(self) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import Tensor, nn
 
@@ -28,6 +30,9 @@ def count_macs(
     counters) leave them out. Element-wise ops, norms and activations are not counted.
     """
     h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
+    # Count on an NCHW copy: channels-last ConvFFNs run their 1x1 convs as F.linear, which
+    # module hooks would not see.
+    model = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
     total = 0
 
     def conv_hook(m: nn.Conv2d, _inp: tuple[Tensor], out: Tensor) -> None:

@@ -266,7 +266,10 @@ def create_model(
     Extra keyword arguments go to :class:`FastViT` (``act_layer``, ``layer_scale_init_value``,
     ``lkc_apply_act``, ...).
     """
-    return FastViT(get_config(name), num_classes=num_classes, in_chans=in_chans,
-                   drop_rate=drop_rate, drop_path_rate=drop_path_rate,
-                   inference_mode=inference_mode, features_only=features_only,
-                   out_indices=out_indices, **kwargs)
+    model = FastViT(get_config(name), num_classes=num_classes, in_chans=in_chans,
+                    drop_rate=drop_rate, drop_path_rate=drop_path_rate,
+                    inference_mode=inference_mode, features_only=features_only,
+                    out_indices=out_indices, **kwargs)
+    if inference_mode:  # fused weights in NHWC, as fastvit.reparameterize leaves them
+        model.to(memory_format=torch.channels_last)
+    return model

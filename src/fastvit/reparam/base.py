@@ -60,8 +60,10 @@ def new_conv(
     dilation: int | tuple[int, int] = 1,
 ) -> nn.Conv2d:
     """A biased Conv2d holding ``weight``/``bias`` (same dtype/device), for fused forms."""
+    from fastvit.layers.conv_ops import conv2d  # (layers imports reparam: import here)
+
     out_ch, in_per_group = weight.shape[:2]
-    conv = nn.Conv2d(
+    conv = conv2d(
         in_per_group * groups, out_ch, tuple(weight.shape[2:]), stride=stride, padding=padding,
         dilation=dilation, groups=groups, bias=True, device=weight.device, dtype=weight.dtype,
     )
