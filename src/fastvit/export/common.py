@@ -77,56 +77,7 @@ def load_source(source: str | Path | nn.Module) -> nn.Module:
         raise CheckpointError(f"checkpoint {path} does not exist; check the path")
     import fastvit
 
-    model = fastvit.load_model(path)
-    apply_preprocessing_metadata(model, read_file_metadata(path))
-    return model
-
-
-#: Checkpoint metadata keys (written with ``save_model(..., metadata={...})``) that describe the
-#: preprocessing a model was trained with; they override the variant's defaults.
-PREPROCESS_KEYS = ("input_size", "crop_pct", "interpolation", "mean", "std")
-
-
-def read_file_metadata(path: Path) -> dict[str, str]:
-    """The string metadata of a ``.safetensors`` checkpoint (empty for other formats)."""
-    if path.suffix.lower() != ".safetensors":
-        return {}
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return dict(f.metadata() or {})
-    except Exception as e:  # safetensors raises its own error types
-        raise CheckpointError(f"cannot read metadata of {path} ({type(e).__name__}); "
-                              "is it a valid safetensors file?") from e
-
-
-def apply_preprocessing_metadata(model: nn.Module, metadata: dict[str, str]) -> None:
-    """Copy preprocessing fields found in checkpoint metadata into ``model.pretrained_cfg``.
-
-    Accepts the individual keys in :data:`PREPROCESS_KEYS` (JSON values) or one
-    ``pretrained_cfg`` JSON object holding them.
-    """
-    import json
-
-    found: dict[str, object] = {}
-    try:
-        if "pretrained_cfg" in metadata:
-            cfg = json.loads(metadata["pretrained_cfg"])
-            found.update({k: cfg[k] for k in PREPROCESS_KEYS if k in cfg})
-        for k in PREPROCESS_KEYS:
-            if k in metadata:
-                raw = metadata[k]
-                found[k] = raw if k == "interpolation" and not raw.startswith('"') else json.loads(raw)
-    except (json.JSONDecodeError, TypeError) as e:
-        raise CheckpointError(f"checkpoint preprocessing metadata is malformed ({e}); "
-                              "re-save it with save_model(..., metadata={...})") from e
-    if not found:
-        return
-    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
-    for k, v in found.items():
-        cfg[k] = tuple(v) if isinstance(v, list) else v
-    model.pretrained_cfg = cfg
+    return fastvit.load_model(path)  # restores the saved preprocessing into pretrained_cfg
 
 
 def random_inputs(meta: ModelMetadata, batch: int = 2, seed: int = 0) -> torch.Tensor:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -12,27 +11,6 @@ from torch.utils.data import DataLoader
 
 from fastvit.errors import CheckpointError, ConfigError, DataError
 from fastvit.train.checkpoint import FORMAT
-
-
-def _safetensors_metadata(path: Path) -> dict[str, str]:
-    if path.suffix != ".safetensors":
-        return {}
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return dict(f.metadata() or {})
-    except Exception:
-        return {}  # load_model reports unreadable files with a clear message
-
-
-def _json_or(value: str | None, default: Any) -> Any:
-    if value is None:
-        return default
-    try:
-        return json.loads(value)
-    except json.JSONDecodeError:
-        return value
 
 
 def _training_checkpoint(path: Path) -> dict[str, Any] | None:
@@ -70,16 +48,14 @@ def load_for_eval(path: str | Path, use_ema: bool | None = None) -> tuple[nn.Mod
         model.load_state_dict(ckpt["ema"] if use_ema else ckpt["model"], strict=True)
         model.class_names = list(ckpt["classes"])
         return model.eval(), preprocessing_metadata(cfg)
-    model = fastvit.load_model(path)
-    meta = _safetensors_metadata(path)
-    pc = dict(getattr(model, "pretrained_cfg", {}) or {})
-    input_size = pc.get("input_size", (3, 256, 256))
+    model = fastvit.load_model(path)  # restores the saved preprocessing into pretrained_cfg
+    pc = model.pretrained_cfg
     prep = {
-        "input_size": int(_json_or(meta.get("input_size"), input_size[-1])),
-        "crop_pct": float(_json_or(meta.get("crop_pct"), pc.get("crop_pct", 0.9))),
-        "interpolation": str(meta.get("interpolation") or pc.get("interpolation", "bicubic")),
-        "mean": tuple(_json_or(meta.get("mean"), pc.get("mean", (0.485, 0.456, 0.406)))),
-        "std": tuple(_json_or(meta.get("std"), pc.get("std", (0.229, 0.224, 0.225)))),
+        "input_size": int(pc["input_size"][-1]),
+        "crop_pct": float(pc["crop_pct"]),
+        "interpolation": str(pc["interpolation"]),
+        "mean": tuple(pc["mean"]),
+        "std": tuple(pc["std"]),
     }
     return model.eval(), prep
 
