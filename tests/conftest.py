@@ -8,7 +8,16 @@ import pytest
 import torch
 from torch import nn
 
-torch.set_num_threads(1)  # robust timings on a loaded 2-core machine (CI: 2 cores)
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One intra-op thread for every test module (library calls such as the bench or
+    ``--threads`` may change it; it is reset per module). Tests use tiny inputs that gain
+    nothing from two threads, and on a loaded 2-core machine spinning threads cost ~5x."""
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(1)
+
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "apple"
 

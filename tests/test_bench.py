@@ -24,14 +24,6 @@ from fastvit.cli.main import main
 from fastvit.errors import ConfigError
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_time_interleaved_orders_and_counts() -> None:
     calls: list[str] = []
 

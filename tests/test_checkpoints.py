@@ -30,14 +30,6 @@ APPLE = Path(__file__).parents[2] / "shared" / "fixtures" / "apple"
 TOL = 1e-5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine, spinning OpenMP threads cost ~5x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _fixture(name: str) -> dict[str, torch.Tensor]:
     return load_file(APPLE / f"{name}.safetensors")

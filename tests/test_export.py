@@ -30,14 +30,6 @@ SIZE = 64
 NAMES = [f"class_{i}" for i in range(10)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: tiny inputs gain nothing from two on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _model(variant: str, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)

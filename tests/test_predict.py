@@ -47,15 +47,6 @@ def _train_color_model() -> torch.nn.Module:
     return model.eval()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: these tiny inputs gain nothing from two, and on a shared, loaded
-    machine every two-thread op can wait a scheduler tick for its second thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def art(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
