@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from fastvit.errors import ConfigError
 from fastvit.layers.conv_bn import ConvBN
 from fastvit.layers.conv_ops import conv2d
+from fastvit.layers.fused_ops import can_fuse, conv_gelu, is_exact_gelu, unhooked
 from fastvit.layers.se import SEBlock
 from fastvit.reparam.base import Reparameterizable, new_conv
 from fastvit.reparam.fuse import fuse_bn_alone, pad_kernel
@@ -72,6 +74,8 @@ class MobileOneBlock(Reparameterizable):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.reparam_conv is not None:
+            if not torch.jit.is_scripting() and self._fuse_activation(x):
+                return conv_gelu(self.reparam_conv, x)  # GELU as a oneDNN post-op
             return self.activation(self.se(self.reparam_conv(x)))
         out = self.rbr_skip(x) if self.rbr_skip is not None else 0
         if self.rbr_scale is not None:
@@ -80,6 +84,15 @@ class MobileOneBlock(Reparameterizable):
             for branch in self.rbr_conv:
                 out = out + branch(x)
         return self.activation(self.se(out))
+
+    @torch.jit.unused
+    def _fuse_activation(self, x):  # (unannotated: TorchScript reads unused signatures)
+        """Inference on a plain fused conv + exact GELU, no SE: one oneDNN conv can do it."""
+        conv = self.reparam_conv
+        return (not self.training and type(conv) is nn.Conv2d and conv.padding_mode == "zeros"
+                and not isinstance(conv.padding, str) and isinstance(self.se, nn.Identity)
+                and is_exact_gelu(self.activation) and unhooked(conv, self.activation)
+                and can_fuse(x, conv.weight))
 
     def _fuse_bn_tensor(self, branch: nn.Module) -> tuple[Tensor, Tensor]:
         """(kernel, bias) of one branch: a conv+BN, or the BN-only skip as an identity conv."""

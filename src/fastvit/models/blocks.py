@@ -13,6 +13,13 @@ from timm.layers import DropPath, trunc_normal_
 from torch import Tensor, nn
 
 from fastvit.layers.conv_bn import ConvBN
+from fastvit.layers.fused_ops import (
+    can_fuse,
+    is_exact_gelu,
+    linear_add,
+    linear_gelu,
+    unhooked,
+)
 from fastvit.layers.large_kernel import ReparamLargeKernelConv
 from fastvit.layers.mobileone import MobileOneBlock
 from fastvit.reparam.base import Reparameterizable, new_conv, new_linear
@@ -178,18 +185,38 @@ class ConvFFN(Reparameterizable):
         if not inference_mode:
             trunc_normal_(self.conv.conv.weight, std=0.02)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, shortcut: Tensor | None = None) -> Tensor:
+        """FFN output, plus ``shortcut`` if given (the block's residual, added in the GEMM)."""
         x = self.conv(x)
-        if (not torch.jit.is_scripting() and not torch.jit.is_tracing()
-                and x.is_contiguous(memory_format=torch.channels_last)):
-            # NHWC: the 1x1 convs are GEMMs on the (N*H*W, C) view; plain sgemm beats
-            # oneDNN's 1x1 conv here. (Traced/scripted exports keep the Conv ops.)
-            y = self.act(F.linear(x.permute(0, 2, 3, 1), self.fc1.weight.flatten(1),
-                                  self.fc1.bias))
-            y = F.linear(self.drop(y), self.fc2.weight.flatten(1), self.fc2.bias)
-            return self.drop(y).permute(0, 3, 1, 2)
-        x = self.act(self.fc1(x))
-        return self.drop(self.fc2(self.drop(x)))
+        if not torch.jit.is_scripting() and self._use_nhwc(x):
+            return self._forward_nhwc(x, shortcut)
+        x = self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+        return x if shortcut is None else shortcut + x
+
+    @torch.jit.unused
+    def _use_nhwc(self, x):  # (unannotated: TorchScript reads unused signatures)
+        return (not torch.jit.is_tracing() and x.is_contiguous(memory_format=torch.channels_last)
+                and unhooked(self.fc1, self.fc2, self.act))
+
+    @torch.jit.unused
+    def _forward_nhwc(self, x, shortcut):  # (unannotated: TorchScript reads unused signatures)
+        # NHWC: the 1x1 convs are GEMMs on the (N*H*W, C) view; plain sgemm beats oneDNN's
+        # 1x1 conv here. In inference, oneDNN GEMMs apply the GELU and the residual add as
+        # post-ops instead (one pass less over the hidden and output tensors each).
+        # (Traced/scripted exports and hooked modules keep the Conv ops.)
+        xt = x.permute(0, 2, 3, 1)
+        w1, w2 = self.fc1.weight.flatten(1), self.fc2.weight.flatten(1)
+        fast = not self.training and can_fuse(x, w1) and can_fuse(x, w2)
+        if fast and is_exact_gelu(self.act):
+            y = linear_gelu(xt, w1, self.fc1.bias)
+        else:
+            y = self.drop(self.act(F.linear(xt, w1, self.fc1.bias)))
+        if shortcut is None:
+            return self.drop(F.linear(y, w2, self.fc2.bias)).permute(0, 3, 1, 2)
+        if fast and shortcut.is_contiguous(memory_format=torch.channels_last):
+            return linear_add(y, w2, self.fc2.bias, shortcut.permute(0, 2, 3, 1)).permute(
+                0, 3, 1, 2)
+        return shortcut + self.drop(F.linear(y, w2, self.fc2.bias)).permute(0, 3, 1, 2)
 
     def _reparameterize(self) -> None:
         pass  # self.conv was fused by reparameterize(); fc1/fc2 are already plain convs
@@ -264,6 +291,8 @@ class RepMixerBlock(Reparameterizable):
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.token_mixer(x)
+        if self.layer_scale is None and not self.training:
+            return self.convffn(x, shortcut=x)  # inference: residual added inside fc2
         y = self.convffn(x)
         if self.layer_scale is not None:
             y = self.layer_scale * y
@@ -321,6 +350,8 @@ class AttentionBlock(Reparameterizable):
         if self.layer_scale_1 is not None:
             y = self.layer_scale_1 * y
         x = x + self.drop_path(y)
+        if self.layer_scale_2 is None and not self.training:
+            return self.convffn(x, shortcut=x)  # inference: residual added inside fc2
         y = self.convffn(x)
         if self.layer_scale_2 is not None:
             y = self.layer_scale_2 * y

@@ -1,0 +1,118 @@
+"""Inference kernels that apply GELU or a residual add inside the conv/GEMM that feeds it.
+
+A GELU or a residual add after a 1x1 conv is a separate pass over a large activation (the
+FFN's hidden tensor is 4x the block width). oneDNN can apply both as *post-ops* of the conv or
+GEMM, while the output tile is still in cache. PyTorch exposes those kernels as
+``torch.ops.mkldnn._linear_pointwise`` / ``_convolution_pointwise`` (the ops Inductor emits
+for the same fusions). They are private, so we use them only where they are known to work
+and fall back to the plain ops everywhere else:
+
+* CPU tensors in float32 or bfloat16, with autograd off (``torch.no_grad`` /
+  ``torch.inference_mode``): these kernels have no backward;
+* not while tracing, scripting or compiling, so exported and compiled graphs see standard
+  ops (Inductor makes the same fusion itself), nor under a dispatch mode (FLOP counters);
+* ``torch.backends.mkldnn.enabled`` (``torch.backends.mkldnn.flags(enabled=False)`` turns
+  the fast path off), and a one-time probe that the ops exist and agree with the plain ops;
+* no forward hook on a module whose weights a fused kernel uses (see :func:`unhooked`).
+
+The result equals the plain ops up to float rounding (oneDNN and MKL sum in different orders).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+_FAST_DTYPES = (torch.float32, torch.bfloat16)
+
+
+@functools.cache
+def _ops_work() -> bool:
+    """Whether this torch build has the oneDNN post-op kernels and they give the plain result."""
+    try:
+        if not torch.backends.mkldnn.is_available():
+            return False
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(2, 3, 3, 8, generator=gen)
+        w = torch.randn(16, 8, generator=gen)
+        b = torch.randn(16, generator=gen)
+        r = torch.randn(2, 3, 3, 16, generator=gen)
+        with torch.no_grad():
+            got_gelu = torch.ops.mkldnn._linear_pointwise(x, w, b, "gelu", [], "none")
+            got_add = torch.ops.mkldnn._linear_pointwise.binary(x, r, w, b, "add")
+            wc = w[:, :, None, None]
+            xc = x.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+            got_conv = torch.ops.mkldnn._convolution_pointwise(
+                xc, wc, b, [0, 0], [1, 1], [1, 1], 1, "gelu", [], "none")
+            ref = F.linear(x, w, b)
+            ok = (torch.allclose(got_gelu, F.gelu(ref), atol=1e-4)
+                  and torch.allclose(got_add, ref + r, atol=1e-4)
+                  and torch.allclose(got_conv.permute(0, 2, 3, 1), F.gelu(ref), atol=1e-4))
+        return bool(ok)
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+
+
+def _dispatch_mode_active() -> bool:
+    """A ``TorchDispatchMode`` (FLOP counters, fake tensors, ...) sees every aten op: give it
+    the plain ops it knows rather than private oneDNN ones."""
+    stack_len = getattr(torch._C, "_len_torch_dispatch_stack", None)
+    return stack_len is None or stack_len() > 0
+
+
+@torch.jit.unused
+def _eager_fast_path(x: Tensor, weight: Tensor | None) -> bool:
+    return (x.device.type == "cpu" and x.dtype in _FAST_DTYPES
+            and (weight is None or (weight.dtype == x.dtype and weight.device == x.device))
+            and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
+            and not torch.jit.is_tracing() and not torch.compiler.is_compiling()
+            and not _dispatch_mode_active() and torch.backends.mkldnn.enabled and _ops_work())
+
+
+def can_fuse(x: Tensor, weight: Tensor | None = None) -> bool:
+    """True where the oneDNN post-op kernels may run on ``x`` (and ``weight``); see above."""
+    if torch.jit.is_scripting():
+        return False
+    return _eager_fast_path(x, weight)
+
+
+def unhooked(*modules: nn.Module) -> bool:
+    """True if no forward hook would see these modules being called.
+
+    Running a module's weights through a fused kernel bypasses its ``forward``; hooks
+    (feature taps, layer-based FLOP counters) must keep seeing the module, so hooked modules
+    take the plain path.
+    """
+    from torch.nn.modules import module as module_mod
+
+    if module_mod._global_forward_hooks or module_mod._global_forward_pre_hooks:
+        return False
+    return not any(m._forward_hooks or m._forward_pre_hooks for m in modules)
+
+
+def is_exact_gelu(act: nn.Module) -> bool:
+    """The activation oneDNN's ``gelu`` post-op computes: ``nn.GELU()`` (erf form)."""
+    return type(act) is nn.GELU and act.approximate == "none"
+
+
+@torch.jit.unused
+def linear_gelu(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """``gelu(x @ weight.T + bias)`` in one oneDNN GEMM; call only where :func:`can_fuse`."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu", [], "none")
+
+
+@torch.jit.unused
+def linear_add(x: Tensor, weight: Tensor, bias: Tensor | None, residual: Tensor) -> Tensor:
+    """``residual + x @ weight.T + bias`` in one oneDNN GEMM; call only where :func:`can_fuse`."""
+    return torch.ops.mkldnn._linear_pointwise.binary(x, residual, weight, bias, "add")
+
+
+@torch.jit.unused
+def conv_gelu(conv: nn.Conv2d, x: Tensor) -> Tensor:
+    """``gelu(conv(x))`` in one oneDNN convolution; call only where :func:`can_fuse`."""
+    return torch.ops.mkldnn._convolution_pointwise(
+        x, conv.weight, conv.bias, list(conv.padding), list(conv.stride), list(conv.dilation),
+        conv.groups, "gelu", [], "none")
