@@ -11,8 +11,8 @@ from torch.utils.flop_counter import FlopCounterMode
 import fastvit.layers.fused_ops as fused_ops
 import fastvit.layers.mobileone as mobileone_mod
 import fastvit.models.blocks as blocks_mod
-from fastvit import create_model, reparameterize
 from conftest import randomize_bn_and_scales
+from fastvit import create_model, reparameterize
 
 
 @pytest.fixture

@@ -216,7 +216,9 @@ class ConvFFN(Reparameterizable):
         if fast and shortcut.is_contiguous(memory_format=torch.channels_last):
             return linear_add(y, w2, self.fc2.bias, shortcut.permute(0, 2, 3, 1)).permute(
                 0, 3, 1, 2)
-        return shortcut + self.drop(F.linear(y, w2, self.fc2.bias)).permute(0, 3, 1, 2)
+        # Add in the NHWC view too: torch.compile then fuses it into the GEMM's epilogue.
+        out = shortcut.permute(0, 2, 3, 1) + self.drop(F.linear(y, w2, self.fc2.bias))
+        return out.permute(0, 3, 1, 2)
 
     def _reparameterize(self) -> None:
         pass  # self.conv was fused by reparameterize(); fc1/fc2 are already plain convs
