@@ -9,16 +9,17 @@ Sections (``--sections``, default all):
 * ``targets``  batch 1, 256x256, fp32: our fused eager model vs timm's reparameterized model
                (T8, S12, SA12; NCHW and channels-last), and unfused -> fused in eager for
                every variant.
-* ``ideas``    model-level speed ideas measured on monkeypatched copies of our fused model
-               (the model code is not changed here): channels-last, grouped->depthwise
-               patch-embedding convs, oneDNN fused conv+GELU / conv+residual-add.
-* ``speedup``  unfused -> fused for every variant, also with the proposed model changes.
+* ``postops``  fused eager with and without the oneDNN post-op kernels (GELU / residual add
+               inside the GEMM or conv), and unfused -> fused, every variant.
 * ``runtimes`` T8 in every shipped runtime vs the fp32 roofline (GFLOP / sgemm rate).
 * ``int8``     T8 trained on the digits train split for a few epochs (64x64), then fp32 vs
                int8 (onnxruntime static, per-channel) vs bf16 (PyTorch) top-1 on the digits
                val split, and speed at 256x256 batch 1.
 * ``ortprofile`` per-op-type onnxruntime time of the fp32 and int8 T8 graphs (why int8 is
                not faster at batch 1). Not in the default set.
+* ``int8gelu`` the int8 experiment with GELU replaced by x*sigmoid(1.702x), whose int8 form
+               onnxruntime has kernels for (QLinearSigmoid, QLinearMul): speed only, per-op
+               split. Not in the default set.
 
 Run: ``.venv/bin/python benchmarks/bench_inference.py --threads 2``
 """
@@ -72,162 +73,52 @@ def report(names: list[str], timings: list[Timing], ref: str | None = None) -> N
               f"  n={len(t.samples):<4}{ratio}")
 
 
-# --------------------------------------------------------------------------- speed ideas
+# --------------------------------------------------------------------------- post-ops
 
-class RepeatDepthwise(nn.Module):
-    """A grouped conv with ``m`` outputs per input channel as a depthwise conv.
+class PostOpsSwitch:
+    """Turn the fused models' oneDNN post-op kernels (:mod:`fastvit.layers.fused_ops`) on or
+    off per call, so both paths can be timed interleaved in one process."""
 
-    ``groups == in_channels`` and ``out_channels == m * in_channels``: output channel ``o``
-    reads input channel ``o // m``, so repeating every input channel ``m`` times and running
-    a depthwise conv (``groups == out_channels``) with the SAME weights is identical. oneDNN
-    has fast depthwise kernels but runs the channel-multiplier case through a slow generic path
-    (measured below: the three 7x7 stride-2 patch-embedding convs of T8 cost ~20% of eager).
-    """
+    def __init__(self) -> None:
+        from fastvit.layers import fused_ops
 
-    def __init__(self, conv: nn.Conv2d) -> None:
-        super().__init__()
-        self.m = conv.out_channels // conv.in_channels
-        self.conv = nn.Conv2d(conv.out_channels, conv.out_channels, conv.kernel_size,
-                              conv.stride, conv.padding, conv.dilation, conv.out_channels,
-                              bias=conv.bias is not None)
-        with torch.no_grad():
-            self.conv.weight.copy_(conv.weight)
-            if conv.bias is not None:
-                self.conv.bias.copy_(conv.bias)
+        self._mod = fused_ops
+        self._real = fused_ops._ops_work
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
-        if x.is_contiguous(memory_format=torch.channels_last):  # repeat in NHWC, stay NHWC
-            xr = x.permute(0, 2, 3, 1).unsqueeze(-1).expand(b, h, w, c, self.m)
-            xr = xr.reshape(b, h, w, c * self.m).permute(0, 3, 1, 2)
-        else:
-            xr = x.repeat_interleave(self.m, dim=1)
-        return self.conv(xr)
+    def fn(self, model: Callable, x: torch.Tensor, on: bool) -> Callable[[], object]:
+        def run() -> object:
+            self._mod._ops_work = self._real if on else (lambda: False)
+            with torch.inference_mode():
+                return model(x)
+        return run
 
 
-def grouped_to_depthwise(model: nn.Module) -> nn.Module:
-    """Replace channel-multiplier grouped convs by :class:`RepeatDepthwise` (in place)."""
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if (isinstance(child, nn.Conv2d) and child.groups > 1
-                    and child.groups == child.in_channels
-                    and child.out_channels > child.in_channels):
-                setattr(parent, name, RepeatDepthwise(child))
-    return model
-
-
-def _conv_args(conv: nn.Conv2d) -> tuple:
-    return (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
-
-
-def conv_gelu(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """oneDNN conv with the exact (erf) GELU as a post-op: one pass over the output."""
-    return torch.ops.mkldnn._convolution_pointwise(x, conv.weight, conv.bias, *_conv_args(conv),
-                                                   "gelu", [], "none")
-
-
-def conv_add(conv: nn.Conv2d, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-    """oneDNN conv with the residual add as a post-op: ``residual + conv(x)``."""
-    return torch.ops.mkldnn._convolution_pointwise.binary(
-        x, residual, conv.weight, conv.bias, *_conv_args(conv), "add", None, None, [], None)
-
-
-def fuse_pointwise(model: nn.Module) -> nn.Module:
-    """Monkeypatch fused blocks: fc1+GELU and fc2+residual-add as single oneDNN convs, and
-    MobileOne conv+GELU (stem, patch-embedding 1x1) likewise. Fused model only."""
-    from fastvit.layers.mobileone import MobileOneBlock
-    from fastvit.models.blocks import AttentionBlock, RepMixerBlock
-
-    def ffn_residual(ffn: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        return conv_add(ffn.fc2, conv_gelu(ffn.fc1, ffn.conv(x)), x)
-
-    for m in model.modules():
-        if isinstance(m, RepMixerBlock):
-            m.forward = (lambda blk: lambda x: ffn_residual(blk.convffn, blk.token_mixer(x)))(m)
-        elif isinstance(m, AttentionBlock):
-            m.forward = (lambda blk: lambda x: ffn_residual(
-                blk.convffn, x + blk.token_mixer(x)))(m)
-        elif (isinstance(m, MobileOneBlock) and isinstance(m.reparam_conv, nn.Conv2d)
-              and isinstance(m.se, nn.Identity) and isinstance(m.activation, nn.GELU)
-              and m.activation.approximate == "none"):
-            m.forward = (lambda blk: lambda x: conv_gelu(blk.reparam_conv, x))(m)
-    return model
-
-
-def ideas_models(variant: str) -> dict[str, tuple[nn.Module, bool]]:
-    """name -> (model, channels_last input) for each cumulative idea."""
-    base = build_model(variant, "fastvit", fused=True)
-    cl = copy.deepcopy(base).to(memory_format=torch.channels_last)
-    grp = grouped_to_depthwise(copy.deepcopy(base)).to(memory_format=torch.channels_last)
-    fused = fuse_pointwise(grouped_to_depthwise(copy.deepcopy(base))).to(
-        memory_format=torch.channels_last)
-    timm_fused = build_model(variant, "timm", fused=True)
-    return {
-        "timm fused (NCHW)": (timm_fused, False),
-        "timm fused channels_last": (copy.deepcopy(timm_fused).to(
-            memory_format=torch.channels_last), True),
-        "ours fused (NCHW)": (base, False),
-        "ours + grouped->depthwise (NCHW)": (grouped_to_depthwise(copy.deepcopy(base)), False),
-        "ours + channels_last": (cl, True),
-        "ours + channels_last + grouped->dw": (grp, True),
-        "ours + cl + grouped->dw + fused conv+act/add": (fused, True),
-    }
-
-
-def section_ideas(args: argparse.Namespace) -> None:
-    print(f"\n== ideas: model-level changes on monkeypatched copies (batch 1, {SIZE}px, fp32, "
-          f"{args.threads} threads) ==")
+def section_postops(args: argparse.Namespace) -> None:
+    """Effect of the oneDNN post-op fusion (GELU / residual add inside the GEMM or conv) on
+    fused eager latency and on the unfused -> fused speed-up, every variant."""
+    print(f"\n== postops: fused eager with / without the oneDNN post-op kernels (batch 1, "
+          f"{SIZE}px, fp32, {args.threads} threads) ==")
     x = torch.randn(1, 3, SIZE, SIZE)
-    xcl = x.contiguous(memory_format=torch.channels_last)
-    names, fns = [], []
-    for v in TARGET_VARIANTS:
-        models = ideas_models(v)
-        ref = models["ours fused (NCHW)"][0]
-        with torch.inference_mode():
-            want = ref(x)
-            for name, (m, cl) in models.items():
-                if name.startswith("ours"):
-                    err = (m(xcl if cl else x) - want).abs().max().item()
-                    assert err < 1e-4, (v, name, err)
-        for name, (m, cl) in models.items():
-            names.append(f"{v} | {name}")
-            fns.append(torch_fn(m, xcl if cl else x))
-    timings = time_interleaved(fns, warmup=args.warmup, rounds=args.rounds,
-                               round_time=args.round_time)
-    per = len(names) // len(TARGET_VARIANTS)
-    for i, v in enumerate(TARGET_VARIANTS):
-        print(f" {v}")
-        sl = slice(i * per, (i + 1) * per)
-        report([n.split(" | ")[1] for n in names[sl]], timings[sl], ref="timm fused (NCHW)")
-
-
-def section_speedup(args: argparse.Namespace) -> None:
-    """unfused -> fused for every variant, with and without the proposed model changes."""
-    print(f"\n== speedup: unfused -> fused eager for every variant (batch 1, {SIZE}px, fp32, "
-          f"{args.threads} threads) ==")
-    x = torch.randn(1, 3, SIZE, SIZE)
-    xcl = x.contiguous(memory_format=torch.channels_last)
+    switch = PostOpsSwitch()
     names, fns = [], []
     for v in fastvit.list_models():
         unfused = build_model(v, "fastvit", fused=False)
         fused = build_model(v, "fastvit", fused=True)
-        best = fuse_pointwise(grouped_to_depthwise(copy.deepcopy(fused))).to(
-            memory_format=torch.channels_last)
-        for name, m, inp in (("unfused", unfused, x), ("fused", fused, x),
-                             ("fused + proposed changes", best, xcl)):
+        for name, m, on in (("unfused", unfused, True), ("fused, post-ops off", fused, False),
+                            ("fused", fused, True)):
             names.append(f"{v} | {name}")
-            fns.append(torch_fn(m, inp))
+            fns.append(switch.fn(m, x, on))
     timings = time_interleaved(fns, warmup=args.warmup, rounds=args.rounds,
                                round_time=args.round_time)
     report(names, timings)
     t = dict(zip(names, timings))
     for stat in ("median_ms", "p10_ms"):
-        print(f"\n target 3 [{stat[:-3]}]: unfused / fused  (goal >= 1.5)")
+        print(f"\n [{stat[:-3]}] unfused / fused (target 3, goal >= 1.5) and the post-ops' share")
         for v in fastvit.list_models():
-            un = getattr(t[f"{v} | unfused"], stat)
-            fu = getattr(t[f"{v} | fused"], stat)
-            be = getattr(t[f"{v} | fused + proposed changes"], stat)
-            print(f"  {v:<14} fused {un / fu:.2f}x   fused + proposed changes {un / be:.2f}x")
+            un, off, on = (getattr(t[f"{v} | {n}"], stat)
+                           for n in ("unfused", "fused, post-ops off", "fused"))
+            print(f"  {v:<14} unfused/fused {un / on:.2f}x  (post-ops off: {un / off:.2f}x)   "
+                  f"fused {on:.2f} ms vs {off:.2f} ms without post-ops: x{on / off:.3f}")
 
 
 # --------------------------------------------------------------------------- targets
@@ -293,27 +184,6 @@ def section_runtimes(args: argparse.Namespace) -> None:
             log(f"  ready in {time.perf_counter() - t0:.1f} s")
             fns.append(r.fn)
             names.append(s.key)
-        x = torch.randn(1, 3, SIZE, SIZE)
-        best = ideas_models(v)["ours + cl + grouped->dw + fused conv+act/add"][0]
-        fns.append(torch_fn(best, x.contiguous(memory_format=torch.channels_last)))
-        names.append("fastvit:fastvit_t8:eager+ideas(cl,dw,fused):b1")
-        # the grouped->depthwise change under bf16 + torch.compile and under onnxruntime
-        from fastvit.bench.runners import _compile
-        from fastvit.export.metadata import metadata_from_model
-        from fastvit.export.onnx import onnx_proto, ort_session
-        from fastvit.export.quantize import to_bf16
-
-        dw = grouped_to_depthwise(build_model(v, "fastvit", fused=True))
-        dw_bf16 = _compile(to_bf16(dw))
-        xb = x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
-        torch_fn(dw_bf16, xb)()  # compile now
-        fns.append(torch_fn(dw_bf16, xb))
-        names.append("fastvit:fastvit_t8:bf16-compile+grouped->dw:b1")
-        sess = ort_session(onnx_proto(dw, metadata_from_model(dw)).SerializeToString(),
-                           threads=args.threads)
-        feed = {"input": x.numpy()}
-        fns.append(lambda: sess.run(None, feed))
-        names.append("fastvit:fastvit_t8:onnxruntime+grouped->dw:b1")
         fns.append(sgemm_runner(2048, args.threads))
         names.append("sgemm n=2048")
         timings = time_interleaved(fns, warmup=args.warmup, rounds=args.rounds,
@@ -516,9 +386,78 @@ def section_ortprofile(args: argparse.Namespace) -> None:
                 print(f"    {op:<42} {ms:6.2f} ms")
 
 
+class QuickGELU(nn.Module):
+    """x * sigmoid(1.702 x): the GELU approximation that int8 onnxruntime can run as
+    QLinearSigmoid (a lookup table) + QLinearMul. NOT the model's function: an experiment."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+def section_int8gelu(args: argparse.Namespace) -> None:
+    """Could int8 reach 1.5x if GELU had int8 kernels? Swap GELU for x*sigmoid(1.702x) and
+    quantize the whole chain (Conv, Sigmoid, Mul, Add) so no DQ/Q pair is left around it."""
+    import onnxruntime as ort
+
+    import fastvit.export.quantize as quant
+    from fastvit.export.metadata import metadata_from_model
+    from fastvit.export.onnx import onnx_proto, ort_session, save_proto
+
+    print(f"\n== int8gelu: fastvit_t8 {SIZE}px batch 1, {args.threads} threads, onnxruntime ==")
+    base = build_model("fastvit_t8", "fastvit", fused=True)
+    quick = copy.deepcopy(base)
+    for parent in list(quick.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.GELU):
+                setattr(parent, name, QuickGELU())
+    meta = metadata_from_model(base, input_size=SIZE)
+    calib = quant.load_images("digits", meta, split="train", limit=32)
+    batches = [calib.images[i:i + 8] for i in range(0, 32, 8)]
+
+    def basic_preopt(src: Path, dst: Path) -> None:  # keep Sigmoid/Mul apart (no QuickGelu)
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        opts.optimized_model_filepath = str(dst)
+        opts.log_severity_level = 3
+        ort.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"])
+
+    with tempfile.TemporaryDirectory() as d:
+        paths = {}
+        for tag, m in (("gelu", base), ("quick", quick)):
+            paths[f"{tag} fp32"] = Path(d) / f"{tag}.onnx"
+            save_proto(onnx_proto(m, meta), paths[f"{tag} fp32"])
+        paths["gelu int8 (shipped)"] = quant.quantize_onnx(
+            paths["gelu fp32"], Path(d) / "gelu_int8.onnx", batches)
+        real_preopt = quant._ort_optimize
+        quant._ort_optimize = basic_preopt
+        try:
+            paths["quick int8, whole chain"] = quant.quantize_onnx(
+                paths["quick fp32"], Path(d) / "quick_int8.onnx", batches,
+                op_types=("Conv", "Gemm", "MatMul", "Sigmoid", "Mul", "Add"))
+        finally:
+            quant._ort_optimize = real_preopt
+        x = np.random.default_rng(0).standard_normal((1, 3, SIZE, SIZE)).astype(np.float32)
+        fns, names = [], []
+        for n, p in paths.items():
+            sess = ort_session(p, threads=args.threads)
+            feed = {sess.get_inputs()[0].name: x}
+            fns.append(lambda s=sess, f=feed: s.run(None, f))
+            names.append(n)
+        timings = time_interleaved(fns, warmup=args.warmup, rounds=args.rounds,
+                                   round_time=args.round_time)
+        report(names, timings, ref="gelu fp32")
+        for n in ("gelu int8 (shipped)", "quick int8, whole chain"):
+            print(f"  {n}: int8 speed-up over fp32 onnxruntime (goal >= 1.5): "
+                  f"{timings[0].median_ms / timings[names.index(n)].median_ms:.2f}x (median)")
+        for n in ("gelu fp32", "quick int8, whole chain"):
+            prof = ort_op_profile(paths[n], args.threads, 40, Path(d) / "prof")
+            print(f"  {n} per op type: total {sum(prof.values()):.2f} ms: " + ", ".join(
+                f"{op} {ms:.2f}" for op, ms in list(prof.items())[:7]))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sections", default="targets,ideas,speedup,runtimes,int8")
+    p.add_argument("--sections", default="targets,postops,runtimes,int8")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--round-time", type=float, default=0.3)
@@ -533,9 +472,9 @@ def main() -> None:
           f"{args.round_time}s per runner")
     for sec in args.sections.split(","):
         print(f"\n(load average before {sec}: {load()})")
-        {"targets": section_targets, "ideas": section_ideas, "runtimes": section_runtimes,
+        {"targets": section_targets, "postops": section_postops, "runtimes": section_runtimes,
          "int8": section_int8, "ortprofile": section_ortprofile,
-         "speedup": section_speedup}[sec.strip()](args)
+         "int8gelu": section_int8gelu}[sec.strip()](args)
         print(f"(load average after {sec}: {load()})")
 
 
