@@ -264,3 +264,38 @@ def test_training_metadata_conventions_are_applied(tmp_path: Path) -> None:
     meta = metadata_from_model(load_source(ckpt))
     assert meta.input_size == (3, 48, 48) and meta.crop_pct == 1.0
     assert meta.interpolation == "bilinear" and meta.mean == (0.5,) * 3 and meta.std == (0.25,) * 3
+
+
+def test_compiled_inference_matches_eager_and_skips_guards_only_when_seen(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from fastvit.export import CompiledInference
+
+    model = fastvit.create_model("fastvit_t8", num_classes=10, inference_mode=True).eval()
+    randomize_bn_and_scales(model, seed=5)
+    compiled = CompiledInference(model)
+    stances: list[bool] = []
+    real_stance = torch.compiler.set_stance
+
+    def spy(*args, **kwargs):
+        stances.append(bool(kwargs.get("skip_guard_eval_unsafe")))
+        return real_stance(*args, **kwargs)
+
+    monkeypatch.setattr(torch.compiler, "set_stance", spy)
+    g = torch.Generator().manual_seed(0)
+    x1, x2 = torch.randn(1, 3, 64, 64, generator=g), torch.randn(2, 3, 64, 64, generator=g)
+    with torch.no_grad():
+        want1, want2 = model(x1), model(x2)
+    torch.testing.assert_close(compiled(x1), want1, atol=1e-4, rtol=1e-4)  # compiles, guarded
+    assert stances == []
+    torch.testing.assert_close(compiled(x1), want1, atol=1e-4, rtol=1e-4)  # seen: no guards
+    assert stances == [True]
+    # A new shape is checked by the guards (and recompiled), not run on the old graph.
+    torch.testing.assert_close(compiled(x2), want2, atol=1e-4, rtol=1e-4)
+    assert stances == [True]
+    torch.testing.assert_close(compiled(x2), want2, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(compiled(x1), want1, atol=1e-4, rtol=1e-4)
+    assert stances == [True, True, True]
+    # The wrapper owns a frozen copy: changing the caller's model does not reach it.
+    with torch.no_grad():
+        model.head.bias.add_(1.0)
+    torch.testing.assert_close(compiled(x1), want1, atol=1e-4, rtol=1e-4)

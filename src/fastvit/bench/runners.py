@@ -5,7 +5,8 @@ Backends (all CPU, float32 unless named otherwise):
 * ``unfused``            training form in eval mode, PyTorch eager (the "before" of reparam);
 * ``eager``              fully fused model, PyTorch eager, NCHW;
 * ``channels_last``      fully fused model and input in channels-last (NHWC) memory format;
-* ``compile``            ``torch.compile`` (inductor, weights frozen) of the fused model;
+* ``compile``            ``torch.compile`` (inductor, weights frozen) of the fused model, via
+                         :class:`fastvit.export.compiled.CompiledInference`;
 * ``torchscript``        traced + ``torch.jit.freeze`` of the fused model;
 * ``bf16``               fused model in bfloat16, channels-last (oneDNN AMX/AVX-512 BF16);
 * ``bf16-compile``       that bf16 model through ``torch.compile`` (inductor, frozen weights);
@@ -143,7 +144,9 @@ def build_runner(spec: RunnerSpec) -> Runner:
         model = to_bf16(model)
         x = x.to(torch.bfloat16)
     if spec.backend in ("compile", "bf16-compile"):
-        model = _compile(model)
+        from fastvit.export.compiled import CompiledInference
+
+        model = CompiledInference(model, channels_last=False)  # already converted above
     if spec.backend == "torchscript":
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
@@ -154,14 +157,6 @@ def build_runner(spec: RunnerSpec) -> Runner:
             return model(x)
 
     return Runner(spec, run)
-
-
-def _compile(model: nn.Module) -> Callable[..., Any]:
-    """torch.compile with inductor; weights frozen as constants (inference only)."""
-    import torch._inductor.config as inductor_config
-
-    inductor_config.freezing = True  # weights become constants: conv/linear prepacking, folding
-    return torch.compile(model, dynamic=False)
 
 
 def count_flops(variant: str, size: int, impl: str = "fastvit") -> float:

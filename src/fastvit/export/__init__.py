@@ -1,4 +1,5 @@
-"""Deployment: ONNX / TorchScript / CoreML export with parity checks, prediction, int8/bf16.
+"""Deployment: ONNX / TorchScript / CoreML export with parity checks, prediction, int8/bf16,
+and a low-overhead ``torch.compile`` wrapper for serving.
 
 Every exporter starts from the fully fused inference form and stores the preprocessing and
 class names in the exported file (see :mod:`fastvit.export.metadata`). onnx, onnxruntime and
@@ -6,6 +7,7 @@ coremltools are imported only inside the functions that use them.
 """
 
 from fastvit.export.common import PARITY_TOL, ExportReport, fuse_for_export
+from fastvit.export.compiled import CompiledInference
 from fastvit.export.coreml import coreml_available, export_coreml, inspect_coreml
 from fastvit.export.metadata import ModelMetadata, metadata_from_model
 from fastvit.export.onnx import describe_onnx, export_onnx, ort_session, read_onnx_metadata
@@ -15,6 +17,7 @@ from fastvit.export.torchscript import export_torchscript, load_torchscript
 
 __all__ = [
     "PARITY_TOL",
+    "CompiledInference",
     "ExportReport",
     "ModelMetadata",
     "Prediction",
