@@ -299,3 +299,5 @@ def test_compiled_inference_matches_eager_and_skips_guards_only_when_seen(
     with torch.no_grad():
         model.head.bias.add_(1.0)
     torch.testing.assert_close(compiled(x1), want1, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ConfigError, match=r"shape \(N, 3, H, W\), got \(1, 2, 64, 64\)"):
+        compiled(torch.randn(1, 2, 64, 64))

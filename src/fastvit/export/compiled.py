@@ -19,14 +19,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from fastvit.errors import ConfigError
+
 
 class CompiledInference:
     """Inference-only ``torch.compile`` (Inductor, frozen weights) of a copy of ``model``.
 
     ``dtype`` converts the copy (``torch.bfloat16`` uses the CPU's AMX / AVX-512 BF16
-    kernels); ``channels_last`` puts weights in NHWC order, which oneDNN prefers. Feed inputs
-    of that dtype (and memory format, for the fastest path). Later changes to ``model`` do not
-    reach the compiled copy.
+    kernels); ``channels_last`` puts weights in NHWC order, which oneDNN prefers. Inputs are
+    converted to that dtype and memory format on the way in; outputs come in ``dtype``. Later
+    changes to ``model`` do not reach the compiled copy.
     """
 
     def __init__(self, model: nn.Module, *, dtype: torch.dtype | None = None,
@@ -37,6 +39,9 @@ class CompiledInference:
         if channels_last:
             module = module.to(memory_format=torch.channels_last)
         self._module = module  # private: the compiled graph assumes it never changes
+        self._dtype = dtype
+        self._channels_last = channels_last
+        self._in_chans: int | None = getattr(model, "in_chans", None)
         self._compiled = torch.compile(module, dynamic=dynamic)
         self._seen: set[tuple[Any, ...]] = set()
 
@@ -48,6 +53,14 @@ class CompiledInference:
     def __call__(self, x: Tensor) -> Tensor:
         import torch._inductor.config as inductor_config
 
+        if x.ndim != 4 or (self._in_chans is not None and x.shape[1] != self._in_chans):
+            want = self._in_chans if self._in_chans is not None else "C"
+            raise ConfigError(f"expected an input batch of shape (N, {want}, H, W), got "
+                              f"{tuple(x.shape)}")
+        if self._dtype is not None and x.dtype != self._dtype:
+            x = x.to(self._dtype)
+        if self._channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         sig = self._signature(x)
         with torch.inference_mode():
             if sig in self._seen:  # every guard already passed once for this signature
