@@ -4,6 +4,7 @@ export bug cannot hide behind identity statistics."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -266,6 +267,8 @@ def test_training_metadata_conventions_are_applied(tmp_path: Path) -> None:
     assert meta.interpolation == "bilinear" and meta.mean == (0.5,) * 3 and meta.std == (0.25,) * 3
 
 
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
+                    reason="torch.compile's CPU backend needs a C++ compiler")
 def test_compiled_inference_matches_eager_and_skips_guards_only_when_seen(
         monkeypatch: pytest.MonkeyPatch) -> None:
     from fastvit.export import CompiledInference
