@@ -42,6 +42,14 @@ def test_probe_finds_the_kernels_on_this_build() -> None:
     # the tests below would only compare the plain path with itself.
     assert torch.backends.mkldnn.is_available()
     assert fused_ops._ops_work()
+    # The cached answer must not depend on the caller's default dtype at the first call.
+    fused_ops._ops_work.cache_clear()
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        assert fused_ops._ops_work()
+    finally:
+        torch.set_default_dtype(old)
 
 
 @pytest.mark.parametrize("variant,ffns,stem_convs", [("fastvit_t8", 10, 6),

@@ -36,10 +36,12 @@ def _ops_work() -> bool:
         if not torch.backends.mkldnn.is_available():
             return False
         gen = torch.Generator().manual_seed(0)
-        x = torch.randn(2, 3, 3, 8, generator=gen)
-        w = torch.randn(16, 8, generator=gen)
-        b = torch.randn(16, generator=gen)
-        r = torch.randn(2, 3, 3, 16, generator=gen)
+        # (explicit dtype/device: the caller's defaults must not decide the cached answer)
+        kw = {"generator": gen, "dtype": torch.float32, "device": "cpu"}
+        x = torch.randn(2, 3, 3, 8, **kw)
+        w = torch.randn(16, 8, **kw)
+        b = torch.randn(16, **kw)
+        r = torch.randn(2, 3, 3, 16, **kw)
         with torch.no_grad():
             got_gelu = torch.ops.mkldnn._linear_pointwise(x, w, b, "gelu", [], "none")
             got_add = torch.ops.mkldnn._linear_pointwise.binary(x, r, w, b, "add")
