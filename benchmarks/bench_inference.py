@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import sys
 import tempfile
 import time
@@ -397,7 +398,6 @@ class QuickGELU(nn.Module):
 def section_int8gelu(args: argparse.Namespace) -> None:
     """Could int8 reach 1.5x if GELU had int8 kernels? Swap GELU for x*sigmoid(1.702x) and
     quantize the whole chain (Conv, Sigmoid, Mul, Add) so no DQ/Q pair is left around it."""
-    import onnxruntime as ort
 
     import fastvit.export.quantize as quant
     from fastvit.export.metadata import metadata_from_model
@@ -414,13 +414,6 @@ def section_int8gelu(args: argparse.Namespace) -> None:
     calib = quant.load_images("digits", meta, split="train", limit=32)
     batches = [calib.images[i:i + 8] for i in range(0, 32, 8)]
 
-    def basic_preopt(src: Path, dst: Path) -> None:  # keep Sigmoid/Mul apart (no QuickGelu)
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-        opts.optimized_model_filepath = str(dst)
-        opts.log_severity_level = 3
-        ort.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"])
-
     with tempfile.TemporaryDirectory() as d:
         paths = {}
         for tag, m in (("gelu", base), ("quick", quick)):
@@ -429,7 +422,8 @@ def section_int8gelu(args: argparse.Namespace) -> None:
         paths["gelu int8 (shipped)"] = quant.quantize_onnx(
             paths["gelu fp32"], Path(d) / "gelu_int8.onnx", batches)
         real_preopt = quant._ort_optimize
-        quant._ort_optimize = basic_preopt
+        # basic pre-optimization keeps Sigmoid/Mul apart (extended fuses them to QuickGelu)
+        quant._ort_optimize = functools.partial(real_preopt, level="basic")
         try:
             paths["quick int8, whole chain"] = quant.quantize_onnx(
                 paths["quick fp32"], Path(d) / "quick_int8.onnx", batches,

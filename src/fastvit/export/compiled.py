@@ -51,8 +51,6 @@ class CompiledInference:
                 torch.is_autocast_enabled(x.device.type))
 
     def __call__(self, x: Tensor) -> Tensor:
-        import torch._inductor.config as inductor_config
-
         if x.ndim != 4 or (self._in_chans is not None and x.shape[1] != self._in_chans):
             want = self._in_chans if self._in_chans is not None else "C"
             raise ConfigError(f"expected an input batch of shape (N, {want}, H, W), got "
@@ -70,6 +68,8 @@ class CompiledInference:
             # prepacking, conv/GEMM post-op fusion) is set for the whole compile: passing it
             # as torch.compile(options=...) was measured not to take effect reliably (with two
             # compiled models in one process both ran at about eager speed).
+            import torch._inductor.config as inductor_config
+
             with inductor_config.patch(freezing=True):
                 out = self._compiled(x)
         self._seen.add(sig)

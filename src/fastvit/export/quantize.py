@@ -197,12 +197,16 @@ def quantize_onnx(
     return out_path
 
 
-def _ort_optimize(src: Path, dst: Path) -> None:
-    """Save onnxruntime's extended-level offline optimization of ``src`` (fused GELU etc.)."""
+def _ort_optimize(src: Path, dst: Path, level: str = "extended") -> None:
+    """Save onnxruntime's offline optimization of ``src`` at ``level`` (``"extended"``: fused
+    GELU etc.; ``"basic"``: constant folding and redundant-node removal only)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    opts.graph_optimization_level = {
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    }[level]
     opts.optimized_model_filepath = str(dst)
     opts.log_severity_level = 3
     ort.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"])

@@ -25,6 +25,7 @@ import functools
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules import module as module_mod
 
 _FAST_DTYPES = (torch.float32, torch.bfloat16)
 
@@ -66,19 +67,17 @@ def _dispatch_mode_active() -> bool:
 
 
 @torch.jit.unused
-def _eager_fast_path(x: Tensor, weight: Tensor | None) -> bool:
+def _eager_fast_path(x: Tensor, weights: tuple[Tensor, ...]) -> bool:
     return (x.device.type == "cpu" and x.dtype in _FAST_DTYPES
-            and (weight is None or (weight.dtype == x.dtype and weight.device == x.device))
+            and all(w.dtype == x.dtype and w.device == x.device for w in weights)
             and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
             and not torch.jit.is_tracing() and not torch.compiler.is_compiling()
             and not _dispatch_mode_active() and torch.backends.mkldnn.enabled and _ops_work())
 
 
-def can_fuse(x: Tensor, weight: Tensor | None = None) -> bool:
-    """True where the oneDNN post-op kernels may run on ``x`` (and ``weight``); see above."""
-    if torch.jit.is_scripting():
-        return False
-    return _eager_fast_path(x, weight)
+def can_fuse(x: Tensor, *weights: Tensor) -> bool:
+    """True where the oneDNN post-op kernels may run on ``x`` with ``weights``; see above."""
+    return _eager_fast_path(x, weights)
 
 
 def unhooked(*modules: nn.Module) -> bool:
@@ -88,8 +87,6 @@ def unhooked(*modules: nn.Module) -> bool:
     (feature taps, layer-based FLOP counters) must keep seeing the module, so hooked modules
     take the plain path.
     """
-    from torch.nn.modules import module as module_mod
-
     if module_mod._global_forward_hooks or module_mod._global_forward_pre_hooks:
         return False
     return not any(m._forward_hooks or m._forward_pre_hooks for m in modules)

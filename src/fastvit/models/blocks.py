@@ -206,7 +206,7 @@ class ConvFFN(Reparameterizable):
         # (Traced/scripted exports and hooked modules keep the Conv ops.)
         xt = x.permute(0, 2, 3, 1)
         w1, w2 = self.fc1.weight.flatten(1), self.fc2.weight.flatten(1)
-        fast = not self.training and can_fuse(x, w1) and can_fuse(x, w2)
+        fast = not self.training and can_fuse(x, w1, w2)
         if fast and is_exact_gelu(self.act):
             y = linear_gelu(xt, w1, self.fc1.bias)
         else:
