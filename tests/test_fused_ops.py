@@ -1,26 +1,32 @@
-"""The oneDNN post-op fast path (GELU / residual add inside the conv or GEMM) of fused models:
-same outputs as the plain ops, really used in inference, never used where it must not be."""
+"""The inference package (fastvit.layers.inference): the fused modules' speed paths (oneDNN
+post-op kernels, NHWC GEMMs, channel-repeat convs) give the plain ops' outputs, are really used
+in inference, and never used where they must not be; training-form models never use them."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-import fastvit.layers.fused_ops as fused_ops
-import fastvit.layers.mobileone as mobileone_mod
-import fastvit.models.blocks as blocks_mod
+import fastvit.layers.inference.conv as conv_mod
+import fastvit.layers.inference.ffn as ffn_mod
+import fastvit.layers.inference.kernels as kernels
 from conftest import randomize_bn_and_scales
 from fastvit import create_model, reparameterize
+from fastvit.layers.inference import FusedConv2d, FusedConvFFN
 
 
 @pytest.fixture
 def kernel_calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
-    """Count calls of the three fused kernels, as the model modules see them."""
+    """Count calls of the three fused kernels, as the inference modules see them."""
     calls = {"linear_gelu": 0, "linear_add": 0, "conv_gelu": 0}
-    for mod, name in ((blocks_mod, "linear_gelu"), (blocks_mod, "linear_add"),
-                      (mobileone_mod, "conv_gelu")):
+    for mod, name in ((ffn_mod, "linear_gelu"), (ffn_mod, "linear_add"),
+                      (conv_mod, "conv_gelu")):
         orig = getattr(mod, name)
 
         def counted(*args, _orig=orig, _name=name, **kwargs):
@@ -41,15 +47,42 @@ def test_probe_finds_the_kernels_on_this_build() -> None:
     # If this fails, the torch build lacks the oneDNN post-op ops: the fast path is off and
     # the tests below would only compare the plain path with itself.
     assert torch.backends.mkldnn.is_available()
-    assert fused_ops._ops_work()
+    assert kernels.kernels_available()
     # The cached answer must not depend on the caller's default dtype at the first call.
-    fused_ops._ops_work.cache_clear()
+    kernels.kernels_available.cache_clear()
     old = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
-        assert fused_ops._ops_work()
+        assert kernels.kernels_available()
     finally:
         torch.set_default_dtype(old)
+
+
+def test_supported_torch_range_is_the_documented_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    meta = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    lo, hi = kernels.SUPPORTED_TORCH
+    assert meta["tool"]["fastvit"]["fused-kernels-torch"] == (
+        f">={lo[0]}.{lo[1]},<{hi[0]}.{hi[1]}")
+    assert kernels.torch_supported()  # the torch this project runs on
+    assert not kernels.torch_supported((2, 0)) and not kernels.torch_supported(hi)
+    # Outside the range the private ops are never called (plain ops, same outputs).
+    monkeypatch.setattr(kernels, "_torch_version", lambda: hi)
+    kernels.kernels_available.cache_clear()
+    try:
+        assert not kernels.kernels_available()
+    finally:
+        monkeypatch.undo()
+        kernels.kernels_available.cache_clear()
+
+
+def test_only_the_inference_package_touches_private_ops() -> None:
+    src = Path(sys.modules["fastvit"].__file__).parent
+    model_code = [p for d in ("reparam", "layers", "models") for p in (src / d).rglob("*.py")]
+    users = sorted(str(p.relative_to(src)) for p in model_code
+                   if "torch.ops.mkldnn" in p.read_text() or "_global_forward_hooks" in p.read_text()
+                   or "_len_torch_dispatch_stack" in p.read_text())
+    assert users == ["layers/inference/kernels.py"]
 
 
 @pytest.mark.parametrize("variant,ffns,stem_convs", [("fastvit_t8", 10, 6),
@@ -82,18 +115,22 @@ def test_fast_path_bf16_matches_plain_bf16(kernel_calls: dict[str, int]) -> None
     assert (fast - ref).abs().max().item() < 0.05 * ref.abs().max().item()
 
 
-def test_training_form_in_eval_uses_gelu_fusion_only(kernel_calls: dict[str, int]) -> None:
+def test_training_form_is_plain(kernel_calls: dict[str, int]) -> None:
     model = create_model("fastvit_t8", num_classes=10).eval().to(memory_format=torch.channels_last)
+    assert not any(isinstance(m, (FusedConv2d, FusedConvFFN)) for m in model.modules())
     randomize_bn_and_scales(model, seed=4)
     x = torch.randn(1, 3, 64, 64).contiguous(memory_format=torch.channels_last)
-    with torch.enable_grad():
-        ref = model(x).detach()
     with torch.no_grad():
-        fast = model(x)
-    # Layer scales are still separate multiplies: no residual fusion, and no single conv to
-    # fuse GELU into in the multi-branch MobileOne blocks.
-    assert kernel_calls == {"linear_gelu": 10, "linear_add": 0, "conv_gelu": 0}
-    torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
+        model(x)
+    assert sum(kernel_calls.values()) == 0
+    # reparameterize and inference_mode=True build the fused form from the inference modules
+    for fused in (reparameterize(model), create_model("fastvit_t8", inference_mode=True)):
+        ffns = [m for m in fused.modules() if isinstance(m, FusedConvFFN)]
+        assert len(ffns) == 10
+        # every conv is a FusedConv2d but the FFNs' 1x1s (run by FusedConvFFN) and the SE's
+        plain = {id(c) for f in ffns for c in (f.fc1, f.fc2)}
+        plain |= {id(m) for m in fused.conv_exp.se.modules() if isinstance(m, nn.Conv2d)}
+        assert {id(m) for m in fused.modules() if type(m) is nn.Conv2d} == plain
 
 
 def test_fallbacks_keep_plain_ops(kernel_calls: dict[str, int]) -> None:
@@ -112,6 +149,8 @@ def test_fallbacks_keep_plain_ops(kernel_calls: dict[str, int]) -> None:
             model(x)
         assert counter.get_total_flops() > 0
         torch.jit.trace(model, x, check_trace=False)  # exports see plain ops
+        graph = torch.fx.symbolic_trace(model)  # so does fx
+        torch.testing.assert_close(graph(x), ref, atol=1e-5, rtol=1e-5)
     assert sum(kernel_calls.values()) == 0
 
 
@@ -121,11 +160,11 @@ def test_hooked_modules_are_called_not_bypassed(kernel_calls: dict[str, int]) ->
     stem0 = model.patch_embed[0]
     seen: list[tuple[int, ...]] = []
     ffn.fc1.register_forward_hook(lambda m, i, o: seen.append(tuple(o.shape)))
-    stem0.reparam_conv.register_forward_hook(lambda m, i, o: seen.append(tuple(o.shape)))
+    stem0.reparam_conv.act.register_forward_hook(lambda m, i, o: seen.append(tuple(o.shape)))
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         model(x)
-    assert seen == [(1, 48, 32, 32), (1, 144, 16, 16)]  # stem conv, then the first fc1
+    assert seen == [(1, 48, 32, 32), (1, 144, 16, 16)]  # stem GELU, then the first fc1
     # The other FFNs and MobileOne blocks still take the fast path.
     assert kernel_calls == {"linear_gelu": 9, "linear_add": 9, "conv_gelu": 5}
 
@@ -136,3 +175,35 @@ def test_traced_graph_has_no_private_ops() -> None:
     with torch.no_grad():
         graph = str(torch.jit.trace(model, x, check_trace=False).inlined_graph)
     assert "mkldnn::_" not in graph and "aten::_convolution" in graph
+    assert "mkldnn" not in str(torch.fx.symbolic_trace(model).graph)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_channel_repeat_conv_equals_grouped_conv(channels_last: bool) -> None:
+    torch.manual_seed(0)
+    conv = FusedConv2d(6, 18, 7, stride=2, padding=3, groups=6).double().eval()
+    assert conv.channel_multiplier == 3
+    x = torch.randn(2, 6, 13, 11, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    plain = F.conv2d(x, conv.weight, conv.bias, 2, 3, 1, 6)
+    with torch.no_grad():
+        assert torch.allclose(conv(x), plain, atol=1e-12, rtol=0)
+        scripted = torch.jit.script(conv)  # the plain path
+        assert torch.allclose(scripted(x), plain, atol=1e-12, rtol=0)
+    assert FusedConv2d(6, 6, 3, groups=6).channel_multiplier == 1
+    assert FusedConv2d(6, 12, 3, groups=2).channel_multiplier == 1
+
+
+def test_fused_conv_gelu_matches_plain(kernel_calls: dict[str, int]) -> None:
+    torch.manual_seed(0)
+    conv = FusedConv2d(8, 16, 3, padding=1, act=nn.GELU()).eval()
+    x = torch.randn(1, 8, 9, 9)
+    plain = F.gelu(F.conv2d(x, conv.weight, conv.bias, padding=1))
+    with torch.no_grad():
+        torch.testing.assert_close(conv(x), plain, atol=1e-5, rtol=1e-5)
+    assert kernel_calls["conv_gelu"] == 1
+    tanh = FusedConv2d(8, 16, 3, padding=1, act=nn.GELU(approximate="tanh")).eval()
+    with torch.no_grad():
+        tanh(x)  # not what oneDNN's gelu post-op computes: plain ops
+    assert kernel_calls["conv_gelu"] == 1

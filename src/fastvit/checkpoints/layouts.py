@@ -170,30 +170,38 @@ def detect_layout(sd: Mapping[str, Tensor]) -> str:
 
 
 def detect_form(sd: Mapping[str, Tensor]) -> str:
-    """Return ``"unfused"``, ``"fused"`` or ``"fused_full"`` for a state dict of either layout."""
+    """Return ``"unfused"``, ``"fused"`` or ``"fused_full"`` for a state dict of either layout.
+
+    Decided by structure, not by module names: the stem's first block has BatchNorm
+    statistics only in training form; a fused checkpoint with BatchNorm statistics or layer
+    scales left (the ConvFFN/attention BatchNorms, the layer scales) is the official/timm fused
+    form, one without any is ours. A stem fused while the branch modules of some other block
+    are still there is a partially reparameterized model, an error.
+    """
+    stem0 = ("patch_embed.0.", "stem.0.")
     segs = [set(k.split(".")) for k in sd]
-    unfused = any(s & _UNFUSED_MARKERS for s in segs)
-    fused = any(s & _FUSED_MARKERS for s in segs)
-    if unfused and fused:
-        examples = [k for k in sd if set(k.split(".")) & _FUSED_MARKERS]
-        raise CheckpointError(
-            f"checkpoint is partially reparameterized (e.g. {_few(examples, 2)} next to "
-            "training-form "
-            "branches); save it either before or after reparameterizing the whole model"
-        )
-    if not fused:
-        return UNFUSED
-    full = any(
-        k.endswith(
-            (
-                "convffn.conv.reparam_conv.weight",
-                "mlp.conv.reparam_conv.weight",
-                "token_mixer.qkv.bias",
+    if any(k.startswith(stem0) for k in sd):
+        stem_bn = any(k.startswith(stem0) and k.endswith(".running_var") for k in sd)
+    else:  # no stem (an incomplete checkpoint): go by the branch modules
+        stem_bn = any(s & _UNFUSED_MARKERS for s in segs)
+    if stem_bn:
+        fused_parts = [k for k, s in zip(sd, segs) if s & _FUSED_MARKERS]
+        if fused_parts:
+            raise CheckpointError(
+                f"checkpoint is partially reparameterized (e.g. {_few(fused_parts, 2)} next to "
+                "training-form branches); save it either before or after reparameterizing the "
+                "whole model"
             )
+        return UNFUSED
+    if any(s & _UNFUSED_MARKERS for s in segs):
+        raise CheckpointError(
+            "checkpoint is partially reparameterized (a fused stem next to training-form "
+            f"branches, e.g. {_few([k for k, s in zip(sd, segs) if s & _UNFUSED_MARKERS], 2)}); "
+            "save it either before or after reparameterizing the whole model"
         )
-        for k in sd
-    )
-    return FUSED_FULL if full else FUSED
+    leftovers = any(k.endswith(".running_var") or k.split(".")[-1] in _LAYER_SCALES
+                    or (k.endswith(".gamma") and k.split(".")[-2] in _LAYER_SCALES) for k in sd)
+    return FUSED if leftovers else FUSED_FULL
 
 
 def detect(sd: Mapping[str, Tensor]) -> CheckpointInfo:
@@ -410,17 +418,61 @@ def _block_prefixes(off: Mapping[str, Tensor]) -> list[str]:
     return sorted({m.group(0) for k in off if (m := re.match(r"network\.\d+\.\d+\.", k))})
 
 
+def _pop_bn_affine(sd: StateDict, prefix: str) -> tuple[Tensor, Tensor] | None:
+    """Remove the BatchNorm ``prefix{weight,bias,running_*,num_batches_tracked}`` from ``sd``
+    and return its ``(a, c)`` (``bn(x) = a*x + c``) in float64; None (``sd`` untouched) when
+    its entries are not all there. Files do not store eps: FastViT's :data:`BN_EPS` is used."""
+    if not all(prefix + k in sd for k in ("weight", "bias", "running_mean", "running_var")):
+        return None
+    t = {k: sd.pop(prefix + k).double() for k in ("weight", "bias", "running_mean", "running_var")}
+    sd.pop(prefix + "num_batches_tracked", None)
+    return fuse.affine_from_stats(t["running_mean"], t["running_var"], t["weight"], t["bias"],
+                                  BN_EPS)
+
+
+def _set_folded(sd: StateDict, prefix: str, like: Tensor, w: Tensor, b: Tensor) -> None:
+    sd[prefix + "weight"], sd[prefix + "bias"] = w.to(like.dtype), b.to(like.dtype)
+
+
+def _fold_block(sd: StateDict, p: str) -> None:
+    """One official-layout *fused* block at prefix ``p`` -> our fully fused block, in ``sd``.
+
+    ConvFFN conv+BN -> ``convffn.conv.reparam_conv`` (W' = a W, b' = c); the layer scales
+    ``layer_scale``/``layer_scale_2`` scale the rows of ``convffn.fc2`` and ``layer_scale_1``
+    those of ``token_mixer.proj``; the attention BatchNorm ``norm`` (x -> a*x + c) folds into
+    qkv: W' = W diag(a), b' = W c (+ b). Float64, cast back to the checkpoint's dtype.
+    """
+    conv = p + "convffn.conv."
+    if conv + "conv.weight" in sd and (affine := _pop_bn_affine(sd, conv + "bn.")) is not None:
+        w = sd.pop(conv + "conv.weight")
+        b = sd.pop(conv + "conv.bias", None)
+        kernel, bias = fuse.scale_shift_conv(w.double(), None if b is None else b.double(),
+                                             *affine)
+        _set_folded(sd, conv + "reparam_conv.", w, kernel, bias)
+    for scale_key, layer in (("layer_scale", "convffn.fc2."), ("layer_scale_2", "convffn.fc2."),
+                             ("layer_scale_1", "token_mixer.proj.")):
+        if p + scale_key in sd and p + layer + "weight" in sd:
+            scale = sd.pop(p + scale_key).double()
+            w, b = sd[p + layer + "weight"], sd.get(p + layer + "bias")
+            _set_folded(sd, p + layer, w, *fuse.scale_output(
+                w.double(), None if b is None else b.double(), scale))
+    qkv = p + "token_mixer.qkv."
+    if qkv + "weight" in sd and (affine := _pop_bn_affine(sd, p + "norm.")) is not None:
+        w, b = sd[qkv + "weight"], sd.get(qkv + "bias")
+        _set_folded(sd, qkv, w, *fuse.fold_affine_into_linear_input(
+            w.double(), None if b is None else b.double(), *affine))
+
+
 def fold_to_full(off: Mapping[str, Tensor]) -> StateDict:
     """Official-layout *fused* state dict -> our fully fused form (same outputs).
 
-    Per block: ConvFFN conv+BN -> ``convffn.conv.reparam_conv``; ``layer_scale``/``layer_scale_2``
-    scale the rows of ``convffn.fc2``; ``layer_scale_1`` scales the rows of ``token_mixer.proj``;
-    the attention BatchNorm ``norm`` (x -> a*x + c) folds into qkv: W' = W diag(a), b' = W c.
-    The math is :mod:`fastvit.reparam.fuse`, the same the fused blocks use when loading.
+    Only the entries that the official fused form keeps and ours folds change (see
+    :func:`_fold_block`); the math is :mod:`fastvit.reparam.fuse`, the same the blocks'
+    ``reparameterize()`` uses.
     """
     sd: StateDict = dict(off)
     for p in _block_prefixes(off):
-        fuse.fold_fused_block_entries(sd, p)
+        _fold_block(sd, p)
     return sd
 
 

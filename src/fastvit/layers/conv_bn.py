@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from fastvit.layers.conv_ops import conv2d
-from fastvit.reparam.base import Reparameterizable, new_conv
-from fastvit.reparam.fuse import fold_conv_bn_entries, fuse_conv_bn
+from fastvit.layers.inference.conv import FusedConv2d
+from fastvit.reparam.base import Reparameterizable
+from fastvit.reparam.fuse import fuse_conv_bn
 
 
 class ConvBN(Reparameterizable):
@@ -35,10 +35,10 @@ class ConvBN(Reparameterizable):
         if inference_mode:
             self.conv = None
             self.bn = None
-            self.reparam_conv = conv2d(in_channels, out_channels, kernel_size, stride, padding,
-                                       groups=groups, bias=True)
+            self.reparam_conv = FusedConv2d(in_channels, out_channels, kernel_size, stride,
+                                            padding, groups=groups, bias=True)
         else:
-            self.conv = conv2d(in_channels, out_channels, kernel_size,
+            self.conv = nn.Conv2d(in_channels, out_channels, kernel_size,
                                   stride if self.subsample == 1 else 1, padding,
                                   groups=groups, bias=False)
             self.bn = nn.BatchNorm2d(out_channels)
@@ -59,16 +59,9 @@ class ConvBN(Reparameterizable):
         assert self.conv is not None and self.bn is not None
         return fuse_conv_bn(self.conv.weight, self.conv.bias, self.bn)
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # A fused ConvBN also accepts the unfused keys (official/timm fused checkpoints keep
-        # the ConvFFN conv+BN): fold them on load so those checkpoints load strict=True.
-        if self.inference_mode:
-            fold_conv_bn_entries(state_dict, prefix)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
     def _reparameterize(self) -> None:
         kernel, bias = self.get_kernel_bias()
-        self.reparam_conv = new_conv(kernel, bias, stride=self.stride, padding=self.padding,
-                                     groups=self.groups)
+        self.reparam_conv = FusedConv2d.from_kernel(kernel, bias, stride=self.stride,
+                                                    padding=self.padding, groups=self.groups)
         self.conv = None
         self.bn = None

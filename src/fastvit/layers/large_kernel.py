@@ -5,8 +5,8 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from fastvit.layers.conv_bn import ConvBN
-from fastvit.layers.conv_ops import conv2d
-from fastvit.reparam.base import Reparameterizable, new_conv
+from fastvit.layers.inference.conv import FusedConv2d
+from fastvit.reparam.base import Reparameterizable
 from fastvit.reparam.fuse import pad_kernel
 
 
@@ -41,8 +41,8 @@ class ReparamLargeKernelConv(Reparameterizable):
         self.stride, self.groups, self.padding = stride, groups, kernel_size // 2
         self.activation = activation() if apply_act else nn.Identity()
         if inference_mode:
-            self.lkb_reparam = conv2d(in_channels, out_channels, kernel_size, stride,
-                                         self.padding, groups=groups, bias=True)
+            self.lkb_reparam = FusedConv2d(in_channels, out_channels, kernel_size, stride,
+                                           self.padding, groups=groups, bias=True)
             self.lkb_origin = None
             self.small_conv = None
         else:
@@ -77,7 +77,7 @@ class ReparamLargeKernelConv(Reparameterizable):
 
     def _reparameterize(self) -> None:
         kernel, bias = self.get_kernel_bias()
-        self.lkb_reparam = new_conv(kernel, bias, stride=self.stride, padding=self.padding,
-                                    groups=self.groups)
+        self.lkb_reparam = FusedConv2d.from_kernel(kernel, bias, stride=self.stride,
+                                                   padding=self.padding, groups=self.groups)
         self.lkb_origin = None
         self.small_conv = None

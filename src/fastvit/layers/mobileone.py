@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from fastvit.errors import ConfigError
 from fastvit.layers.conv_bn import ConvBN
-from fastvit.layers.conv_ops import conv2d
-from fastvit.layers.fused_ops import can_fuse, conv_gelu, is_exact_gelu, unhooked
+from fastvit.layers.inference.conv import FusedConv2d
 from fastvit.layers.se import SEBlock
-from fastvit.reparam.base import Reparameterizable, new_conv
+from fastvit.reparam.base import Reparameterizable
 from fastvit.reparam.fuse import fuse_bn_alone, pad_kernel
 
 
@@ -21,7 +19,9 @@ class MobileOneBlock(Reparameterizable):
     ``in_channels == out_channels`` and ``stride == 1``), a 1x1 conv+BN ``rbr_scale``
     (when ``kernel_size > 1``) and ``num_conv_branches`` kxk conv+BN branches ``rbr_conv``,
     followed by optional squeeze-excite and the activation.
-    Inference form: one biased conv ``reparam_conv`` (+ SE, activation).
+    Inference form: one biased :class:`~fastvit.layers.inference.FusedConv2d` ``reparam_conv``
+    (+ SE, activation). Without SE the activation moves into ``reparam_conv.act`` (and
+    ``activation`` becomes ``nn.Identity``), so the fused conv can apply it as a post-op.
     """
 
     def __init__(
@@ -57,8 +57,9 @@ class MobileOneBlock(Reparameterizable):
                 f"for kernel_size={kernel_size}, got padding={padding}")
 
         if inference_mode:
-            self.reparam_conv = conv2d(in_channels, out_channels, kernel_size, stride,
-                                       padding, groups=groups, bias=True)
+            self.reparam_conv = FusedConv2d(in_channels, out_channels, kernel_size, stride,
+                                            padding, groups=groups, bias=True,
+                                            act=self._take_activation())
             self.rbr_skip = None
             self.rbr_conv = None
             self.rbr_scale = None
@@ -74,8 +75,6 @@ class MobileOneBlock(Reparameterizable):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.reparam_conv is not None:
-            if not torch.jit.is_scripting() and self._fuse_activation(x):
-                return conv_gelu(self.reparam_conv, x)  # GELU as a oneDNN post-op
             return self.activation(self.se(self.reparam_conv(x)))
         out = self.rbr_skip(x) if self.rbr_skip is not None else 0
         if self.rbr_scale is not None:
@@ -85,14 +84,13 @@ class MobileOneBlock(Reparameterizable):
                 out = out + branch(x)
         return self.activation(self.se(out))
 
-    @torch.jit.unused
-    def _fuse_activation(self, x):  # (unannotated: TorchScript reads unused signatures)
-        """Inference on a plain fused conv + exact GELU, no SE: one oneDNN conv can do it."""
-        conv = self.reparam_conv
-        return (not self.training and type(conv) is nn.Conv2d and conv.padding_mode == "zeros"
-                and not isinstance(conv.padding, str) and isinstance(self.se, nn.Identity)
-                and is_exact_gelu(self.activation) and unhooked(conv, self.activation)
-                and can_fuse(x, conv.weight))
+    def _take_activation(self) -> nn.Module | None:
+        """The activation for the fused conv (and ``nn.Identity`` left here), or None with SE
+        (SE sits between the conv and the activation)."""
+        if not isinstance(self.se, nn.Identity):
+            return None
+        act, self.activation = self.activation, nn.Identity()
+        return act
 
     def _fuse_bn_tensor(self, branch: nn.Module) -> tuple[Tensor, Tensor]:
         """(kernel, bias) of one branch: a conv+BN, or the BN-only skip as an identity conv."""
@@ -127,8 +125,9 @@ class MobileOneBlock(Reparameterizable):
 
     def _reparameterize(self) -> None:
         kernel, bias = self._get_kernel_bias()
-        self.reparam_conv = new_conv(kernel, bias, stride=self.stride, padding=self.padding,
-                                     groups=self.groups)
+        self.reparam_conv = FusedConv2d.from_kernel(kernel, bias, stride=self.stride,
+                                                    padding=self.padding, groups=self.groups,
+                                                    act=self._take_activation())
         self.rbr_skip = None
         self.rbr_conv = None
         self.rbr_scale = None
@@ -175,32 +174,3 @@ class RepStem(Reparameterizable, nn.Sequential):
     def _reparameterize(self) -> None:
         pass  # the three blocks were fused by reparameterize()
 
-
-class MobileOneHead(nn.Module):
-    """MobileOne/FastViT classifier head: depthwise-expanding 3x3 MobileOne conv with SE,
-    global average pooling, dropout and a linear classifier.
-
-    Keys (``conv_exp``, ``head``) match the official model's top-level head keys.
-    """
-
-    def __init__(
-        self,
-        in_channels: int,
-        num_classes: int,
-        cls_ratio: float = 2.0,
-        drop_rate: float = 0.0,
-        inference_mode: bool = False,
-        activation: type[nn.Module] = nn.GELU,
-    ) -> None:
-        super().__init__()
-        self.num_features = int(in_channels * cls_ratio)
-        self.conv_exp = MobileOneBlock(in_channels, self.num_features, 3, stride=1, padding=1,
-                                       groups=in_channels, inference_mode=inference_mode,
-                                       use_se=True, activation=activation)
-        self.gap = nn.AdaptiveAvgPool2d(1)
-        self.drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.gap(self.conv_exp(x)).flatten(1)
-        return self.head(self.drop(x))

@@ -1,48 +1,43 @@
-"""FastViT-specific blocks: token mixers, positional encoding, FFN and the two block types.
+"""FastViT-specific blocks: token mixers, positional encoding and the two block types.
 
 Every block can be built directly in its fused form (``inference_mode=True``) and fuses in
 place with ``reparameterize()``. Beyond the official fused form, our fused blocks contain no
 BatchNorm and no layer-scale multiply: those are folded into the adjacent convs/linears.
+Training-form blocks are plain PyTorch; fused ones are made of the inference modules of
+:mod:`fastvit.layers.inference` (same keys, same plain path, plus CPU speed paths).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, trunc_normal_
+from timm.layers import DropPath
 from torch import Tensor, nn
 
-from fastvit.layers.conv_bn import ConvBN
-from fastvit.layers.fused_ops import (
-    can_fuse,
-    is_exact_gelu,
-    linear_add,
-    linear_gelu,
-    unhooked,
-)
+from fastvit.layers.ffn import ConvFFN
+from fastvit.layers.inference.conv import FusedConv2d
+from fastvit.layers.inference.ffn import FusedConvFFN
 from fastvit.layers.large_kernel import ReparamLargeKernelConv
 from fastvit.layers.mobileone import MobileOneBlock
-from fastvit.reparam.base import Reparameterizable, new_conv, new_linear
+from fastvit.reparam.base import Reparameterizable, new_linear
 from fastvit.reparam.fuse import (
     bn_affine,
     fold_affine_into_linear_input,
-    fold_fused_block_entries,
     identity_kernel,
     scale_output,
 )
+
+__all__ = ["Attention", "AttentionBlock", "ConvFFN", "PatchEmbed", "RepCPE", "RepMixer",
+           "RepMixerBlock"]
 
 
 def _layer_scale(dim: int, init_value: float) -> nn.Parameter:
     return nn.Parameter(init_value * torch.ones(dim, 1, 1))
 
 
-def _fold_scale_into(layer: nn.Conv2d | nn.Linear, scale: Tensor) -> nn.Module:
+def _fold_scale_into(layer: nn.Linear, scale: Tensor) -> nn.Linear:
     """Return a copy of ``layer`` whose output is multiplied by ``scale`` per channel."""
-    w, b = scale_output(layer.weight, layer.bias, scale)
-    if isinstance(layer, nn.Linear):
-        return new_linear(w, b)
-    return new_conv(w, b, stride=layer.stride, padding=layer.padding, groups=layer.groups,
-                    dilation=layer.dilation)
+    return new_linear(*scale_output(layer.weight, layer.bias, scale))
 
 
 class RepMixer(Reparameterizable):
@@ -66,7 +61,7 @@ class RepMixer(Reparameterizable):
         self.use_layer_scale = use_layer_scale
         pad = kernel_size // 2
         if inference_mode:
-            self.reparam_conv = nn.Conv2d(dim, dim, kernel_size, 1, pad, groups=dim, bias=True)
+            self.reparam_conv = FusedConv2d(dim, dim, kernel_size, 1, pad, groups=dim, bias=True)
             self.norm = None
             self.mixer = None
             self.register_parameter("layer_scale", None)
@@ -101,7 +96,8 @@ class RepMixer(Reparameterizable):
         # x + conv(x) = (I + K) * x: add the depthwise identity kernel.
         k = k + identity_kernel(self.dim, self.dim, self.kernel_size, dtype=k.dtype,
                                 device=k.device)
-        self.reparam_conv = new_conv(k, b, padding=self.kernel_size // 2, groups=self.dim)
+        self.reparam_conv = FusedConv2d.from_kernel(k, b, padding=self.kernel_size // 2,
+                                                    groups=self.dim)
         self.mixer = None
         self.norm = None
         self.layer_scale = None
@@ -130,8 +126,9 @@ class RepCPE(Reparameterizable):
         self.groups = embed_dim
         self.inference_mode = inference_mode
         pad = spatial_shape[0] // 2
-        conv = nn.Conv2d(in_channels, embed_dim, self.spatial_shape, 1, pad, groups=embed_dim,
-                         bias=True)
+        conv = FusedConv2d if inference_mode else nn.Conv2d
+        conv = conv(in_channels, embed_dim, self.spatial_shape, 1, pad, groups=embed_dim,
+                    bias=True)
         if inference_mode:
             self.reparam_conv, self.pe = conv, None
         else:
@@ -148,84 +145,9 @@ class RepCPE(Reparameterizable):
         k = self.pe.weight + identity_kernel(self.in_channels, self.groups, self.spatial_shape,
                                              dtype=self.pe.weight.dtype,
                                              device=self.pe.weight.device)
-        self.reparam_conv = new_conv(k, self.pe.bias, padding=self.pe.padding,
-                                     groups=self.groups)
+        self.reparam_conv = FusedConv2d.from_kernel(k, self.pe.bias, padding=self.pe.padding,
+                                                    groups=self.groups)
         self.pe = None
-
-
-class ConvFFN(Reparameterizable):
-    """Convolutional FFN: depthwise 7x7 conv+BN -> 1x1 expand -> act -> 1x1 project.
-
-    The conv+BN fuses into one conv (``conv.reparam_conv``); the official fused form keeps
-    the BN.
-    """
-
-    def __init__(
-        self,
-        in_channels: int,
-        hidden_channels: int | None = None,
-        out_channels: int | None = None,
-        act_layer: type[nn.Module] = nn.GELU,
-        drop: float = 0.0,
-        inference_mode: bool = False,
-    ) -> None:
-        super().__init__()
-        out_channels = out_channels or in_channels
-        hidden_channels = hidden_channels or in_channels
-        self.inference_mode = inference_mode
-        self.conv = ConvBN(in_channels, out_channels, 7, padding=3, groups=in_channels,
-                           inference_mode=inference_mode)
-        self.fc1 = nn.Conv2d(in_channels, hidden_channels, kernel_size=1)
-        self.act = act_layer()
-        self.fc2 = nn.Conv2d(hidden_channels, out_channels, kernel_size=1)
-        self.drop = nn.Dropout(drop)
-        for m in (self.fc1, self.fc2):
-            trunc_normal_(m.weight, std=0.02)
-            nn.init.zeros_(m.bias)
-        if not inference_mode:
-            trunc_normal_(self.conv.conv.weight, std=0.02)
-
-    def forward(self, x: Tensor, shortcut: Tensor | None = None) -> Tensor:
-        """FFN output, plus ``shortcut`` if given (the block's residual, added in the GEMM)."""
-        x = self.conv(x)
-        if not torch.jit.is_scripting() and self._use_nhwc(x):
-            return self._forward_nhwc(x, shortcut)
-        x = self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
-        return x if shortcut is None else shortcut + x
-
-    @torch.jit.unused
-    def _use_nhwc(self, x):  # (unannotated: TorchScript reads unused signatures)
-        return (not torch.jit.is_tracing() and x.is_contiguous(memory_format=torch.channels_last)
-                and unhooked(self.fc1, self.fc2, self.act))
-
-    @torch.jit.unused
-    def _forward_nhwc(self, x, shortcut):  # (unannotated: TorchScript reads unused signatures)
-        # NHWC: the 1x1 convs are GEMMs on the (N*H*W, C) view; plain sgemm beats oneDNN's
-        # 1x1 conv here. In inference, oneDNN GEMMs apply the GELU and the residual add as
-        # post-ops instead (one pass less over the hidden and output tensors each).
-        # (Traced/scripted exports and hooked modules keep the Conv ops.)
-        xt = x.permute(0, 2, 3, 1)
-        w1, w2 = self.fc1.weight.flatten(1), self.fc2.weight.flatten(1)
-        fast = not self.training and can_fuse(x, w1, w2)
-        if fast and is_exact_gelu(self.act):
-            y = linear_gelu(xt, w1, self.fc1.bias)
-        else:
-            y = self.drop(self.act(F.linear(xt, w1, self.fc1.bias)))
-        if shortcut is None:
-            return self.drop(F.linear(y, w2, self.fc2.bias)).permute(0, 3, 1, 2)
-        if fast and shortcut.is_contiguous(memory_format=torch.channels_last):
-            return linear_add(y, w2, self.fc2.bias, shortcut.permute(0, 2, 3, 1)).permute(
-                0, 3, 1, 2)
-        # Add in the NHWC view too: torch.compile then fuses it into the GEMM's epilogue.
-        out = shortcut.permute(0, 2, 3, 1) + self.drop(F.linear(y, w2, self.fc2.bias))
-        return out.permute(0, 3, 1, 2)
-
-    def _reparameterize(self) -> None:
-        pass  # self.conv was fused by reparameterize(); fc1/fc2 are already plain convs
-
-    def fold_output_scale(self, scale: Tensor) -> None:
-        """Multiply the FFN output by ``scale`` per channel, by rescaling ``fc2`` (in place)."""
-        self.fc2 = _fold_scale_into(self.fc2, scale)
 
 
 class Attention(nn.Module):
@@ -262,6 +184,15 @@ class Attention(nn.Module):
         return out.transpose(1, 2).reshape(B, C, H, W)
 
 
+def _conv_ffn(dim: int, mlp_ratio: float, act_layer: type[nn.Module], drop: float,
+              inference_mode: bool) -> ConvFFN:
+    """A block's FFN: plain ConvFFN in training form, FusedConvFFN in inference form."""
+    hidden = int(dim * mlp_ratio)
+    if inference_mode:
+        return FusedConvFFN(dim, hidden, act_layer=act_layer, drop=drop)
+    return ConvFFN(dim, hidden, act_layer=act_layer, drop=drop)
+
+
 class RepMixerBlock(Reparameterizable):
     """MetaFormer block with RepMixer token mixing: ``x = mixer(x); x + ls * ffn(x)``."""
 
@@ -283,8 +214,7 @@ class RepMixerBlock(Reparameterizable):
         self.inference_mode = inference_mode
         self.token_mixer = RepMixer(dim, kernel_size, use_layer_scale, layer_scale_init_value,
                                     inference_mode)
-        self.convffn = ConvFFN(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=drop,
-                               inference_mode=inference_mode)
+        self.convffn = _conv_ffn(dim, mlp_ratio, act_layer, drop, inference_mode)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         if use_layer_scale and not inference_mode:
             self.layer_scale = _layer_scale(dim, layer_scale_init_value)
@@ -294,7 +224,7 @@ class RepMixerBlock(Reparameterizable):
     def forward(self, x: Tensor) -> Tensor:
         x = self.token_mixer(x)
         if self.layer_scale is None and not self.training:
-            return self.convffn(x, shortcut=x)  # inference: residual added inside fc2
+            return self.convffn(x, residual=x)  # x + ffn(x); fused: added inside fc2
         y = self.convffn(x)
         if self.layer_scale is not None:
             y = self.layer_scale * y
@@ -304,12 +234,7 @@ class RepMixerBlock(Reparameterizable):
         if self.layer_scale is not None:
             self.convffn.fold_output_scale(self.layer_scale)
             self.layer_scale = None
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # Official/timm fused checkpoints keep the layer scale: fold it into fc2 on load.
-        if self.inference_mode:
-            fold_fused_block_entries(state_dict, prefix)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self.convffn = FusedConvFFN.from_ffn(self.convffn)
 
 
 class AttentionBlock(Reparameterizable):
@@ -335,10 +260,12 @@ class AttentionBlock(Reparameterizable):
         if mlp_ratio <= 0:
             raise ValueError(f"mlp_ratio must be positive, got {mlp_ratio}")
         self.inference_mode = inference_mode
-        self.norm = None if inference_mode else norm_layer(dim)
-        self.token_mixer = Attention(dim, qkv_bias=inference_mode)
-        self.convffn = ConvFFN(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=drop,
-                               inference_mode=inference_mode)
+        # A BatchNorm folds into qkv (which then needs a bias); other norms stay in both forms.
+        fold_norm = isinstance(norm_layer, type) and issubclass(
+            norm_layer, nn.modules.batchnorm._BatchNorm)
+        self.norm = None if inference_mode and fold_norm else norm_layer(dim)
+        self.token_mixer = Attention(dim, qkv_bias=inference_mode and fold_norm)
+        self.convffn = _conv_ffn(dim, mlp_ratio, act_layer, drop, inference_mode)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         if use_layer_scale and not inference_mode:
             self.layer_scale_1 = _layer_scale(dim, layer_scale_init_value)
@@ -353,7 +280,7 @@ class AttentionBlock(Reparameterizable):
             y = self.layer_scale_1 * y
         x = x + self.drop_path(y)
         if self.layer_scale_2 is None and not self.training:
-            return self.convffn(x, shortcut=x)  # inference: residual added inside fc2
+            return self.convffn(x, residual=x)  # x + ffn(x); fused: added inside fc2
         y = self.convffn(x)
         if self.layer_scale_2 is not None:
             y = self.layer_scale_2 * y
@@ -361,10 +288,7 @@ class AttentionBlock(Reparameterizable):
 
     def _reparameterize(self) -> None:
         attn = self.token_mixer
-        if self.norm is not None:
-            if not isinstance(self.norm, nn.modules.batchnorm._BatchNorm):
-                raise TypeError(f"cannot fold a {type(self.norm).__name__} into qkv; "
-                                "only BatchNorm norm layers can be reparameterized")
+        if isinstance(self.norm, nn.modules.batchnorm._BatchNorm):
             a, c = bn_affine(self.norm)
             w, b = fold_affine_into_linear_input(attn.qkv.weight, attn.qkv.bias, a, c)
             attn.qkv = new_linear(w, b)
@@ -375,13 +299,7 @@ class AttentionBlock(Reparameterizable):
         if self.layer_scale_2 is not None:
             self.convffn.fold_output_scale(self.layer_scale_2)
             self.layer_scale_2 = None
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # Official/timm fused checkpoints keep the BatchNorm and both layer scales: fold them
-        # on load (same math as _reparameterize, on state-dict tensors).
-        if self.inference_mode:
-            fold_fused_block_entries(state_dict, prefix)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self.convffn = FusedConvFFN.from_ffn(self.convffn)
 
 
 class PatchEmbed(Reparameterizable, nn.Module):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from fastvit.errors import ConfigError
 
@@ -37,7 +37,6 @@ class FastViTConfig:
     interpolation: str = "bicubic"
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
-    extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     def pretrained_cfg(self, num_classes: int = 1000) -> dict:
         """timm-style preprocessing metadata for this variant."""

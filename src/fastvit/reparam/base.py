@@ -50,29 +50,6 @@ def reparameterize_tree(module: nn.Module) -> None:
         reparameterize_tree(child)
 
 
-def new_conv(
-    weight: Tensor,
-    bias: Tensor,
-    *,
-    stride: int | tuple[int, int] = 1,
-    padding: int | tuple[int, int] = 0,
-    groups: int = 1,
-    dilation: int | tuple[int, int] = 1,
-) -> nn.Conv2d:
-    """A biased Conv2d holding ``weight``/``bias`` (same dtype/device), for fused forms."""
-    from fastvit.layers.conv_ops import conv2d  # (layers imports reparam: import here)
-
-    out_ch, in_per_group = weight.shape[:2]
-    conv = conv2d(
-        in_per_group * groups, out_ch, tuple(weight.shape[2:]), stride=stride, padding=padding,
-        dilation=dilation, groups=groups, bias=True, device=weight.device, dtype=weight.dtype,
-    )
-    with torch.no_grad():
-        conv.weight.copy_(weight)
-        conv.bias.copy_(bias)
-    return conv
-
-
 def new_linear(weight: Tensor, bias: Tensor) -> nn.Linear:
     """A biased Linear holding ``weight``/``bias`` (same dtype/device)."""
     lin = nn.Linear(weight.shape[1], weight.shape[0], bias=True,

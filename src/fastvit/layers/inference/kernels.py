@@ -1,19 +1,22 @@
-"""Inference kernels that apply GELU or a residual add inside the conv/GEMM that feeds it.
+"""The oneDNN post-op kernels behind the fused modules' CPU fast path, with their guards.
 
-A GELU or a residual add after a 1x1 conv is a separate pass over a large activation (the
+A GELU or a residual add after a conv/GEMM is a separate pass over a large activation (the
 FFN's hidden tensor is 4x the block width). oneDNN can apply both as *post-ops* of the conv or
-GEMM, while the output tile is still in cache. PyTorch exposes those kernels as
-``torch.ops.mkldnn._linear_pointwise`` / ``_convolution_pointwise`` (the ops Inductor emits
-for the same fusions). They are private, so we use them only where they are known to work
-and fall back to the plain ops everywhere else:
+GEMM while the output tile is still in cache. PyTorch exposes those kernels as
+``torch.ops.mkldnn._linear_pointwise`` / ``_convolution_pointwise`` (the ops Inductor emits for
+the same fusions). They are private, so this is the only module in fastvit that calls them,
+and only where they are known to work (:func:`can_fuse`); everywhere else the fused modules run
+the plain ops:
 
-* CPU tensors in float32 or bfloat16, with autograd off (``torch.no_grad`` /
+* torch in :data:`SUPPORTED_TORCH` (the range in ``pyproject.toml``, ``[tool.fastvit]``), a
+  oneDNN build, ``torch.backends.mkldnn.enabled`` (``torch.backends.mkldnn.flags(enabled=False)``
+  turns the fast path off), and a one-time probe that the ops exist and agree with the plain ops;
+* CPU tensors in float32 or bfloat16 without autocast, with autograd off (``torch.no_grad`` /
   ``torch.inference_mode``): these kernels have no backward;
-* not while tracing, scripting or compiling, so exported and compiled graphs see standard
-  ops (Inductor makes the same fusion itself), nor under a dispatch mode (FLOP counters);
-* ``torch.backends.mkldnn.enabled`` (``torch.backends.mkldnn.flags(enabled=False)`` turns
-  the fast path off), and a one-time probe that the ops exist and agree with the plain ops;
-* no forward hook on a module whose weights a fused kernel uses (see :func:`unhooked`).
+* not while fx-, jit- or dynamo-tracing, scripting, compiling or exporting (those graphs see
+  the plain ops; Inductor makes the same fusions itself), nor under a dispatch mode (FLOP
+  counters, fake tensors);
+* no forward hook that the kernel would bypass (:func:`unhooked`).
 
 The result equals the plain ops up to float rounding (oneDNN and MKL sum in different orders).
 """
@@ -27,12 +30,30 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules import module as module_mod
 
+#: torch versions (inclusive lower, exclusive upper ``(major, minor)``) whose private oneDNN
+#: post-op kernels the fast path may use; keep equal to ``[tool.fastvit] fused-kernels-torch``
+#: in pyproject.toml. Outside it the fused modules run the plain ops (same outputs, ~10% slower).
+SUPPORTED_TORCH = ((2, 1), (2, 15))
+
 _FAST_DTYPES = (torch.float32, torch.bfloat16)
 
 
+def _torch_version() -> tuple[int, int]:
+    major, minor = torch.__version__.split(".")[:2]
+    return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
+
+
+def torch_supported(version: tuple[int, int] | None = None) -> bool:
+    """Whether ``version`` (default: the running torch) is in :data:`SUPPORTED_TORCH`."""
+    lo, hi = SUPPORTED_TORCH
+    return lo <= (version or _torch_version()) < hi
+
+
 @functools.cache
-def _ops_work() -> bool:
-    """Whether this torch build has the oneDNN post-op kernels and they give the plain result."""
+def kernels_available() -> bool:
+    """Whether this torch build has the post-op kernels and they give the plain result."""
+    if not torch_supported():
+        return False
     try:
         if not torch.backends.mkldnn.is_available():
             return False
@@ -67,17 +88,22 @@ def _dispatch_mode_active() -> bool:
 
 
 @torch.jit.unused
-def _eager_fast_path(x: Tensor, weights: tuple[Tensor, ...]) -> bool:
-    return (x.device.type == "cpu" and x.dtype in _FAST_DTYPES
+def eager(x) -> bool:  # (unannotated: TorchScript reads unused signatures)
+    """True when ``x`` is a real tensor in plain eager execution: not an fx proxy, not under
+    jit tracing/scripting, dynamo compiling/exporting or a dispatch mode. Speed tricks that
+    change the op sequence run only then, so every graph capture sees the plain ops."""
+    return (not isinstance(x, torch.fx.Proxy) and not torch.jit.is_scripting()
+            and not torch.jit.is_tracing() and not torch.compiler.is_compiling()
+            and not _dispatch_mode_active())
+
+
+@torch.jit.unused
+def can_fuse(x, *weights) -> bool:  # (unannotated: TorchScript reads unused signatures)
+    """True where the post-op kernels may run on ``x`` with ``weights``; see the module doc."""
+    return (eager(x) and x.device.type == "cpu" and x.dtype in _FAST_DTYPES
             and all(w.dtype == x.dtype and w.device == x.device for w in weights)
             and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
-            and not torch.jit.is_tracing() and not torch.compiler.is_compiling()
-            and not _dispatch_mode_active() and torch.backends.mkldnn.enabled and _ops_work())
-
-
-def can_fuse(x: Tensor, *weights: Tensor) -> bool:
-    """True where the oneDNN post-op kernels may run on ``x`` with ``weights``; see above."""
-    return _eager_fast_path(x, weights)
+            and torch.backends.mkldnn.enabled and kernels_available())
 
 
 def unhooked(*modules: nn.Module) -> bool:
@@ -97,21 +123,30 @@ def is_exact_gelu(act: nn.Module) -> bool:
     return type(act) is nn.GELU and act.approximate == "none"
 
 
-@torch.jit.unused
 def linear_gelu(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """``gelu(x @ weight.T + bias)`` in one oneDNN GEMM; call only where :func:`can_fuse`."""
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu", [], "none")
 
 
-@torch.jit.unused
 def linear_add(x: Tensor, weight: Tensor, bias: Tensor | None, residual: Tensor) -> Tensor:
     """``residual + x @ weight.T + bias`` in one oneDNN GEMM; call only where :func:`can_fuse`."""
     return torch.ops.mkldnn._linear_pointwise.binary(x, residual, weight, bias, "add")
 
 
-@torch.jit.unused
 def conv_gelu(conv: nn.Conv2d, x: Tensor) -> Tensor:
     """``gelu(conv(x))`` in one oneDNN convolution; call only where :func:`can_fuse`."""
     return torch.ops.mkldnn._convolution_pointwise(
         x, conv.weight, conv.bias, list(conv.padding), list(conv.stride), list(conv.dilation),
         conv.groups, "gelu", [], "none")
+
+
+def repeat_channels(x: Tensor, m: int) -> Tensor:
+    """Repeat every channel ``m`` times in place order (c0, c0, c1, c1, ... for m=2).
+
+    Keeps a channels-last input channels-last (an expand + reshape of the NHWC view).
+    """
+    if x.is_contiguous(memory_format=torch.channels_last):
+        b, c, h, w = x.shape
+        y = x.permute(0, 2, 3, 1).unsqueeze(-1).expand(b, h, w, c, m)
+        return y.reshape(b, h, w, c * m).permute(0, 3, 1, 2)
+    return x.repeat_interleave(m, dim=1)
