@@ -8,7 +8,9 @@ Sections (``--sections``, default all):
 
 * ``targets``  batch 1, 256x256, fp32: our fused eager model vs timm's reparameterized model
                (T8, S12, SA12; NCHW and channels-last), and unfused -> fused in eager for
-               every variant.
+               every variant. ``--before SRC`` adds the fused models of another fastvit
+               checkout (its ``src`` folder, e.g. a ``git worktree`` of an older commit) with
+               the same weights, timed in the same interleaved run: a before/after comparison.
 * ``postops``  fused eager with and without the oneDNN post-op kernels (GELU / residual add
                inside the GEMM or conv), and unfused -> fused, every variant.
 * ``runtimes`` T8 in every shipped runtime vs the fp32 roofline (GFLOP / sgemm rate).
@@ -77,18 +79,18 @@ def report(names: list[str], timings: list[Timing], ref: str | None = None) -> N
 # --------------------------------------------------------------------------- post-ops
 
 class PostOpsSwitch:
-    """Turn the fused models' oneDNN post-op kernels (:mod:`fastvit.layers.fused_ops`) on or
-    off per call, so both paths can be timed interleaved in one process."""
+    """Turn the fused models' oneDNN post-op kernels (:mod:`fastvit.layers.inference.kernels`)
+    on or off per call, so both paths can be timed interleaved in one process."""
 
     def __init__(self) -> None:
-        from fastvit.layers import fused_ops
+        from fastvit.layers.inference import kernels
 
-        self._mod = fused_ops
-        self._real = fused_ops._ops_work
+        self._mod = kernels
+        self._real = kernels.kernels_available
 
     def fn(self, model: Callable, x: torch.Tensor, on: bool) -> Callable[[], object]:
         def run() -> object:
-            self._mod._ops_work = self._real if on else (lambda: False)
+            self._mod.kernels_available = self._real if on else (lambda: False)
             with torch.inference_mode():
                 return model(x)
         return run
@@ -124,8 +126,48 @@ def section_postops(args: argparse.Namespace) -> None:
 
 # --------------------------------------------------------------------------- targets
 
+def fused_models_from(src: str, variants: tuple[str, ...]) -> dict[str, nn.Module]:
+    """Fused eval-mode models of ``variants`` built by the fastvit package in ``src`` (another
+    checkout), holding the weights of this checkout's fused models.
+
+    That package is imported under the name ``fastvit`` and then taken out of ``sys.modules``
+    again (its modules stay alive through the models' references), so both versions run in
+    this one process and can be timed interleaved.
+    """
+    ours = {v: build_model(v, "fastvit", fused=True).state_dict() for v in variants}
+    mine = {k: m for k, m in sys.modules.items() if k == "fastvit" or k.startswith("fastvit.")}
+    for k in mine:
+        del sys.modules[k]
+    sys.path.insert(0, src)
+    try:
+        import fastvit as other
+
+        if Path(other.__file__).resolve().parents[1] != Path(src).resolve():
+            raise SystemExit(f"--before {src}: no fastvit package there")
+        models = {}
+        for v in variants:
+            m = other.create_model(v, inference_mode=True).eval()
+            m.load_state_dict(ours[v], strict=True)
+            models[v] = m
+    finally:
+        sys.path.remove(src)
+        for k in [k for k in sys.modules if k == "fastvit" or k.startswith("fastvit.")]:
+            del sys.modules[k]
+        sys.modules.update(mine)
+    return models
+
+
 def section_targets(args: argparse.Namespace) -> None:
     print(f"\n== targets: batch 1, {SIZE}px, fp32, {args.threads} threads, all interleaved ==")
+    before_fns: dict[str, Callable[[], object]] = {}
+    if args.before:
+        log(f"building the fused models of {args.before}")
+        x = torch.randn(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(100003 + SIZE))
+        x_cl = x.contiguous(memory_format=torch.channels_last)
+        for v, m in fused_models_from(args.before, TARGET_VARIANTS).items():
+            before_fns[f"before:{v}:eager:b1"] = torch_fn(m, x)
+            before_fns[f"before:{v}:channels_last:b1"] = torch_fn(
+                m.to(memory_format=torch.channels_last), x_cl)
     specs: list[RunnerSpec] = []
     for v in TARGET_VARIANTS:
         for impl, backend in (("timm", "eager"), ("timm", "channels_last"), ("fastvit", "eager"),
@@ -140,11 +182,13 @@ def section_targets(args: argparse.Namespace) -> None:
     for s in specs:
         log(f"building {s.key}")
         fns.append(build_runner(s).fn)
+    keys = [s.key for s in specs] + list(before_fns)
+    fns += list(before_fns.values())
     log(f"timing {len(fns)} runners, {args.rounds} rounds")
     timings = time_interleaved(fns, warmup=args.warmup, rounds=args.rounds,
                                round_time=args.round_time)
-    t = {s.key: tm for s, tm in zip(specs, timings)}
-    report([s.key for s in specs], timings)
+    t = dict(zip(keys, timings))
+    report(keys, timings)
     for stat in ("median_ms", "p10_ms"):
         def ms(key: str, stat: str = stat) -> float:
             return getattr(t[key], stat)
@@ -156,6 +200,17 @@ def section_targets(args: argparse.Namespace) -> None:
             print(f"  {v:<14} NCHW/NCHW {ours / timm_nchw:.3f}   ours-cl/timm-NCHW "
                   f"{ours_cl / timm_nchw:.3f}   cl/cl {ours_cl / timm_cl:.3f}   "
                   f"(timm {timm_nchw:.2f} ms, ours {ours:.2f} ms, ours cl {ours_cl:.2f} ms)")
+        if before_fns:
+            print(f"\n before/after [{stat[:-3]}]: fused eager / timm fused eager NCHW, "
+                  f"{args.before} vs this checkout (same weights, same run)")
+            for v in TARGET_VARIANTS:
+                timm_nchw = ms(f"timm:{v}:eager:b1")
+                cells = []
+                for backend in ("eager", "channels_last"):
+                    b, a = ms(f"before:{v}:{backend}:b1"), ms(f"fastvit:{v}:{backend}:b1")
+                    cells.append(f"{backend} before {b / timm_nchw:.3f} after {a / timm_nchw:.3f}"
+                                 f" (after/before x{a / b:.3f})")
+                print(f"  {v:<14} " + "   ".join(cells))
         print(f"\n target 3 [{stat[:-3]}]: unfused eager / fused eager  (goal >= 1.5)")
         for v in fastvit.list_models():
             un = ms(f"fastvit:{v}:unfused:b1")
@@ -453,6 +508,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sections", default="targets,postops,runtimes,int8")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--before", metavar="SRC", help="targets: also time the fused models of the "
+                   "fastvit package in SRC (another checkout's src folder), interleaved")
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--round-time", type=float, default=0.3)
     p.add_argument("--warmup", type=int, default=5)

@@ -79,7 +79,7 @@ def test_official_reparam_checkpoint_loads_strict(fixtures_dir):
     model = fastvit.create_model("fastvit_t8", inference_mode=True).eval()
     # The official fused form keeps the ConvFFN BN and the layer scales, ours folds them:
     # the checkpoint filter converts it (no loading side door in the modules).
-    with pytest.raises(RuntimeError, match="convffn.conv.bn"):
+    with pytest.raises(RuntimeError, match=r"convffn\.conv\.bn"):
         model.load_state_dict(sd, strict=True)
     model.load_state_dict(fastvit.convert_state_dict(sd, to="fastvit"), strict=True)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
@@ -220,3 +220,57 @@ def test_in_chans():
     model = fastvit.create_model("fastvit_t8", in_chans=1, num_classes=2).eval()
     with torch.no_grad():
         assert model(torch.randn(1, 1, 40, 40)).shape == (1, 2)
+
+
+# ------------------------------------------------------------------ fx / feature extraction
+# (torch.fx failed on every form before the speed paths moved into fastvit.layers.inference:
+# their guards called bool() on proxies.)
+
+_BIG = {"fastvit_sa24", "fastvit_sa36", "fastvit_ma36"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in _BIG else n
+                                  for n in ALL])
+def test_fx_symbolic_trace_both_forms(name):
+    model = fastvit.create_model(name, num_classes=10).eval()
+    randomize_bn_and_scales(model, seed=5)
+    x = torch.randn(1, 3, 32, 32)
+    graph = torch.fx.symbolic_trace(model)
+    with torch.no_grad():
+        assert torch.equal(graph(x), model(x))
+    fused = fastvit.reparameterize(model)
+    fused_graph = torch.fx.symbolic_trace(fused)
+    assert "mkldnn" not in str(fused_graph.graph)  # the plain path, no private ops
+    with torch.no_grad():  # (eager may take the fused modules' speed paths: float rounding)
+        torch.testing.assert_close(fused_graph(x), fused(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_create_feature_extractor_matches_forward_intermediates(fused):
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    model = fastvit.create_model("fastvit_sa12", num_classes=10).eval()
+    randomize_bn_and_scales(model, seed=6)
+    if fused:
+        model = fastvit.reparameterize(model)
+    nodes = {f"network.{i}": f"stage{s}" for s, i in enumerate(model.stage_ends)}
+    extractor = create_feature_extractor(model, return_nodes=nodes)  # default fx tracer
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        feats = extractor(x)
+        _, ref = model.forward_intermediates(x)
+    assert list(feats) == ["stage0", "stage1", "stage2", "stage3"]
+    for got, want in zip(feats.values(), ref):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_features_only_model_traces():
+    model = fastvit.create_model("fastvit_t8", features_only=True, out_indices=(1, 3)).eval()
+    x = torch.randn(1, 3, 64, 64)
+    for m in (model, fastvit.reparameterize(model)):
+        graph = torch.fx.symbolic_trace(m)
+        with torch.no_grad():
+            got, want = graph(x), m(x)
+        assert len(got) == 2
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
