@@ -173,7 +173,8 @@ def section_targets(args: argparse.Namespace) -> None:
         for impl, backend in (("timm", "eager"), ("timm", "channels_last"), ("fastvit", "eager"),
                               ("fastvit", "channels_last")):
             specs.append(RunnerSpec(v, backend, 1, SIZE, impl, args.threads))
-    for v in fastvit.list_models():
+    every = args.variants.split(",") if args.variants else fastvit.list_models()
+    for v in every:
         specs.append(RunnerSpec(v, "unfused", 1, SIZE, "fastvit", args.threads))
         if v not in TARGET_VARIANTS:
             specs.append(RunnerSpec(v, "eager", 1, SIZE, "fastvit", args.threads))
@@ -212,7 +213,7 @@ def section_targets(args: argparse.Namespace) -> None:
                                  f" (after/before x{a / b:.3f})")
                 print(f"  {v:<14} " + "   ".join(cells))
         print(f"\n target 3 [{stat[:-3]}]: unfused eager / fused eager  (goal >= 1.5)")
-        for v in fastvit.list_models():
+        for v in every:
             un = ms(f"fastvit:{v}:unfused:b1")
             fe, fc = ms(f"fastvit:{v}:eager:b1"), ms(f"fastvit:{v}:channels_last:b1")
             print(f"  {v:<14} NCHW {un / fe:.2f}x   (channels_last fused: {un / fc:.2f}x)  "
@@ -508,6 +509,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sections", default="targets,postops,runtimes,int8")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--variants", help="targets: variants for the unfused -> fused part "
+                   "(comma-separated; default all)")
     p.add_argument("--before", metavar="SRC", help="targets: also time the fused models of the "
                    "fastvit package in SRC (another checkout's src folder), interleaved")
     p.add_argument("--rounds", type=int, default=8)

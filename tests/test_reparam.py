@@ -202,3 +202,20 @@ def test_wrappers_are_unwrapped():
     x = torch.randn(1, 8, 5, 5)
     with torch.no_grad():
         assert torch.allclose(fused(x), block.eval()(x), atol=1e-5)
+
+
+def test_attention_block_with_a_non_batchnorm_norm_keeps_it_when_fused():
+    # (MobileCLIP-style LayerNorm2d attention: only a BatchNorm folds into qkv.)
+    from timm.layers import LayerNorm2d
+
+    torch.manual_seed(0)
+    block = AttentionBlock(32, mlp_ratio=2.0, norm_layer=LayerNorm2d).double()
+    with torch.no_grad():
+        block.norm.weight.uniform_(0.5, 1.5)
+        block.norm.bias.normal_(0, 0.1)
+    _check(block, torch.randn(2, 32, 5, 6, dtype=torch.float64), 1e-10)
+    fused = fastvit.reparameterize(block)
+    assert isinstance(fused.norm, LayerNorm2d) and fused.token_mixer.qkv.bias is None
+    direct = AttentionBlock(32, mlp_ratio=2.0, norm_layer=LayerNorm2d, inference_mode=True)
+    assert {k: v.shape for k, v in fused.state_dict().items()} == {
+        k: v.shape for k, v in direct.state_dict().items()}
