@@ -460,3 +460,25 @@ def test_preprocessing_metadata_round_trip(tmp_path):
     fastvit.save_model(model, path, metadata={"input_size": 32, "interpolation": "bilinear"})
     cfg = fastvit.load_model(path).pretrained_cfg
     assert cfg["input_size"] == (3, 32, 32) and cfg["interpolation"] == "bilinear"
+
+
+def test_form_detection_is_structural_and_the_filter_folds(t8_unfused, t8_reparam) -> None:
+    from fastvit.checkpoints.layouts import detect_form
+
+    # The official fused form keeps BatchNorm statistics and layer scales; the one filter
+    # (convert_state_dict to="fastvit") folds them into our form, which has neither.
+    assert detect_form(t8_reparam) == "fused"
+    native = convert_state_dict(t8_reparam, to="fastvit")
+    assert detect_form(native) == "fused_full"
+    assert not [k for k in native if k.endswith("running_var") or "layer_scale" in k]
+    assert set(native) == set(fastvit.create_model("fastvit_t8", inference_mode=True).state_dict())
+    # the timm layout of the same checkpoint is detected the same way
+    assert detect_form(convert_state_dict(t8_reparam, to="timm")) == "fused"
+    assert detect_form(convert_state_dict(t8_unfused, to="timm")) == "unfused"
+    # a training-form stem next to a fused block is a partially fused model
+    partial = {k: v for k, v in t8_unfused.items()
+               if not k.startswith("network.0.0.token_mixer.")}
+    partial["network.0.0.token_mixer.reparam_conv.weight"] = torch.zeros(48, 1, 3, 3)
+    partial["network.0.0.token_mixer.reparam_conv.bias"] = torch.zeros(48)
+    with _one_line_error(CheckpointError, match="partially reparameterized"):
+        detect_form(partial)

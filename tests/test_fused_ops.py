@@ -176,6 +176,10 @@ def test_traced_graph_has_no_private_ops() -> None:
         graph = str(torch.jit.trace(model, x, check_trace=False).inlined_graph)
     assert "mkldnn::_" not in graph and "aten::_convolution" in graph
     assert "mkldnn" not in str(torch.fx.symbolic_trace(model).graph)
+    exported = torch.export.export(model, (x,))
+    assert "mkldnn" not in str(exported.graph) and "repeat" not in str(exported.graph)
+    with torch.no_grad():
+        torch.testing.assert_close(exported.module()(x), model(x), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
