@@ -89,3 +89,9 @@ def full_fixtures() -> Path:
     if not FULL_FIXTURES.is_dir():
         pytest.skip(f"optional full-size official fixtures not found at {FULL_FIXTURES}")
     return FULL_FIXTURES
+
+
+@pytest.fixture
+def fixtures_dir(full_fixtures: Path) -> Path:
+    """Older name of ``full_fixtures``."""
+    return full_fixtures

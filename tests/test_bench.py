@@ -63,6 +63,7 @@ def test_flop_count_matches_paper_scale() -> None:
     assert count_flops("fastvit_t8", 256, impl="timm") == pytest.approx(flops, rel=1e-3)
 
 
+@pytest.mark.slow
 def test_tiny_benchmark_end_to_end(tmp_path: Path) -> None:
     result = run_benchmark(["fastvit_t8"], batches=[1, 2], size=64,
                            backends=["unfused", "eager", "onnxruntime"], threads=1,
@@ -84,6 +85,7 @@ def test_tiny_benchmark_end_to_end(tmp_path: Path) -> None:
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_peak_memory_in_child_process(tmp_path: Path) -> None:
     spec = RunnerSpec("fastvit_t8", "onnxruntime", 1, 64, threads=1, cache_dir=str(tmp_path))
     mb = peak_memory_mb(spec, warmup=1)

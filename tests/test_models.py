@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 import fastvit
@@ -56,6 +57,30 @@ def test_official_configs():
     assert fastvit.get_config("fastvit_sa36").layer_scale_init_value == 1e-6
     m = fastvit.create_model("fastvit_sa36")
     assert torch.all(m.network[0][0].layer_scale == 1e-6)
+
+
+@pytest.mark.parametrize("variant", ["t8", "sa12"])
+def test_official_fixture_logits(fixtures_dir, variant):
+    io = load_file(fixtures_dir / f"fastvit_{variant}_apple_io.safetensors")
+    sd = load_file(fixtures_dir / f"fastvit_{variant}_apple_unfused.safetensors")
+    model = fastvit.create_model(f"fastvit_{variant}")
+    model.load_state_dict(sd, strict=True)
+    model.eval()
+    with torch.no_grad():
+        logits = model(io["input"])
+        assert (logits - io["logits_unfused"]).abs().max() <= 1e-5
+        fused = fastvit.reparameterize(model)
+        assert (fused(io["input"]) - io["logits_reparam"]).abs().max() <= 1e-5
+
+
+def test_official_reparam_checkpoint_loads_strict(fixtures_dir):
+    io = load_file(fixtures_dir / "fastvit_t8_apple_io.safetensors")
+    sd = load_file(fixtures_dir / "fastvit_t8_apple_reparam.safetensors")
+    model = fastvit.create_model("fastvit_t8", inference_mode=True).eval()
+    model.load_state_dict(sd, strict=True)  # folds ConvFFN BN and layer scales on load
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    with torch.no_grad():
+        assert (model(io["input"]) - io["logits_reparam"]).abs().max() <= 1e-5
 
 
 @pytest.mark.parametrize("name", ALL)

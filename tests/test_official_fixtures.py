@@ -3,7 +3,7 @@
 ``tests/fixtures/apple-mini/`` (always present, 6 MB) holds the official model's outputs for two
 narrow configurations with the T- and SA-family block structure; every test here runs against
 it. The full-size ``fastvit_t8`` / ``fastvit_sa12`` fixtures are an optional extra check
-(``full_fixtures`` skips when the shared folder is absent).
+(tests taking ``full_fixtures`` in test_models.py / test_checkpoints.py skip without them).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from functools import partial
 
 import pytest
 import torch
-from safetensors.torch import load_file
 from timm.models.fastvit import FastVit, RepConditionalPosEnc
 from timm.utils.model import reparameterize_model
 from torch import nn
@@ -142,29 +141,3 @@ def test_official_checkpoints_convert_to_timm(name: str) -> None:
     timm_fused.load_state_dict(convert_state_dict(mini_fixture(name, "reparam"), to="timm"))
     with torch.no_grad():
         assert _max_diff(timm_fused(io["input"]), io["logits_reparam"]) <= TOL
-
-
-# ------------------------------------------------------- optional: full-size official fixtures
-
-
-@pytest.mark.parametrize("variant", ["fastvit_t8", "fastvit_sa12"])
-def test_full_size_official_logits(full_fixtures, variant: str) -> None:
-    io = load_file(full_fixtures / f"{variant}_apple_io.safetensors")
-    sd = load_file(full_fixtures / f"{variant}_apple_unfused.safetensors")
-    model = fastvit.create_model(variant).eval()
-    model.load_state_dict(sd, strict=True)
-    with torch.no_grad():
-        assert _max_diff(model(io["input"]), io["logits_unfused"]) <= TOL
-        fused = fastvit.reparameterize(model)
-        assert _max_diff(fused(io["input"]), io["logits_reparam"]) <= TOL
-
-
-def test_full_size_official_fused_checkpoint_loads_strict(full_fixtures) -> None:
-    io = load_file(full_fixtures / "fastvit_t8_apple_io.safetensors")
-    sd = load_file(full_fixtures / "fastvit_t8_apple_reparam.safetensors")
-    assert detect(sd).variant == "fastvit_t8"
-    model = fastvit.create_model("fastvit_t8", inference_mode=True).eval()
-    model.load_state_dict(sd, strict=True)
-    assert not _has_batchnorm(model)
-    with torch.no_grad():
-        assert _max_diff(model(io["input"]), io["logits_reparam"]) <= TOL
