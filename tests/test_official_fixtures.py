@@ -8,6 +8,7 @@ it. The full-size ``fastvit_t8`` / ``fastvit_sa12`` fixtures are an optional ext
 
 from __future__ import annotations
 
+import re
 from functools import partial
 
 import pytest
@@ -67,6 +68,38 @@ def test_official_unfused_logits_and_our_reparameterization(name: str) -> None:
         direct = _build(name, inference_mode=True)
         direct.load_state_dict(fused.state_dict(), strict=True)
         assert _max_diff(direct(io["input"]), io["logits_reparam"]) <= TOL
+
+
+# What our fused form folds further than the official one (ConvFFN conv+BN, layer scales into
+# fc2 / proj, the attention BatchNorm into qkv): these official fused entries differ by design.
+_FOLDED_FURTHER = re.compile(
+    r"\.(convffn\.conv\.|convffn\.fc2\.weight|layer_scale|norm\.|token_mixer\.(qkv|proj)\.weight)"
+)
+
+
+@pytest.mark.parametrize("name", MINI_NAMES)
+def test_our_fused_weights_equal_the_official_ones(name: str) -> None:
+    """Every branch fusion the official code does (MobileOne stem / patch embeddings / conv_exp,
+    RepMixer, large-kernel conv, RepCPE) gives the same weights as ours, entry by entry."""
+    model = _build(name)
+    model.load_state_dict(mini_fixture(name, "unfused"), strict=True)
+    ours = convert_state_dict(fastvit.reparameterize(model).state_dict(), to="official")
+    official = mini_fixture(name, "reparam")
+    assert ours.keys() == official.keys()
+    same = [k for k in official if not _FOLDED_FURTHER.search(k)]
+    for k in same:
+        scale = max(float(official[k].abs().max()), 1e-6)
+        assert _max_diff(ours[k], official[k]) <= TOL * scale, k
+    kinds = {
+        "patch_embed.0.reparam_conv",
+        "token_mixer.reparam_conv",
+        "conv_exp.reparam_conv",
+        "lkb_reparam",
+        "network.1.proj.1.reparam_conv",
+    }
+    if "attention" in mini_config(name)[0].token_mixers:
+        kinds.add("network.6.reparam_conv")  # RepCPE
+    assert all(any(kind in k for k in same) for kind in kinds), kinds
 
 
 @pytest.mark.parametrize("name", MINI_NAMES)
