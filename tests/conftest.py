@@ -1,12 +1,28 @@
-"""Shared test helpers: randomized BatchNorm statistics and layer scales."""
+"""Shared test helpers: official fixtures, randomized BatchNorm statistics and layer scales.
+
+Fixtures: ``tests/fixtures/apple-mini/`` (in the repository, always used) holds outputs of the
+official implementation on two narrow configurations. The full-size ones
+(``../shared/fixtures/apple`` next to the repository, or ``$FASTVIT_APPLE_FIXTURES``) are an
+optional extra check: tests that take ``full_fixtures`` skip when the folder is absent.
+
+Markers: ``slow`` marks the longest end-to-end checks. They run by default (``.ci/run`` runs
+everything); ``pytest -m "not slow"`` is the quick mode.
+"""
 
 from __future__ import annotations
 
+import functools
+import json
+import os
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
 from torch import nn
+
+from fastvit.models.config import FastViTConfig
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -19,7 +35,33 @@ def _one_thread():
     torch.set_num_threads(1)
 
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "apple"
+MINI_FIXTURES = Path(__file__).resolve().parent / "fixtures" / "apple-mini"
+MINI_NAMES = ("mini_t", "mini_sa")
+FULL_FIXTURES = Path(
+    os.environ.get("FASTVIT_APPLE_FIXTURES")
+    or Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "apple"
+)
+
+
+@functools.cache
+def _load_mini(name: str, kind: str) -> dict[str, torch.Tensor]:
+    return load_file(MINI_FIXTURES / f"{name}_apple_{kind}.safetensors")
+
+
+def mini_fixture(name: str, kind: str) -> dict[str, torch.Tensor]:
+    """``kind`` = ``unfused`` / ``reparam`` (official state dicts) or ``io`` (input, logits).
+    A fresh dict each call (the tensors are shared: do not modify them in place)."""
+    return dict(_load_mini(name, kind))
+
+
+def mini_config(name: str) -> tuple[FastViTConfig, int]:
+    """The configuration a mini fixture was made with (its safetensors metadata) as our
+    config, and its number of classes."""
+    with safe_open(MINI_FIXTURES / f"{name}_apple_unfused.safetensors", "pt") as f:
+        raw = json.loads(f.metadata()["config"])
+    num_classes = raw.pop("num_classes")
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
+    return FastViTConfig(name=name, **fields), num_classes
 
 
 def randomize_bn_and_scales(model: nn.Module, seed: int = 0, eps: float | None = None) -> None:
@@ -42,7 +84,14 @@ def randomize_bn_and_scales(model: nn.Module, seed: int = 0, eps: float | None =
 
 
 @pytest.fixture
-def fixtures_dir() -> Path:
-    if not FIXTURES.is_dir():
-        pytest.fail(f"official fixtures not found at {FIXTURES}")
-    return FIXTURES
+def full_fixtures() -> Path:
+    """The full-size official fixtures; skips (one line) where they are not available."""
+    if not FULL_FIXTURES.is_dir():
+        pytest.skip(f"optional full-size official fixtures not found at {FULL_FIXTURES}")
+    return FULL_FIXTURES
+
+
+@pytest.fixture
+def fixtures_dir(full_fixtures: Path) -> Path:
+    """Older name of ``full_fixtures``."""
+    return full_fixtures

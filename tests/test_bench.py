@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -14,6 +14,7 @@ from fastvit.bench import (
     build_runner,
     count_flops,
     format_table,
+    measure,
     peak_memory_mb,
     run_benchmark,
     time_interleaved,
@@ -24,22 +25,35 @@ from fastvit.cli.main import main
 from fastvit.errors import ConfigError
 
 
-def test_time_interleaved_orders_and_counts() -> None:
+def test_time_interleaved_orders_and_counts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a fake clock (no sleeping, so load cannot change the result): iterations per round
+    are calibrated to equal time, the order rotates each round, statistics are exact."""
+    now = [0.0]
     calls: list[str] = []
+    monkeypatch.setattr(measure, "time", SimpleNamespace(perf_counter=lambda: now[0]))
 
-    def sleeper(name: str, dt: float):
+    def runner(name: str, durations: list[float]):
         def f() -> None:
+            now[0] += durations[len(calls) % len(durations)]
             calls.append(name)
-            time.sleep(dt)
         return f
 
-    fast, slow = time_interleaved([sleeper("a", 0.001), sleeper("b", 0.004)], warmup=1,
-                                  rounds=3, round_time=0.012)
-    assert 0.9 < fast.median_ms < 3.0 and 3.5 < slow.median_ms < 7.0
-    assert fast.p90_ms >= fast.median_ms
-    assert len(fast.samples) > len(slow.samples) >= 3  # ~equal time per round, not equal calls
-    timed = calls[4:]  # after warm-up and the one calibration call per function
-    assert "a" in timed[: len(timed) // 2] and "b" in timed[: len(timed) // 2]  # interleaved
+    rounds_seen: list[int] = []
+    fast, slow = time_interleaved([runner("a", [0.001]), runner("b", [0.004])], warmup=1,
+                                  rounds=3, round_time=0.0125, on_round=rounds_seen.append)
+    assert calls[:4] == ["a", "a", "b", "b"]  # warm-up + one calibration call each
+    # 12 fast / 3 slow calls per round (equal time, not equal calls); order rotates per round
+    assert calls[4:] == ["a"] * 12 + ["b"] * 3 + ["b"] * 3 + ["a"] * 12 + ["a"] * 12 + ["b"] * 3
+    assert rounds_seen == [0, 1, 2]
+    assert len(fast.samples) == 36 and len(slow.samples) == 9
+    assert fast.median_ms == pytest.approx(1.0) and slow.median_ms == pytest.approx(4.0)
+
+    calls.clear()
+    (mixed,) = time_interleaved([runner("c", [0.001] * 8 + [0.005, 0.009])], warmup=1,
+                                rounds=1, round_time=0.0205)
+    assert len(mixed.samples) == 20  # calibrated on one 1 ms call
+    assert mixed.p10_ms == pytest.approx(1.0) and mixed.median_ms == pytest.approx(1.0)
+    assert mixed.p90_ms == pytest.approx(5.0) and mixed.mean_ms == pytest.approx(2.2)
 
 
 def test_flop_count_matches_paper_scale() -> None:
@@ -49,6 +63,7 @@ def test_flop_count_matches_paper_scale() -> None:
     assert count_flops("fastvit_t8", 256, impl="timm") == pytest.approx(flops, rel=1e-3)
 
 
+@pytest.mark.slow
 def test_tiny_benchmark_end_to_end(tmp_path: Path) -> None:
     result = run_benchmark(["fastvit_t8"], batches=[1, 2], size=64,
                            backends=["unfused", "eager", "onnxruntime"], threads=1,
@@ -59,7 +74,7 @@ def test_tiny_benchmark_end_to_end(tmp_path: Path) -> None:
         assert r.median_ms > 0 and r.p90_ms >= r.median_ms and r.samples >= 2
         assert r.throughput == pytest.approx(r.batch / (r.median_ms / 1e3))
         assert r.roofline_ms == pytest.approx(r.gflop * r.batch / result.sgemm_gflops * 1e3)
-    assert result.sgemm_gflops > 1
+    assert result.sgemm_gflops > 0
     kinds = {(q["kind"], q["backend"], q["batch"]) for q in result.ratios}
     assert ("fastvit/timm", "eager", 1) in kinds and ("fastvit unfused/eager", "eager", 2) in kinds
     table = format_table(result)
@@ -70,6 +85,7 @@ def test_tiny_benchmark_end_to_end(tmp_path: Path) -> None:
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_peak_memory_in_child_process(tmp_path: Path) -> None:
     spec = RunnerSpec("fastvit_t8", "onnxruntime", 1, 64, threads=1, cache_dir=str(tmp_path))
     mb = peak_memory_mb(spec, warmup=1)

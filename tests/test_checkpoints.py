@@ -12,6 +12,7 @@ import pytest
 import timm
 import torch
 from safetensors.torch import load_file
+from safetensors.torch import save as save_safetensors
 from timm.utils.model import reparameterize_model
 from torch import nn
 
@@ -26,28 +27,63 @@ from fastvit.checkpoints import (
 )
 from fastvit.errors import CheckpointError, ConfigError
 
-APPLE = Path(__file__).parents[2] / "shared" / "fixtures" / "apple"
 TOL = 1e-5
 
 
+def _randomize(model: nn.Module, seed: int) -> None:
+    """Non-trivial BN statistics/affine terms, layer scales and biases (else fusion bugs hide)."""
+    g = torch.Generator().manual_seed(seed)
 
-def _fixture(name: str) -> dict[str, torch.Tensor]:
-    return load_file(APPLE / f"{name}.safetensors")
+    def rand(t: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+        return torch.rand(t.shape, generator=g) * (hi - lo) + lo
+
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.2)
+                m.running_var.copy_(rand(m.running_var, 0.25, 1.75))
+                m.weight.copy_(rand(m.weight, 0.5, 1.5))
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+        for name, p in model.named_parameters():
+            if name.endswith("gamma") or "layer_scale" in name:
+                p.copy_(rand(p, 0.05, 0.55))
+            elif name.endswith("bias") and ("mlp.fc" in name or "token_mixer.proj" in name):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
 
 
 @pytest.fixture(scope="module")
-def t8_unfused() -> dict[str, torch.Tensor]:
-    return _fixture("fastvit_t8_apple_unfused")
+def _t8_official() -> dict[str, dict[str, torch.Tensor]]:
+    """A full-size fastvit_t8 in the official layouts with reference outputs, made with timm's
+    independent implementation (the official outputs themselves are tested in
+    test_official_fixtures.py): randomized training form, its state dict, timm's own
+    reparameterization (it keeps ConvFFN BatchNorms and layer scales, like the published
+    ``*_reparam`` checkpoints) and the logits of both forms."""
+    tm = timm.create_model("fastvit_t8").eval()
+    _randomize(tm, seed=8)
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        unfused = convert_state_dict(tm.state_dict(), to="official")
+        logits_unfused = tm(x)
+        fused = reparameterize_model(tm)
+        logits_reparam = fused(x)
+    reparam = convert_state_dict(fused.state_dict(), to="official")
+    io = {"input": x, "logits_unfused": logits_unfused, "logits_reparam": logits_reparam}
+    return {"unfused": unfused, "reparam": reparam, "io": io}
 
 
-@pytest.fixture(scope="module")
-def t8_reparam() -> dict[str, torch.Tensor]:
-    return _fixture("fastvit_t8_apple_reparam")
+@pytest.fixture
+def t8_unfused(_t8_official) -> dict[str, torch.Tensor]:
+    return dict(_t8_official["unfused"])
 
 
-@pytest.fixture(scope="module")
-def t8_io() -> dict[str, torch.Tensor]:
-    return _fixture("fastvit_t8_apple_io")
+@pytest.fixture
+def t8_reparam(_t8_official) -> dict[str, torch.Tensor]:
+    return dict(_t8_official["reparam"])
+
+
+@pytest.fixture
+def t8_io(_t8_official) -> dict[str, torch.Tensor]:
+    return _t8_official["io"]
 
 
 @contextlib.contextmanager
@@ -70,9 +106,9 @@ def _has_batchnorm(model: nn.Module) -> bool:
 
 
 @pytest.mark.parametrize("variant", ["fastvit_t8", "fastvit_sa12"])
-def test_official_unfused_checkpoint_matches_reference_logits(variant: str) -> None:
-    sd = _fixture(f"{variant}_apple_unfused")
-    io = _fixture(f"{variant}_apple_io")
+def test_official_unfused_checkpoint_matches_reference_logits(full_fixtures, variant: str) -> None:
+    sd = load_file(full_fixtures / f"{variant}_apple_unfused.safetensors")
+    io = load_file(full_fixtures / f"{variant}_apple_io.safetensors")
     info = detect(sd)
     assert (info.layout, info.form, info.variant, info.num_classes) == (
         "official",
@@ -88,7 +124,7 @@ def test_official_unfused_checkpoint_matches_reference_logits(variant: str) -> N
         assert _max_diff(fused(io["input"]), io["logits_reparam"]) <= TOL
 
 
-def test_official_reparam_checkpoint_loads_into_our_fused_form(t8_reparam, t8_io) -> None:
+def test_official_reparam_checkpoint_loads_into_our_fused_form(t8_unfused, t8_reparam, t8_io) -> None:
     info = detect(t8_reparam)
     assert (info.layout, info.form, info.variant) == ("official", "fused", "fastvit_t8")
     model = load_model(t8_reparam)
@@ -97,7 +133,7 @@ def test_official_reparam_checkpoint_loads_into_our_fused_form(t8_reparam, t8_io
     with torch.no_grad():
         assert _max_diff(model(t8_io["input"]), t8_io["logits_reparam"]) <= TOL
     # unfused checkpoint + inference_mode=True: loaded, then reparameterized
-    fused = load_model(_fixture("fastvit_t8_apple_unfused"), inference_mode=True)
+    fused = load_model(t8_unfused, inference_mode=True)
     assert fused.inference_mode and not _has_batchnorm(fused)
     with torch.no_grad():
         assert _max_diff(fused(t8_io["input"]), t8_io["logits_reparam"]) <= TOL
@@ -128,27 +164,6 @@ def test_our_fused_form_converts_to_the_official_fused_layout(t8_reparam, t8_io)
 
 
 # ------------------------------------------------------------------ timm parity, all variants
-
-
-def _randomize(model: nn.Module, seed: int) -> None:
-    """Non-trivial BN statistics/affine terms, layer scales and biases (else fusion bugs hide)."""
-    g = torch.Generator().manual_seed(seed)
-
-    def rand(t: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
-        return torch.rand(t.shape, generator=g) * (hi - lo) + lo
-
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.2)
-                m.running_var.copy_(rand(m.running_var, 0.25, 1.75))
-                m.weight.copy_(rand(m.weight, 0.5, 1.5))
-                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
-        for name, p in model.named_parameters():
-            if name.endswith("gamma") or "layer_scale" in name:
-                p.copy_(rand(p, 0.05, 0.55))
-            elif name.endswith("bias") and ("mlp.fc" in name or "token_mixer.proj" in name):
-                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
 
 
 @pytest.mark.parametrize("variant", fastvit.list_models())
@@ -227,7 +242,7 @@ def test_torch_files_wrapped_prefixed_and_timm_layout_round_trip(tmp_path, t8_un
     )
     # torch.compile prefix; a safetensors file under a .pth name is recognised by its header
     torch.save({f"_orig_mod.{k}": v for k, v in t8_unfused.items()}, tmp_path / "d.pth")
-    (tmp_path / "e.pth").write_bytes((APPLE / "fastvit_t8_apple_unfused.safetensors").read_bytes())
+    (tmp_path / "e.pth").write_bytes(save_safetensors(t8_unfused))
     for name in ("a.pth", "b.pth.tar", "c.pt", "d.pth", "e.pth"):
         model = load_model(tmp_path / name)
         assert _same_state(model, ref), name
@@ -314,7 +329,7 @@ def test_missing_truncated_and_corrupt_files(tmp_path, t8_unfused) -> None:
     (tmp_path / "junk.pth").write_bytes(b"this is not a checkpoint at all")
     with _one_line_error(CheckpointError, match=r"cannot read .*junk.pth"):
         load_model(tmp_path / "junk.pth")
-    st = (APPLE / "fastvit_t8_apple_unfused.safetensors").read_bytes()
+    st = save_safetensors(t8_unfused)
     (tmp_path / "cut.safetensors").write_bytes(st[: len(st) // 2])
     with _one_line_error(CheckpointError, match="truncated or corrupt safetensors"):
         load_model(tmp_path / "cut.safetensors")

@@ -267,6 +267,7 @@ def test_training_metadata_conventions_are_applied(tmp_path: Path) -> None:
     assert meta.interpolation == "bilinear" and meta.mean == (0.5,) * 3 and meta.std == (0.25,) * 3
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
                     reason="torch.compile's CPU backend needs a C++ compiler")
 def test_compiled_inference_matches_eager_and_skips_guards_only_when_seen(

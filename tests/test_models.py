@@ -156,8 +156,12 @@ def test_forward_intermediates_matches_forward_features():
         assert [x.shape[-1] // t.shape[-1] for t in inter] == [4, 8, 16, 32]
         only = model.forward_intermediates(x, indices=2, intermediates_only=True)
         assert [t.shape[1] for t in only] == [192, 384]
-    model.prune_intermediate_layers(indices=[1])
-    assert model.head is not None and model.num_features == 96
+        stage1 = model.forward_intermediates(x, indices=[1], intermediates_only=True)[0]
+    assert model.prune_intermediate_layers(indices=[1]) == [1]
+    assert len(model.network) == model.stage_ends[1] + 1 and model.conv_exp is None
+    assert model.num_features == 96 and model.num_classes == 0
+    with torch.no_grad():  # the pruned model pools the stage-1 map
+        assert torch.allclose(model(x), stage1.mean((2, 3)), atol=1e-6)
 
 
 @pytest.mark.parametrize("name", ALL)

@@ -152,6 +152,7 @@ def test_quick_run_writes_everything(quick_run, capsys):
     assert json.loads(text)["top1"] == pytest.approx(summary["top1"], abs=1e-9)
 
 
+@pytest.mark.slow
 def test_digits_training_learns(tmp_path):
     """Two epochs on the real digits at 32 px already classify most of the val split
     (93% here; the full 10-epoch recipe reaches >= 99%, see benchmarks/bench_train.py)."""
@@ -214,6 +215,7 @@ def _compare_runs(a: Path, b: Path) -> None:
             assert ra[k] == rb[k], k
 
 
+@pytest.mark.slow
 def test_resume_after_interruption_is_exact(tmp_path, monkeypatch):
     base = recipe_config("digits", epochs=3, batch_size=16, limit_train_batches=3,
                          limit_val_batches=1, tensorboard=False, plot=False, progress=False)

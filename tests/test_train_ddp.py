@@ -6,6 +6,7 @@ import copy
 import os
 import socket
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 from torch import nn
@@ -44,6 +45,7 @@ def _cfg(tmp_path, name: str, batch: int) -> TrainConfig:
         plot=False, progress=False, seed=3, ema=False)
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_match_one_process(tmp_path):
     cfg2 = _cfg(tmp_path, "ddp", batch=16)
     out = str(tmp_path / "state")

@@ -178,6 +178,7 @@ def test_eval_bad_input(digits_teacher, tmp_path, capsys):
     _one_line_error(["eval", bad], capsys, "unknown checkpoint layout")
 
 
+@pytest.mark.slow
 def test_bad_input_through_a_subprocess(tmp_path):
     """The installed entry point behaves the same: exit 2, one line, no traceback."""
     proc = subprocess.run(
