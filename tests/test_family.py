@@ -131,7 +131,7 @@ def test_fused_mci3_keeps_only_affine_free_layernorms() -> None:
     direct.load_state_dict(fused.state_dict())
     with torch.no_grad():
         assert _diff(direct(x), fused(x)) == 0
-        assert _diff(torch.jit.script(fused)(x), fused(x)) == 0  # TorchScript-able
+        assert _diff(torch.jit.script(fused)(x), fused(x)) <= 1e-12  # TorchScript-able
 
 
 def test_unfoldable_norm_is_kept_not_an_error() -> None:
