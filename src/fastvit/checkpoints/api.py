@@ -246,8 +246,9 @@ def _metadata_config(metadata: Mapping[str, str], where: str) -> Any:
     if not text:
         return None
     try:
-        return FastViTConfig.from_json(text)
-    except ConfigError as e:
+        return FastViTConfig.from_dict(json.loads(text),
+                                       name=metadata.get("variant") or "custom")
+    except (ConfigError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{where} has an unreadable model config ({e}); re-save it") from e
 
 

@@ -165,10 +165,18 @@ class FastViTConfig:
         return json.dumps(self.to_dict(), **kwargs)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> FastViTConfig:
-        """Config from :meth:`to_dict` output; unknown or wrong-typed fields are a ConfigError."""
+    def from_dict(cls, d: dict[str, Any], name: str | None = None) -> FastViTConfig:
+        """Config from :meth:`to_dict` output; unknown or wrong-typed fields are a ConfigError.
+
+        Also reads the older flat form (``layers``, ``embed_dims``, ``mlp_ratios``,
+        ``token_mixers``, ``pos_embs`` lists: four stages, downsampling before stages 1-3).
+        ``name`` is used when ``d`` has none.
+        """
         if not isinstance(d, dict):
             raise ConfigError(f"a FastViT config must be a JSON object, got {type(d).__name__}")
+        d = _from_flat(d)
+        if name is not None:
+            d.setdefault("name", name)
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -220,6 +228,33 @@ class FastViTConfig:
             "first_conv": stem,
             "classifier": "head",
         }
+
+
+_FLAT = ("layers", "embed_dims", "mlp_ratios", "token_mixers", "pos_embs")
+
+
+def _from_flat(d: dict[str, Any]) -> dict[str, Any]:
+    """The older flat config form (per-stage lists) -> ``stages`` entries."""
+    if "stages" in d or "layers" not in d:
+        return dict(d)
+    d = dict(d)
+    try:
+        depths = list(d.pop("layers"))
+        n = len(depths)
+        dims = list(d.pop("embed_dims"))
+        ratios = list(d.pop("mlp_ratios", [3.0] * n))
+        mixers = list(d.pop("token_mixers", ["repmixer"] * n))
+        pos = list(d.pop("pos_embs", [False] * n))
+    except (KeyError, TypeError) as e:
+        raise ConfigError(f"incomplete flat FastViT config ({e}); give layers and embed_dims"
+                          ) from None
+    if not all(len(v) == n for v in (dims, ratios, mixers, pos)):
+        raise ConfigError("flat FastViT config lists (layers, embed_dims, mlp_ratios, "
+                          "token_mixers, pos_embs) must have one entry per stage")
+    d["stages"] = [dict(depth=depths[i], dim=dims[i], mlp_ratio=float(ratios[i]),
+                        token_mixer=mixers[i], pos_emb=bool(pos[i]), downsample=i > 0)
+                   for i in range(n)]
+    return d
 
 
 def _stages(depths, dims, ratios, mixers="RRRA", pos="---P", down=None, se="----"):
