@@ -60,8 +60,7 @@ def mini_config(name: str) -> tuple[FastViTConfig, int]:
     with safe_open(MINI_FIXTURES / f"{name}_apple_unfused.safetensors", "pt") as f:
         raw = json.loads(f.metadata()["config"])
     num_classes = raw.pop("num_classes")
-    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
-    return FastViTConfig(name=name, **fields), num_classes
+    return FastViTConfig.from_dict(raw, name=name), num_classes
 
 
 def randomize_bn_and_scales(model: nn.Module, seed: int = 0, eps: float | None = None) -> None:

@@ -12,6 +12,7 @@ from conftest import randomize_bn_and_scales
 from fastvit.models.complexity import count_macs, count_params
 
 ALL = fastvit.list_models()
+IMAGENET = ALL[:7]  # the MobileCLIP towers are tested in test_family.py (reduced sizes)
 
 # (training-form params M, fused params M, deployed GMACs at 256^2)
 EXPECTED = {
@@ -29,12 +30,13 @@ OFFICIAL_FUSED_PARAMS = {"fastvit_t8": 4.00, "fastvit_ma36": 43.98}
 
 def test_list_models():
     assert ALL == ["fastvit_t8", "fastvit_t12", "fastvit_s12", "fastvit_sa12", "fastvit_sa24",
-                   "fastvit_sa36", "fastvit_ma36"]
+                   "fastvit_sa36", "fastvit_ma36", "fastvit_mci0", "fastvit_mci1",
+                   "fastvit_mci2", "fastvit_mci3", "fastvit_mci4"]
     with pytest.raises(fastvit.ConfigError, match="unknown model 'fastvit_x9'; choose one of"):
         fastvit.create_model("fastvit_x9")
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", IMAGENET)
 def test_params_and_gmacs_match_official(name):
     params, fused_params, gmacs = EXPECTED[name]
     model = fastvit.create_model(name)
@@ -87,7 +89,7 @@ def test_official_reparam_checkpoint_loads_strict(fixtures_dir):
         assert (model(io["input"]) - io["logits_reparam"]).abs().max() <= 1e-5
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", IMAGENET)
 def test_fusion_exact_per_variant(name):
     torch.manual_seed(0)
     model = fastvit.create_model(name, num_classes=10)
@@ -164,7 +166,7 @@ def test_forward_intermediates_matches_forward_features():
         assert torch.allclose(model(x), stage1.mean((2, 3)), atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", IMAGENET)
 def test_gradients_reach_every_parameter(name):
     model = fastvit.create_model(name, num_classes=4, drop_path_rate=0.1)
     model.train()
@@ -234,7 +236,7 @@ _BIG = {"fastvit_sa24", "fastvit_sa36", "fastvit_ma36"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in _BIG else n
-                                  for n in ALL])
+                                  for n in IMAGENET])  # mci*: test_family.py
 def test_fx_symbolic_trace_both_forms(name):
     model = fastvit.create_model(name, num_classes=10).eval()
     randomize_bn_and_scales(model, seed=5)

@@ -204,8 +204,9 @@ def test_wrappers_are_unwrapped():
         assert torch.allclose(fused(x), block.eval()(x), atol=1e-5)
 
 
-def test_attention_block_with_a_non_batchnorm_norm_keeps_it_when_fused():
-    # (MobileCLIP-style LayerNorm2d attention: only a BatchNorm folds into qkv.)
+def test_attention_block_with_a_layernorm_folds_its_affine_and_keeps_the_rest():
+    # (MobileCLIP2-style LayerNorm2d attention: the LayerNorm's weight/bias fold into qkv, an
+    # affine-free LayerNorm stays; issue 11.)
     from timm.layers import LayerNorm2d
 
     torch.manual_seed(0)
@@ -215,7 +216,8 @@ def test_attention_block_with_a_non_batchnorm_norm_keeps_it_when_fused():
         block.norm.bias.normal_(0, 0.1)
     _check(block, torch.randn(2, 32, 5, 6, dtype=torch.float64), 1e-10)
     fused = fastvit.reparameterize(block)
-    assert isinstance(fused.norm, LayerNorm2d) and fused.token_mixer.qkv.bias is None
+    assert isinstance(fused.norm, LayerNorm2d) and fused.token_mixer.qkv.bias is not None
+    assert fused.norm.weight is None and fused.norm.bias is None
     direct = AttentionBlock(32, mlp_ratio=2.0, norm_layer=LayerNorm2d, inference_mode=True)
     assert {k: v.shape for k, v in fused.state_dict().items()} == {
         k: v.shape for k, v in direct.state_dict().items()}

@@ -1,7 +1,9 @@
 """fastvit: FastViT hybrid vision transformers with exact, verified reparameterization.
 
-The model/reparameterization API is imported eagerly (torch + timm only); checkpoint I/O is
-imported on first use.
+The model/reparameterization API and the pretrained registry are imported eagerly (torch +
+timm only); checkpoint I/O and downloads (huggingface_hub) are imported on first use.
+``create_model``/``load_model`` accept pretrained tags (``"fastvit_t8.apple_in1k"``),
+``hf-hub:`` repositories and URLs.
 """
 
 from __future__ import annotations
@@ -9,18 +11,20 @@ from __future__ import annotations
 from typing import Any
 
 from fastvit.errors import CheckpointError, ConfigError, DataError, FastViTError, ReparamError
-from fastvit.models import FastViT, FastViTConfig, create_model, get_config, list_models
+from fastvit.models import FastViT, FastViTConfig, StageConfig, get_config, list_models
+from fastvit.pretrained import create_model, list_pretrained, load_model
 from fastvit.reparam import is_fused, reparameterize
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CheckpointError", "ConfigError", "DataError", "FastViT", "FastViTConfig", "FastViTError",
-    "ReparamError", "__version__", "convert_state_dict", "create_model", "get_config",
-    "is_fused", "list_models", "load_model", "reparameterize", "save_model",
+    "ReparamError", "StageConfig", "__version__", "convert_state_dict", "create_model",
+    "get_config", "is_fused", "list_models", "list_pretrained", "load_model", "reparameterize",
+    "save_model",
 ]
 
-_LAZY = {"load_model", "save_model", "convert_state_dict"}
+_LAZY = {"save_model", "convert_state_dict"}
 
 
 def __getattr__(name: str) -> Any:

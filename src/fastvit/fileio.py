@@ -139,3 +139,28 @@ def clean_stale_temps(folder: str | os.PathLike) -> list[Path]:
     for p in stale:
         _remove(p)
     return stale
+
+
+PARTIAL_MARK = ".partial"
+
+
+def partial_path(path: str | os.PathLike) -> Path:
+    """The resumable temporary sibling of a download target: ``.<name>.partial``.
+
+    Unlike :func:`atomic_path`'s temporaries it has a fixed name and is kept when a download
+    is interrupted, so the next attempt resumes it; :func:`finish_partial` renames it over the
+    target once complete and verified.
+    """
+    path = Path(path)
+    return path.with_name(f".{path.name}{PARTIAL_MARK}")
+
+
+def finish_partial(part: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Atomically move a completed partial file to ``path`` (usual permissions)."""
+    part, path = Path(part), Path(path)
+    try:
+        os.chmod(part, 0o666 & ~_umask())
+        os.replace(part, path)
+    except OSError as exc:
+        raise WriteError(describe_os_error(exc, path)) from None
+    return path

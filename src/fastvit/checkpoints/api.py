@@ -25,7 +25,8 @@ from fastvit.checkpoints.layouts import (
 from fastvit.errors import CheckpointError, ConfigError
 
 # Metadata keys written by save_model (user metadata may not reuse them).
-RESERVED_METADATA = ("variant", "form", "num_classes", "class_names", "fastvit_version", "layout")
+RESERVED_METADATA = ("variant", "form", "num_classes", "class_names", "fastvit_version", "layout",
+                     "config")
 #: Preprocessing fields of ``model.pretrained_cfg`` that travel in the file's metadata (JSON).
 PREPROCESS_KEYS = ("input_size", "crop_pct", "interpolation", "mean", "std")
 
@@ -116,6 +117,9 @@ def load_model(
                 f"{name} has {variant_description(name)}"
             )
     variant = variant or name or _metadata_variant(metadata, list_models())
+    config = _metadata_config(metadata, where)
+    if config is not None and name is None and config != _registered(config.name):
+        variant = config  # a custom architecture: rebuilt from the config saved with it
     if variant is None:
         arch = f" ({info.describe()})" if info.stages else ""
         raise CheckpointError(
@@ -228,6 +232,26 @@ def _check_keys(sd: Mapping[str, Tensor], expected: Mapping[str, Tensor], where:
         raise CheckpointError(f"{where} does not fit the model: {'; '.join(problems)}")
 
 
+def _registered(name: str) -> object:
+    from fastvit.models.config import VARIANTS
+
+    return VARIANTS.get(name)
+
+
+def _metadata_config(metadata: Mapping[str, str], where: str) -> Any:
+    """The FastViTConfig saved by :func:`save_model` (``config`` metadata), if any."""
+    from fastvit.models.config import FastViTConfig
+
+    text = metadata.get("config")
+    if not text:
+        return None
+    try:
+        return FastViTConfig.from_dict(json.loads(text),
+                                       name=metadata.get("variant") or "custom")
+    except (ConfigError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{where} has an unreadable model config ({e}); re-save it") from e
+
+
 def _metadata_variant(metadata: Mapping[str, str], known: Sequence[str]) -> str | None:
     v = metadata.get("variant")
     return v if v in known else None
@@ -257,7 +281,8 @@ def save_model(
 ) -> Path:
     """Save ``model``'s weights as safetensors with metadata, atomically.
 
-    Metadata: ``variant``, ``form`` (``unfused`` or ``fused``), ``num_classes``, ``class_names``
+    Metadata: ``variant``, ``config`` (the FastViTConfig as JSON), ``form`` (``unfused`` or
+    ``fused``), ``num_classes``, ``class_names``
     (JSON; defaults to ``model.class_names``), ``fastvit_version``, ``layout`` (``official``),
     the preprocessing of ``model.pretrained_cfg`` (``input_size``, ``crop_pct``,
     ``interpolation``, ``mean``, ``std``; :func:`load_model` restores them), plus ``metadata``
@@ -280,6 +305,9 @@ def save_model(
     variant = getattr(model, "variant", None) or info.variant
     if variant:
         meta["variant"] = str(variant)
+    cfg_obj = getattr(model, "cfg", None)
+    if hasattr(cfg_obj, "to_json"):  # the architecture: a custom model reloads without code
+        meta["config"] = cfg_obj.to_json()
     if class_names is not None:
         names = [str(n) for n in class_names]
         if num_classes and len(names) != num_classes:

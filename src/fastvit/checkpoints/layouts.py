@@ -74,6 +74,7 @@ class StageSpec:
     token_mixer: str  # "repmixer" | "attention"
     pos_emb: bool
     downsample: bool
+    se: bool = False  # squeeze-excite in the downsampling conv (MobileCLIP)
 
 
 @dataclass(frozen=True)
@@ -148,6 +149,44 @@ def unwrap_state_dict(obj: object) -> StateDict:
     for prefix in ("module.", "_orig_mod."):
         while sd and all(k.startswith(prefix) for k in sd):
             sd = {k[len(prefix) :]: v for k, v in sd.items()}
+    return image_tower(sd)
+
+
+# MobileCLIP checkpoints hold a whole CLIP model: (prefix of the image tower, its layout).
+_CLIP_TOWERS = (
+    ("image_encoder.model.", "official MobileCLIP"),  # apple/ml-mobileclip mobileclip_s*.pt
+    ("visual.trunk.", "open_clip"),  # open_clip MobileCLIP / MobileCLIP2 (timm trunk)
+)
+
+
+def image_tower(sd: StateDict) -> StateDict:
+    """The FastViT image tower of a full MobileCLIP checkpoint (else ``sd`` unchanged).
+
+    Official MobileCLIP files keep the tower under ``image_encoder.model.`` with the CLIP
+    projection as a bias-free matrix ``head.proj`` of shape (features, embed_dim), applied as
+    ``x @ proj``: it becomes the linear head ``head.weight = proj.T`` with a zero bias.
+    open_clip files keep a timm-layout tower under ``visual.trunk.`` (its classifier is the
+    projection). The text tower and ``logit_scale`` are left out.
+    """
+    for prefix, what in _CLIP_TOWERS:
+        if not any(k.startswith(prefix) for k in sd):
+            continue
+        tower = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
+        owner = prefix.split(".", 1)[0] + "."
+        other = [k for k in sd if k.startswith(owner) and not k.startswith(prefix)]
+        if other:
+            raise CheckpointError(
+                f"{what} checkpoint has image-tower weights outside '{prefix}' "
+                f"({_few(other, 3)}) that a FastViT cannot hold; load the tower's weights only"
+            )
+        proj = tower.pop("head.proj", None)
+        if proj is not None:
+            if proj.dim() != 2:
+                raise CheckpointError(f"'{prefix}head.proj' must be a matrix, got shape "
+                                      f"{tuple(proj.shape)}")
+            tower["head.weight"] = proj.t().contiguous()
+            tower["head.bias"] = torch.zeros(proj.shape[1], dtype=proj.dtype)
+        return tower
     return sd
 
 
@@ -283,6 +322,8 @@ def _stage_specs(off: Mapping[str, Tensor]) -> tuple[StageSpec, ...]:
                 token_mixer="attention" if attn else "repmixer",
                 pos_emb="pos_emb" in idx,
                 downsample="downsample" in idx,
+                se="downsample" in idx
+                and f"network.{idx['downsample']}.proj.0.se.reduce.weight" in off,
             )
         )
     if not specs:
@@ -302,32 +343,31 @@ def match_variant(info: CheckpointInfo) -> str | None:
 
 def _signature(info: CheckpointInfo) -> tuple:
     return tuple(
-        (s.depth, s.dim, float(s.mlp_ratio), s.token_mixer, s.pos_emb) for s in info.stages
+        (s.depth, s.dim, float(s.mlp_ratio), s.token_mixer, s.pos_emb, s.downsample, s.se)
+        for s in info.stages
+    )
+
+
+def config_stage_specs(cfg: object) -> tuple[StageSpec, ...]:
+    """The :class:`StageSpec` of each stage of a FastViTConfig (what a checkpoint shows)."""
+    return tuple(
+        StageSpec(int(s.depth), int(s.dim), float(s.mlp_ratio), str(s.token_mixer),
+                  bool(s.pos_emb), bool(s.downsample), bool(s.se))
+        for s in cfg.stages  # type: ignore[attr-defined]
     )
 
 
 def _variant_signatures() -> dict[str, tuple]:
-    sigs = {}
-    for name in list_models():
-        cfg = get_config(name)
-        sigs[name] = tuple(
-            (int(d), int(w), float(r), str(t), bool(p))
-            for d, w, r, t, p in zip(
-                cfg.layers, cfg.embed_dims, cfg.mlp_ratios, cfg.token_mixers, cfg.pos_embs
-            )
-        )
-    return sigs
+    return {
+        name: _signature(CheckpointInfo(OFFICIAL, UNFUSED, name, 0, 3,
+                                        config_stage_specs(get_config(name))))
+        for name in list_models()
+    }
 
 
 def variant_description(name: str) -> str:
     """Architecture summary of a registered variant, in the format of CheckpointInfo.describe."""
-    cfg = get_config(name)
-    stages = tuple(
-        StageSpec(int(d), int(w), float(r), str(t), bool(p), i > 0)
-        for i, (d, w, r, t, p) in enumerate(
-            zip(cfg.layers, cfg.embed_dims, cfg.mlp_ratios, cfg.token_mixers, cfg.pos_embs)
-        )
-    )
+    stages = config_stage_specs(get_config(name))
     return CheckpointInfo(OFFICIAL, UNFUSED, name, 0, 3, stages).describe()
 
 
@@ -440,7 +480,8 @@ def _fold_block(sd: StateDict, p: str) -> None:
     ConvFFN conv+BN -> ``convffn.conv.reparam_conv`` (W' = a W, b' = c); the layer scales
     ``layer_scale``/``layer_scale_2`` scale the rows of ``convffn.fc2`` and ``layer_scale_1``
     those of ``token_mixer.proj``; the attention BatchNorm ``norm`` (x -> a*x + c) folds into
-    qkv: W' = W diag(a), b' = W c (+ b). Float64, cast back to the checkpoint's dtype.
+    qkv: W' = W diag(a), b' = W c (+ b); a LayerNorm ``norm`` folds its affine part
+    (a, c) = (weight, bias) the same way. Float64, cast back to the checkpoint's dtype.
     """
     conv = p + "convffn.conv."
     if conv + "conv.weight" in sd and (affine := _pop_bn_affine(sd, conv + "bn.")) is not None:
@@ -456,8 +497,12 @@ def _fold_block(sd: StateDict, p: str) -> None:
             w, b = sd[p + layer + "weight"], sd.get(p + layer + "bias")
             _set_folded(sd, p + layer, w, *fuse.scale_output(
                 w.double(), None if b is None else b.double(), scale))
-    qkv = p + "token_mixer.qkv."
-    if qkv + "weight" in sd and (affine := _pop_bn_affine(sd, p + "norm.")) is not None:
+    qkv, norm = p + "token_mixer.qkv.", p + "norm."
+    affine = _pop_bn_affine(sd, norm) if qkv + "weight" in sd else None
+    if affine is None and qkv + "weight" in sd and norm + "weight" in sd and norm + "bias" in sd:
+        # a LayerNorm: only its affine part folds (an affine-free LayerNorm stays in the model)
+        affine = (sd.pop(norm + "weight").double(), sd.pop(norm + "bias").double())
+    if affine is not None:
         w, b = sd[qkv + "weight"], sd.get(qkv + "bias")
         _set_folded(sd, qkv, w, *fuse.fold_affine_into_linear_input(
             w.double(), None if b is None else b.double(), *affine))
@@ -476,6 +521,12 @@ def fold_to_full(off: Mapping[str, Tensor]) -> StateDict:
     return sd
 
 
+def _identity_ln(p: str, shift: Tensor, out: StateDict) -> None:
+    """LayerNorm affine at prefix ``p`` computing n(x) + shift (weight 1)."""
+    out[p + "weight"] = torch.ones_like(shift)
+    out[p + "bias"] = shift
+
+
 def _identity_bn(p: str, shift: Tensor, out: StateDict) -> None:
     """BatchNorm at prefix ``p`` computing x + shift in eval mode (weight 1, mean 0, var 1-eps)."""
     out[p + "weight"] = torch.ones_like(shift)
@@ -485,12 +536,13 @@ def _identity_bn(p: str, shift: Tensor, out: StateDict) -> None:
     out[p + "num_batches_tracked"] = torch.tensor(0, dtype=torch.long, device=shift.device)
 
 
-def unfold_from_full(off: Mapping[str, Tensor]) -> StateDict:
+def unfold_from_full(off: Mapping[str, Tensor], norm_layer: str = "batchnorm") -> StateDict:
     """Our fully fused form -> the official fused layout (same outputs).
 
-    Emits identity BatchNorms and unit layer scales. The attention norm's shift beta is recovered
-    from the folded qkv bias by solving W' beta = b' (least squares, float64): exact when the bias
-    came from folding a BatchNorm, which is the only way our form gets one.
+    Emits identity BatchNorms and unit layer scales; with ``norm_layer="layernorm2d"`` the
+    attention norm becomes a LayerNorm affine (weight 1, bias beta). The attention norm's shift
+    beta is recovered from the folded qkv bias by solving W' beta = b' (least squares, float64):
+    exact when the bias came from folding a norm, which is the only way our form gets one.
     """
     sd: StateDict = dict(off)
     for p in _block_prefixes(off):
@@ -519,7 +571,10 @@ def unfold_from_full(off: Mapping[str, Tensor]) -> StateDict:
                         f"(residual {resid:.2e}); "
                         "this checkpoint cannot be expressed in the official/timm fused layout"
                     )
-            _identity_bn(p + "norm.", beta.to(fc2.dtype), sd)
+            if norm_layer == "layernorm2d":
+                _identity_ln(p + "norm.", beta.to(fc2.dtype), sd)
+            else:
+                _identity_bn(p + "norm.", beta.to(fc2.dtype), sd)
     return sd
 
 
@@ -533,15 +588,19 @@ def to_official_layout(sd: Mapping[str, Tensor]) -> StateDict:
     return dict(sd) if detect_layout(sd) == OFFICIAL else _rename_to_official(sd)
 
 
-def convert_state_dict(sd: Mapping[str, Tensor], to: str = "timm") -> StateDict:
+def convert_state_dict(
+    sd: Mapping[str, Tensor], to: str = "timm", *, norm_layer: str | None = None
+) -> StateDict:
     """Convert a FastViT state dict between layouts, without building a model.
 
     ``to="timm"`` / ``to="official"``: the layout of that implementation, same form as the input
     (our fully fused form becomes their fused form, with identity BatchNorms / unit layer scales, so
     it loads ``strict=True`` into their inference models with the same outputs). ``to="fastvit"``:
     our native form (official keys; their fused forms get folded into our fully fused one).
-    Wrapped checkpoints and ``module.`` prefixes are accepted. Tensors are shared, not copied,
-    where they are unchanged.
+    Wrapped checkpoints and ``module.`` prefixes are accepted, and full MobileCLIP checkpoints
+    give their image tower. ``norm_layer`` (``"batchnorm"``/``"layernorm2d"``) is the attention
+    norm that our fully fused form leaves affine-free; by default that of the detected variant.
+    Tensors are shared, not copied, where they are unchanged.
     """
     if to not in (TIMM, OFFICIAL, NATIVE):
         raise CheckpointError(f"unknown target layout {to!r}; use 'timm', 'official' or 'fastvit'")
@@ -550,7 +609,10 @@ def convert_state_dict(sd: Mapping[str, Tensor], to: str = "timm") -> StateDict:
     if to == NATIVE:
         return fold_to_full(off) if form == FUSED else off
     if form == FUSED_FULL:
-        off = unfold_from_full(off)
+        if norm_layer is None:
+            variant = detect(off).variant
+            norm_layer = get_config(variant).norm_layer if variant else "batchnorm"
+        off = unfold_from_full(off, norm_layer)
     return off if to == OFFICIAL else _rename_to_timm(off)
 
 

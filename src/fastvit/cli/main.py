@@ -17,6 +17,7 @@ from fastvit.errors import FastViTError
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("fastvit.cli.info", "list model variants with params and GMACs"),
+    "list": ("fastvit.cli.list", "list architectures or (--pretrained) published weight tags"),
     "reparam": ("fastvit.cli.reparam", "reparameterize a checkpoint and verify it"),
     "train": ("fastvit.cli.train", "train or fine-tune a model"),
     "eval": ("fastvit.cli.evaluate", "evaluate a checkpoint on a dataset"),

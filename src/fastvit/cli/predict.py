@@ -14,8 +14,12 @@ import warnings
 
 
 def add_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="checkpoint (.safetensors/.pth), TorchScript (.pt) or .onnx")
-    p.add_argument("images", help="an image file or a folder of images (searched recursively)")
+    p.add_argument("paths", nargs="+", metavar="[MODEL] IMAGES",
+                   help="the model (checkpoint .safetensors/.pth, TorchScript .pt, .onnx, a "
+                        "pretrained tag, hf-hub:org/name or a URL) unless --model gives it, "
+                        "then an image file or a folder of images (searched recursively)")
+    p.add_argument("--model", default=None,
+                   help="the model, e.g. a pretrained tag such as fastvit_t8.apple_in1k")
     p.add_argument("--top-k", type=int, default=5, help="classes to show per image (default 5)")
     p.add_argument("--backend", choices=("torch", "onnxruntime"), default=None,
                    help="default: onnxruntime for .onnx files, torch otherwise")
@@ -31,6 +35,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from fastvit.errors import ConfigError
     from fastvit.export.predict import (
         MissingClassNamesWarning,
         list_images,
@@ -38,12 +43,20 @@ def run(args: argparse.Namespace) -> int:
         predict_images,
         read_class_names,
     )
+    from fastvit.pretrained import is_remote, load_model
 
+    given = ([args.model] if args.model else []) + list(args.paths)
+    if len(given) != 2:
+        raise ConfigError("give one model and one image or folder: fastvit predict MODEL IMAGES "
+                          "(or --model MODEL IMAGES)")
+    args.model, args.images = given
     names = read_class_names(args.class_names) if args.class_names else None
     paths = list_images(args.images)  # check images before the (slower) model load
+    # pretrained tags, hf-hub: and URLs: fetched (cached), with ImageNet class names from timm
+    source = load_model(args.model) if is_remote(args.model) else args.model
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        predictor = load_predictor(args.model, args.backend, size=args.size, class_names=names,
+        predictor = load_predictor(source, args.backend, size=args.size, class_names=names,
                                    threads=args.threads)
         preds = predict_images(predictor, paths, top_k=args.top_k, batch_size=args.batch_size,
                                progress=Path(args.images).is_dir() and not args.no_progress

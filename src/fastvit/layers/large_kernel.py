@@ -6,6 +6,7 @@ from torch import Tensor, nn
 
 from fastvit.layers.conv_bn import ConvBN
 from fastvit.layers.inference.conv import FusedConv2d
+from fastvit.layers.se import SEBlock
 from fastvit.reparam.base import Reparameterizable
 from fastvit.reparam.fuse import pad_kernel
 
@@ -16,7 +17,9 @@ class ReparamLargeKernelConv(Reparameterizable):
 
     ``apply_act``: the official implementation computes ``activation(out)`` and discards the
     result, so the published weights were trained without it. The default (``False``)
-    reproduces that; ``True`` applies the activation, for new architectures.
+    reproduces that; ``True`` applies the activation, for new architectures (MobileCLIP).
+    ``use_se``: squeeze-excite (reduction 1/4) between the conv and the activation; it is not
+    linear, so it stays a separate module in the fused form.
     """
 
     def __init__(
@@ -30,6 +33,7 @@ class ReparamLargeKernelConv(Reparameterizable):
         inference_mode: bool = False,
         activation: type[nn.Module] = nn.GELU,
         apply_act: bool = False,
+        use_se: bool = False,
     ) -> None:
         super().__init__()
         if small_kernel is not None and small_kernel > kernel_size:
@@ -39,6 +43,7 @@ class ReparamLargeKernelConv(Reparameterizable):
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.small_kernel = kernel_size, small_kernel
         self.stride, self.groups, self.padding = stride, groups, kernel_size // 2
+        self.se = SEBlock(out_channels, rd_ratio=0.25) if use_se else nn.Identity()
         self.activation = activation() if apply_act else nn.Identity()
         if inference_mode:
             self.lkb_reparam = FusedConv2d(in_channels, out_channels, kernel_size, stride,
@@ -61,7 +66,7 @@ class ReparamLargeKernelConv(Reparameterizable):
             out = self.lkb_origin(x)
             if self.small_conv is not None:
                 out = out + self.small_conv(x)
-        return self.activation(out)
+        return self.activation(self.se(out))
 
     def get_kernel_bias(self) -> tuple[Tensor, Tensor]:
         """Equivalent (kernel, bias), in either form."""

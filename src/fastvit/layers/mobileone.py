@@ -139,6 +139,7 @@ class RepStem(Reparameterizable, nn.Sequential):
     Downsamples by 4. The blocks are reachable as ``conv1``/``conv2``/``conv3`` while the
     state-dict keys stay those of the official stem (``0.``, ``1.``, ``2.``), so it can be
     dropped into any network (e.g. a detector) and fused with ``fastvit.reparameterize``.
+    ``use_scale_branch=False`` leaves out the 1x1 branch of the 3x3 blocks (MobileCLIP2).
     """
 
     __jit_unused_properties__ = ["conv1", "conv2", "conv3"]  # noqa: RUF012
@@ -149,8 +150,10 @@ class RepStem(Reparameterizable, nn.Sequential):
         out_channels: int,
         inference_mode: bool = False,
         activation: type[nn.Module] = nn.GELU,
+        use_scale_branch: bool = True,
     ) -> None:
-        kw = dict(inference_mode=inference_mode, activation=activation)
+        kw = dict(inference_mode=inference_mode, activation=activation,
+                  use_scale_branch=use_scale_branch)
         super().__init__(
             MobileOneBlock(in_channels, out_channels, 3, stride=2, padding=1, **kw),
             MobileOneBlock(out_channels, out_channels, 3, stride=2, padding=1,

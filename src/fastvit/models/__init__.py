@@ -9,9 +9,9 @@ from fastvit.models.blocks import (
     RepMixer,
     RepMixerBlock,
 )
-from fastvit.models.config import VARIANTS, FastViTConfig, get_config, list_models
+from fastvit.models.config import VARIANTS, FastViTConfig, StageConfig, get_config, list_models
 from fastvit.models.fastvit import FastViT, create_model
 
 __all__ = ["VARIANTS", "Attention", "AttentionBlock", "ConvFFN", "FastViT", "FastViTConfig",
-           "PatchEmbed", "RepCPE", "RepMixer", "RepMixerBlock", "create_model", "get_config",
+           "PatchEmbed", "RepCPE", "RepMixer", "RepMixerBlock", "StageConfig", "create_model", "get_config",
            "list_models"]

@@ -9,6 +9,8 @@ Training-form blocks are plain PyTorch; fused ones are made of the inference mod
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from timm.layers import DropPath
@@ -21,9 +23,9 @@ from fastvit.layers.large_kernel import ReparamLargeKernelConv
 from fastvit.layers.mobileone import MobileOneBlock
 from fastvit.reparam.base import Reparameterizable, new_linear
 from fastvit.reparam.fuse import (
-    bn_affine,
     fold_affine_into_linear_input,
     identity_kernel,
+    norm_affine,
     scale_output,
 )
 
@@ -38,6 +40,25 @@ def _layer_scale(dim: int, init_value: float) -> nn.Parameter:
 def _fold_scale_into(layer: nn.Linear, scale: Tensor) -> nn.Linear:
     """Return a copy of ``layer`` whose output is multiplied by ``scale`` per channel."""
     return new_linear(*scale_output(layer.weight, layer.bias, scale))
+
+
+def residual_norm(norm: nn.Module) -> nn.Module | None:
+    """What stays of ``norm`` once its foldable affine part is folded into the next linear.
+
+    BatchNorm: nothing (``None``). LayerNorm/GroupNorm: the same norm without affine
+    parameters. Any other module is kept as is (it cannot be folded, and is not dropped).
+    """
+    if isinstance(norm, nn.modules.batchnorm._BatchNorm):
+        return None
+    if norm_affine(norm) is None:
+        return norm
+    rest = copy.deepcopy(norm)
+    rest.register_parameter("weight", None)
+    rest.register_parameter("bias", None)
+    for flag in ("elementwise_affine", "affine"):
+        if hasattr(rest, flag):
+            setattr(rest, flag, False)
+    return rest
 
 
 class RepMixer(Reparameterizable):
@@ -238,10 +259,12 @@ class RepMixerBlock(Reparameterizable):
 
 
 class AttentionBlock(Reparameterizable):
-    """MetaFormer block with self-attention: ``x + ls1 * attn(bn(x)); x + ls2 * ffn(x)``.
+    """MetaFormer block with self-attention: ``x + ls1 * attn(norm(x)); x + ls2 * ffn(x)``.
 
-    Fused form: the BatchNorm is folded into the qkv projection (which gains a bias) and the
-    layer scales into ``proj`` and ``convffn.fc2``.
+    Fused form: a BatchNorm ``norm`` is folded into the qkv projection (which gains a bias);
+    a LayerNorm's affine part is folded there too and an affine-free LayerNorm stays (its
+    normalisation depends on the input); the layer scales fold into ``proj`` and
+    ``convffn.fc2``.
     """
 
     def __init__(
@@ -260,11 +283,13 @@ class AttentionBlock(Reparameterizable):
         if mlp_ratio <= 0:
             raise ValueError(f"mlp_ratio must be positive, got {mlp_ratio}")
         self.inference_mode = inference_mode
-        # A BatchNorm folds into qkv (which then needs a bias); other norms stay in both forms.
-        fold_norm = isinstance(norm_layer, type) and issubclass(
-            norm_layer, nn.modules.batchnorm._BatchNorm)
-        self.norm = None if inference_mode and fold_norm else norm_layer(dim)
-        self.token_mixer = Attention(dim, qkv_bias=inference_mode and fold_norm)
+        # A norm's per-channel affine part folds into qkv (which then needs a bias): all of a
+        # BatchNorm; a LayerNorm's weight/bias, leaving an affine-free LayerNorm. Other norms
+        # stay as they are in both forms.
+        norm = norm_layer(dim)
+        foldable = norm_affine(norm) is not None
+        self.norm = residual_norm(norm) if inference_mode else norm
+        self.token_mixer = Attention(dim, qkv_bias=inference_mode and foldable)
         self.convffn = _conv_ffn(dim, mlp_ratio, act_layer, drop, inference_mode)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         if use_layer_scale and not inference_mode:
@@ -288,11 +313,12 @@ class AttentionBlock(Reparameterizable):
 
     def _reparameterize(self) -> None:
         attn = self.token_mixer
-        if isinstance(self.norm, nn.modules.batchnorm._BatchNorm):
-            a, c = bn_affine(self.norm)
-            w, b = fold_affine_into_linear_input(attn.qkv.weight, attn.qkv.bias, a, c)
-            attn.qkv = new_linear(w, b)
-            self.norm = None
+        if self.norm is not None:
+            affine = norm_affine(self.norm)
+            if affine is not None:
+                w, b = fold_affine_into_linear_input(attn.qkv.weight, attn.qkv.bias, *affine)
+                attn.qkv = new_linear(w, b)
+            self.norm = residual_norm(self.norm)
         if self.layer_scale_1 is not None:
             attn.proj = _fold_scale_into(attn.proj, self.layer_scale_1)
             self.layer_scale_1 = None
@@ -314,6 +340,7 @@ class PatchEmbed(Reparameterizable, nn.Module):
         inference_mode: bool = False,
         act_layer: type[nn.Module] = nn.GELU,
         lkc_apply_act: bool = False,
+        use_se: bool = False,
     ) -> None:
         super().__init__()
         self.inference_mode = inference_mode
@@ -321,7 +348,7 @@ class PatchEmbed(Reparameterizable, nn.Module):
             ReparamLargeKernelConv(in_channels, embed_dim, patch_size, stride,
                                    groups=in_channels, small_kernel=3,
                                    inference_mode=inference_mode, activation=act_layer,
-                                   apply_act=lkc_apply_act),
+                                   apply_act=lkc_apply_act, use_se=use_se),
             MobileOneBlock(embed_dim, embed_dim, 1, stride=1, padding=0,
                            inference_mode=inference_mode, activation=act_layer),
         )

@@ -10,9 +10,10 @@ Stage boundaries are derived from the config at build time (``stage_ends``), not
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import torch
-from timm.layers import trunc_normal_
+from timm.layers import LayerNorm2d, trunc_normal_
 from timm.models._features import FeatureInfo, feature_take_indices
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
@@ -22,6 +23,15 @@ from fastvit.layers.mobileone import MobileOneBlock, RepStem
 from fastvit.models.blocks import AttentionBlock, PatchEmbed, RepCPE, RepMixerBlock
 from fastvit.models.config import FastViTConfig, get_config
 from fastvit.reparam.base import Reparameterizable
+
+
+def norm_layer_class(name: str, eps: float = 1e-5) -> type[nn.Module]:
+    """The attention blocks' norm layer class for a config's ``norm_layer`` name."""
+    if name == "batchnorm":
+        return partial(nn.BatchNorm2d, eps=eps)  # type: ignore[return-value]
+    if name == "layernorm2d":
+        return partial(LayerNorm2d, eps=eps)  # type: ignore[return-value]
+    raise ConfigError(f"unknown norm_layer '{name}'; use 'batchnorm' or 'layernorm2d'")
 
 
 def _block_drop_path_rates(layers: Sequence[int], rate: float) -> list[list[float]]:
@@ -44,31 +54,43 @@ class FastViT(Reparameterizable):
 
     def __init__(
         self,
-        cfg: FastViTConfig,
-        num_classes: int = 1000,
+        cfg: FastViTConfig | str,
+        num_classes: int | None = None,
         in_chans: int = 3,
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
         inference_mode: bool = False,
         features_only: bool = False,
-        out_indices: Sequence[int] = (0, 1, 2, 3),
+        out_indices: Sequence[int] | None = None,
         act_layer: type[nn.Module] = nn.GELU,
-        norm_layer: type[nn.Module] = nn.BatchNorm2d,
+        norm_layer: type[nn.Module] | None = None,
         use_layer_scale: bool = True,
         layer_scale_init_value: float | None = None,
-        lkc_apply_act: bool = False,
+        lkc_apply_act: bool | None = None,
     ) -> None:
         super().__init__()
+        cfg = get_config(cfg)
+        if num_classes is None:
+            num_classes = cfg.num_classes
         if num_classes < 0:
             raise ConfigError(f"num_classes must be >= 0, got {num_classes}")
         if in_chans < 1:
             raise ConfigError(f"in_chans must be >= 1, got {in_chans}")
-        n_stages = len(cfg.layers)
+        n_stages = len(cfg.stages)
+        if out_indices is None:
+            out_indices = tuple(range(n_stages))
+        bad = [i for i in out_indices if not -n_stages <= int(i) < n_stages]
+        if bad:
+            raise ConfigError(f"out_indices {bad} out of range for {n_stages} stages")
         out_indices = tuple(int(i) % n_stages for i in out_indices)
         if features_only and not out_indices:
-            raise ConfigError("features_only needs at least one out index in 0..3")
+            raise ConfigError(f"features_only needs at least one out index in 0..{n_stages - 1}")
         ls_init = cfg.layer_scale_init_value if layer_scale_init_value is None else (
             layer_scale_init_value)
+        if norm_layer is None:
+            norm_layer = norm_layer_class(cfg.norm_layer, cfg.norm_eps)
+        if lkc_apply_act is None:
+            lkc_apply_act = cfg.lkc_apply_act
 
         self.cfg = cfg
         self.variant = cfg.name
@@ -81,38 +103,41 @@ class FastViT(Reparameterizable):
         self.class_names: list[str] | None = None
         self.pretrained_cfg = cfg.pretrained_cfg(0 if features_only else num_classes)
 
-        self.patch_embed = RepStem(in_chans, cfg.embed_dims[0], inference_mode, act_layer)
+        self.patch_embed = RepStem(in_chans, cfg.stages[0].dim, inference_mode, act_layer,
+                                   use_scale_branch=cfg.stem_scale_branch)
 
         network: list[nn.Module] = []
         stage_ends: list[int] = []
         feature_info: list[dict] = []
         dpr = _block_drop_path_rates(cfg.layers, drop_path_rate)
-        for i, (depth, dim, ratio, mixer) in enumerate(
-                zip(cfg.layers, cfg.embed_dims, cfg.mlp_ratios, cfg.token_mixers)):
-            if i > 0:
-                network.append(PatchEmbed(cfg.down_patch_size, cfg.down_stride,
-                                          cfg.embed_dims[i - 1], dim, inference_mode,
-                                          act_layer, lkc_apply_act))
-            if cfg.pos_embs[i]:
-                network.append(RepCPE(dim, dim, (7, 7), inference_mode))
-            if mixer == "repmixer":
-                blocks = [RepMixerBlock(dim, cfg.repmixer_kernel_size, ratio, act_layer,
+        prev_dim = cfg.stages[0].dim
+        for i, (st, reduction) in enumerate(zip(cfg.stages, cfg.reductions)):
+            dim = st.dim
+            if st.downsample:
+                network.append(PatchEmbed(cfg.down_patch_size, cfg.down_stride, prev_dim, dim,
+                                          inference_mode, act_layer, lkc_apply_act,
+                                          use_se=st.se))
+            if st.pos_emb:
+                k = cfg.pos_emb_kernel_size
+                network.append(RepCPE(dim, dim, (k, k), inference_mode))
+            if st.token_mixer == "repmixer":
+                blocks = [RepMixerBlock(dim, cfg.repmixer_kernel_size, st.mlp_ratio, act_layer,
                                         drop_rate, dpr[i][j], use_layer_scale, ls_init,
-                                        inference_mode) for j in range(depth)]
-            elif mixer == "attention":
-                blocks = [AttentionBlock(dim, ratio, act_layer, norm_layer, drop_rate,
-                                         dpr[i][j], use_layer_scale, ls_init, inference_mode)
-                          for j in range(depth)]
+                                        inference_mode) for j in range(st.depth)]
             else:
-                raise ConfigError(f"unknown token mixer '{mixer}'; use 'repmixer' or 'attention'")
+                blocks = [AttentionBlock(dim, st.mlp_ratio, act_layer, norm_layer, drop_rate,
+                                         dpr[i][j], use_layer_scale, ls_init, inference_mode)
+                          for j in range(st.depth)]
             stage_ends.append(len(network))
             network.append(nn.Sequential(*blocks))
-            feature_info.append(dict(num_chs=dim, reduction=4 * 2**i,
+            feature_info.append(dict(num_chs=dim, reduction=reduction,
                                      module=f"network.{len(network) - 1}", stage=i))
+            prev_dim = dim
         self.network = nn.ModuleList(network)
         self.stage_ends = stage_ends
         self.feature_end = stage_ends[max(out_indices)]  # last module a features_only run needs
 
+        last_dim = cfg.stages[-1].dim
         if features_only:
             self.conv_exp = None
             self.head = None
@@ -120,14 +145,16 @@ class FastViT(Reparameterizable):
             self.num_features = self.head_hidden_size = cfg.embed_dims[max(out_indices)]
             self.feature_info = FeatureInfo(feature_info, out_indices)
         else:
-            self.num_features = self.head_hidden_size = int(cfg.embed_dims[-1] * cfg.cls_ratio)
-            self.conv_exp = MobileOneBlock(cfg.embed_dims[-1], self.num_features, 3, stride=1,
-                                           padding=1, groups=cfg.embed_dims[-1],
+            self.num_features = self.head_hidden_size = int(last_dim * cfg.cls_ratio)
+            self.conv_exp = MobileOneBlock(last_dim, self.num_features, 3, stride=1,
+                                           padding=1, groups=last_dim,
                                            inference_mode=inference_mode, use_se=True,
                                            activation=act_layer)
             self.gap = nn.AdaptiveAvgPool2d(1)
             self.head_drop = nn.Dropout(drop_rate)
             self.num_classes = num_classes
+            # "classifier" and "clip" heads are both a linear layer on the pooled features;
+            # a CLIP projection (official ``head.proj``, no bias) loads with a zero bias.
             self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else (
                 nn.Identity())
             self.feature_info = feature_info
@@ -249,23 +276,31 @@ class FastViT(Reparameterizable):
 
 
 def create_model(
-    name: str,
+    name: str | FastViTConfig,
+    pretrained: bool = False,
     *,
-    num_classes: int = 1000,
+    num_classes: int | None = None,
     in_chans: int = 3,
     drop_rate: float = 0.0,
     drop_path_rate: float = 0.0,
     inference_mode: bool = False,
     features_only: bool = False,
-    out_indices: Sequence[int] = (0, 1, 2, 3),
+    out_indices: Sequence[int] | None = None,
     **kwargs,
 ) -> FastViT:
-    """Build a FastViT variant by name (see :func:`fastvit.list_models`).
+    """Build a FastViT from a variant name (see :func:`fastvit.list_models`) or a config.
 
-    ``inference_mode=True`` builds the fully fused form directly (load fused weights into it).
-    Extra keyword arguments go to :class:`FastViT` (``act_layer``, ``layer_scale_init_value``,
-    ``lkc_apply_act``, ...).
+    This is the architecture builder (random weights); :func:`fastvit.create_model` adds
+    pretrained tags and weights on top. ``num_classes`` defaults to the config's (1000 for the
+    ImageNet variants, the CLIP embedding width for the MobileCLIP towers); ``out_indices`` to
+    every stage. ``inference_mode=True`` builds the fully fused form directly (load fused
+    weights into it). Extra keyword arguments go to :class:`FastViT` (``act_layer``,
+    ``layer_scale_init_value``, ``lkc_apply_act``, ...). ``pretrained=True`` is refused here:
+    weights are the job of :func:`fastvit.create_model` (the pretrained layer above models).
     """
+    if pretrained:
+        raise ConfigError("fastvit.models.create_model builds random weights; use "
+                          "fastvit.create_model(name, pretrained=True) for published weights")
     model = FastViT(get_config(name), num_classes=num_classes, in_chans=in_chans,
                     drop_rate=drop_rate, drop_path_rate=drop_path_rate,
                     inference_mode=inference_mode, features_only=features_only,

@@ -132,3 +132,28 @@ def fold_affine_into_linear_input(
     if bias is not None:
         b = b + bias
     return w, b
+
+
+def norm_affine(norm: nn.Module) -> tuple[Tensor, Tensor] | None:
+    """The per-channel affine map ``x -> a * x + c`` of ``norm`` that can be folded forward.
+
+    * BatchNorm (eval): all of it is affine, ``(a, c)`` from running statistics.
+    * LayerNorm / LayerNorm2d / GroupNorm: ``y = weight * n(x) + bias`` where the
+      normalisation ``n`` depends on the input's own statistics and cannot be folded; the
+      elementwise affine part after it can: ``(a, c) = (weight, bias)``. What is left is the
+      same norm without affine parameters.
+    * Anything else (or a norm without affine parameters): ``None``, nothing to fold.
+    """
+    if isinstance(norm, nn.modules.batchnorm._BatchNorm):
+        return bn_affine(norm)
+    if isinstance(norm, (nn.LayerNorm, nn.GroupNorm)):
+        w, b = norm.weight, norm.bias
+        if w is None and b is None:
+            return None
+        if w is not None and w.dim() != 1:
+            return None  # LayerNorm over several dims: not a per-channel affine
+        ref = w if w is not None else b
+        a = w if w is not None else torch.ones_like(ref)
+        c = b if b is not None else torch.zeros_like(ref)
+        return a, c
+    return None
