@@ -4,10 +4,7 @@ The model/reparameterization API is imported eagerly (torch + timm only); checkp
 imported on first use.
 """
 
-from __future__ import annotations
-
-from typing import Any
-
+from fastvit.card import ModelCard, Preprocessing
 from fastvit.errors import CheckpointError, ConfigError, DataError, FastViTError, ReparamError
 from fastvit.models import FastViT, FastViTConfig, create_model, get_config, list_models
 from fastvit.reparam import is_fused, reparameterize
@@ -16,16 +13,25 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CheckpointError", "ConfigError", "DataError", "FastViT", "FastViTConfig", "FastViTError",
-    "ReparamError", "__version__", "convert_state_dict", "create_model", "get_config",
-    "is_fused", "list_models", "load_model", "reparameterize", "save_model",
+    "ModelCard", "Preprocessing", "ReparamError", "__version__", "convert_state_dict",
+    "create_model", "get_config", "is_fused", "list_models", "load_model", "reparameterize",
+    "save_model",
 ]
 
-_LAZY = {"load_model", "save_model", "convert_state_dict"}
+_LAZY = ("load_model", "save_model", "convert_state_dict")
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     if name in _LAZY:
         from fastvit import checkpoints
 
         return getattr(checkpoints, name)
     raise AttributeError(f"module 'fastvit' has no attribute '{name}'")
+
+
+def __dir__() -> list[str]:
+    """The public API (lazy names included) and the sub-packages, not import helpers."""
+    import pkgutil
+
+    subpackages = [m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")]
+    return sorted({*__all__, *subpackages})

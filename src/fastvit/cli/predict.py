@@ -14,7 +14,8 @@ import warnings
 
 
 def add_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="checkpoint (.safetensors/.pth), TorchScript (.pt) or .onnx")
+    p.add_argument("model", help="checkpoint (.safetensors/.pth), a training run's best.pt/"
+                   "last.pt, TorchScript (.pt) or .onnx")
     p.add_argument("images", help="an image file or a folder of images (searched recursively)")
     p.add_argument("--top-k", type=int, default=5, help="classes to show per image (default 5)")
     p.add_argument("--backend", choices=("torch", "onnxruntime"), default=None,
@@ -31,13 +32,8 @@ def add_parser(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from fastvit.export.predict import (
-        MissingClassNamesWarning,
-        list_images,
-        load_predictor,
-        predict_images,
-        read_class_names,
-    )
+    from fastvit.data import list_images, read_class_names
+    from fastvit.infer import MissingClassNamesWarning, load_predictor, predict_images
 
     names = read_class_names(args.class_names) if args.class_names else None
     paths = list_images(args.images)  # check images before the (slower) model load
@@ -53,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"fastvit predict: warning: {w.message}", file=sys.stderr)
     if args.json:
         doc = {"model": str(args.model), "backend": predictor.backend,
-               "variant": predictor.meta.variant,
+               "variant": predictor.card.variant,
                "predictions": [p.to_dict() for p in preds]}
         print(json.dumps(doc, indent=2))
     else:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fastvit.card import Preprocessing
 from fastvit.errors import ConfigError
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+#: How the official ImageNet weights are evaluated (256 px, crop 0.9, bicubic, ImageNet stats).
+IMAGENET_EVAL = Preprocessing()
 
 
 @dataclass(frozen=True)
@@ -16,8 +17,8 @@ class FastViTConfig:
 
     ``pos_embs[i]`` puts a 7x7 RepCPE before stage ``i``; ``token_mixers[i]`` is
     ``"repmixer"`` or ``"attention"``. ``drop_path_rate`` is the official training recipe's
-    value (the model itself defaults to 0 unless asked). Preprocessing fields describe how the
-    official weights were evaluated.
+    value (the model itself defaults to 0 unless asked). ``preprocessing`` is how the official
+    weights were evaluated (for 3-channel input; a model adapts it to its ``in_chans``).
     """
 
     name: str
@@ -32,25 +33,7 @@ class FastViTConfig:
     down_patch_size: int = 7
     down_stride: int = 2
     cls_ratio: float = 2.0
-    input_size: int = 256
-    crop_pct: float = 0.9
-    interpolation: str = "bicubic"
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-
-    def pretrained_cfg(self, num_classes: int = 1000) -> dict:
-        """timm-style preprocessing metadata for this variant."""
-        return {
-            "architecture": self.name,
-            "input_size": (3, self.input_size, self.input_size),
-            "crop_pct": self.crop_pct,
-            "interpolation": self.interpolation,
-            "mean": self.mean,
-            "std": self.std,
-            "num_classes": num_classes,
-            "first_conv": "patch_embed.0.rbr_conv.0.conv",
-            "classifier": "head",
-        }
+    preprocessing: Preprocessing = IMAGENET_EVAL
 
 
 _SA = dict(token_mixers=("repmixer", "repmixer", "repmixer", "attention"),
@@ -68,9 +51,11 @@ VARIANTS: dict[str, FastViTConfig] = {
         FastViTConfig("fastvit_sa24", (4, 4, 12, 4), _WIDE, (4, 4, 4, 4), **_SA,
                       drop_path_rate=0.1),
         FastViTConfig("fastvit_sa36", (6, 6, 18, 6), _WIDE, (4, 4, 4, 4), **_SA,
-                      layer_scale_init_value=1e-6, drop_path_rate=0.2, crop_pct=0.95),
+                      layer_scale_init_value=1e-6, drop_path_rate=0.2,
+                      preprocessing=Preprocessing(crop_pct=0.95)),
         FastViTConfig("fastvit_ma36", (6, 6, 18, 6), (76, 152, 304, 608), (4, 4, 4, 4), **_SA,
-                      layer_scale_init_value=1e-6, drop_path_rate=0.35, crop_pct=0.95),
+                      layer_scale_init_value=1e-6, drop_path_rate=0.35,
+                      preprocessing=Preprocessing(crop_pct=0.95)),
     )
 }
 
