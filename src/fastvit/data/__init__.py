@@ -175,16 +175,33 @@ def _stack(dataset: Dataset) -> LabelledImages:
 
 
 def load_labelled(source: str | Path | None, prep: Preprocessing | ModelCard, *,
-                  limit: int | None = None, check_images: str = "auto") -> LabelledImages:
-    """The val split of ``source`` (see :func:`build_eval_dataset`) preprocessed with ``prep``,
-    as arrays: what accuracy checks (int8 vs fp32) score on. A :class:`ModelCard` also
-    supplies the class names that label the folders."""
+                  split: str = "val", limit: int | None = None,
+                  check_images: str = "auto") -> LabelledImages:
+    """A labelled split of ``source`` preprocessed with ``prep``, as arrays: what accuracy
+    checks (int8 vs fp32) score on. ``split='val'`` is the val split exactly as ``fastvit
+    eval`` reads it (:func:`build_eval_dataset`); ``'train'`` is the digits train split or a
+    data root's ``train/``. A :class:`ModelCard` also supplies the class names that label
+    the folders. ``limit`` keeps the first images of the digits splits."""
+    if split not in ("train", "val"):
+        raise DataError(f"unknown split {split!r}; use train or val")
     card = prep if isinstance(prep, ModelCard) else None
     prep = card.preprocessing if card is not None else prep
-    ds, _, _ = build_eval_dataset(source, input_size=prep.input_size[-1],
-                                  transform=eval_transform(prep), check_images=check_images,
-                                  in_chans=prep.in_chans, limit=limit,
-                                  classes=list(card.class_names or []) if card else None)
+    transform = eval_transform(prep)
+    names = list(card.class_names or []) if card is not None else None
+    if split == "val":
+        ds, _, _ = build_eval_dataset(source, input_size=prep.input_size[-1], transform=transform,
+                                      check_images=check_images, in_chans=prep.in_chans,
+                                      limit=limit, classes=names)
+    elif source is None or str(source) == "digits":
+        ds = DigitsDataset("train", prep.input_size[-1], transform, in_chans=prep.in_chans,
+                           limit=limit)
+    else:
+        tdir, _ = resolve_split_dirs(source)
+        found = list_classes(tdir)
+        scan = scan_image_folder(tdir, names if names and set(found) <= set(names) else None,
+                                 check_images)
+        report_skipped(scan, "train")
+        ds = ImageFolderDataset(scan, transform, prep.in_chans)
     return _stack(ds)
 
 
