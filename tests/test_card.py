@@ -275,6 +275,13 @@ def test_eval_scores_exports_like_the_checkpoint(small: dict[str, Path],
         assert got["loss"] == pytest.approx(ref["loss"], abs=1e-4)
 
 
+def test_predict_size_floor_matches_its_message(small: dict[str, Path]) -> None:
+    from fastvit.infer import load_predictor
+
+    with pytest.raises(ConfigError, match="--size 16 is too small; FastViT downsamples by 32"):
+        load_predictor(small["st"], size=16)  # the old check let 8..31 through
+
+
 def test_top5_not_reported_for_five_classes_or_fewer(small: dict[str, Path],
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["eval", str(small["st"]), "--data", str(small["data"]), "--json"]) == 0

@@ -231,8 +231,9 @@ def _onnx_file_predictor(path: Path, size: int | None, class_names: Sequence[str
 def _finish_meta(meta: ModelCard, size: int | None,
                  class_names: Sequence[str] | None) -> ModelCard:
     if size is not None:
-        if size < 8:
-            raise ConfigError(f"--size {size} is too small; use 32 or more")
+        if size < 32:
+            raise ConfigError(f"--size {size} is too small; FastViT downsamples by 32, "
+                              "use 32 or more")
         meta = meta.with_input_size(size)
     if class_names is not None:
         if len(class_names) != meta.num_classes:
