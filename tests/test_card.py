@@ -342,6 +342,8 @@ def test_every_command_reads_a_run_file_through_the_one_loader(
     digits = tuple(str(i) for i in range(10))
     want = Preprocessing((3, 32, 32), 1.0, interpolation="bilinear")
     paths = list_images(run["images"])
+    st_meta = read_checkpoint(out / "model.safetensors")[1]  # what training wrote: one encoding
+    assert st_meta["input_size"] == "[3, 32, 32]" and st_meta["interpolation"] == "bilinear"
     final = load_predictor(out / "model.safetensors")
     assert final.card.preprocessing == want and final.card.class_names == digits
     ref = predict_images(final, paths, top_k=10)
