@@ -265,14 +265,12 @@ def train_digits_t8(epochs: int, size: int, threads: int = 1) -> tuple[nn.Module
     """FastViT-T8 trained on the digits train split (AdamW, cosine, label smoothing)."""
     from timm.scheduler import CosineLRScheduler
 
-    from fastvit.export.metadata import metadata_from_model
-    from fastvit.export.quantize import load_images
+    from fastvit.data import load_labelled
 
     torch.manual_seed(0)
     model = fastvit.create_model("fastvit_t8", num_classes=10)
-    model.pretrained_cfg = dict(model.pretrained_cfg, input_size=(3, size, size), crop_pct=1.0)
-    meta = metadata_from_model(model)
-    train = load_images("digits", meta, split="train")
+    model.preprocessing = model.preprocessing.replace(input_size=(3, size, size), crop_pct=1.0)
+    train = load_labelled("digits", model.card, split="train")
     x_all = torch.from_numpy(train.images)
     y_all = torch.from_numpy(train.labels)
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
@@ -308,9 +306,9 @@ def train_digits_t8(epochs: int, size: int, threads: int = 1) -> tuple[nn.Module
 
 
 def section_int8(args: argparse.Namespace) -> None:
+    from fastvit.data import calibration_images, load_labelled
     from fastvit.export import export_onnx, ort_session, quantize_onnx, to_bf16
-    from fastvit.export.metadata import metadata_from_model
-    from fastvit.export.quantize import bf16_supported, load_images, onnx_top1, torch_top1
+    from fastvit.export.quantize import bf16_supported, onnx_top1, torch_top1
 
     size = args.train_size
     print(f"\n== int8 / bf16: fastvit_t8 trained on digits ({args.epochs} epochs at "
@@ -318,9 +316,9 @@ def section_int8(args: argparse.Namespace) -> None:
     # training runs on one thread: on a shared machine two-thread training steps can stall
     model, secs = train_digits_t8(args.epochs, size, threads=1)
     fused = fastvit.reparameterize(model)
-    meta = metadata_from_model(fused)
-    val = load_images("digits", meta, split="val")
-    calib = load_images("digits", meta, split="train", limit=args.calibration)
+    meta = fused.card
+    val = load_labelled("digits", meta)
+    calib = calibration_images("digits", meta.preprocessing, limit=args.calibration)
     with tempfile.TemporaryDirectory() as d:
         fp32 = Path(d) / "t8.onnx"
         rep = export_onnx(fused, fp32)
@@ -329,14 +327,13 @@ def section_int8(args: argparse.Namespace) -> None:
         for fmt in ("qdq", "qoperator"):
             for method in ("minmax", "percentile"):
                 q = Path(d) / f"t8_{fmt}_{method}.onnx"
-                quantize_onnx(fp32, q, [calib.images[i:i + 32]
-                                        for i in range(0, len(calib.images), 32)],
+                quantize_onnx(fp32, q, [calib[i:i + 32] for i in range(0, len(calib), 32)],
                               quant_format=fmt, method=method, quantize_depthwise=True)
                 results[(fmt, method)] = q
         a32 = onnx_top1(fp32, val, threads=args.threads)
         a_torch = torch_top1(fused, val)
         print(f"  train time {secs:.0f} s; val images {len(val.labels)}; "
-              f"calibration images {len(calib.images)} (train split)")
+              f"calibration images {len(calib)} (train split)")
         print(f"  top-1 fp32 PyTorch {a_torch:.2f}%   fp32 onnxruntime {a32:.2f}%")
         for (fmt, method), q in results.items():
             a8 = onnx_top1(q, val, threads=args.threads)
@@ -351,12 +348,12 @@ def section_int8(args: argparse.Namespace) -> None:
             m_sz = copy.deepcopy(fused)
             export_onnx(m_sz, fp32_s, input_size=sz, verify=False)
             meta_sz = meta.with_input_size(sz)
-            cal_sz = load_images("digits", meta_sz, split="train", limit=32)
+            cal_sz = calibration_images("digits", meta_sz.preprocessing, limit=32)
             q_sz = quantize_onnx(fp32_s, Path(d) / f"t8_{sz}_int8.onnx",
-                                 [cal_sz.images[:16], cal_sz.images[16:]],
+                                 [cal_sz[:16], cal_sz[16:]],
                                  quantize_depthwise=True)
             q_pw = quantize_onnx(fp32_s, Path(d) / f"t8_{sz}_int8_pw.onnx",
-                                 [cal_sz.images[:16], cal_sz.images[16:]],
+                                 [cal_sz[:16], cal_sz[16:]],
                                  quantize_depthwise=False)
             x = np.random.default_rng(0).standard_normal((1, 3, sz, sz)).astype(np.float32)
             names, fns = [], []
@@ -419,9 +416,8 @@ def ort_op_profile(path: Path, threads: int, runs: int, prefix: Path) -> dict[st
 
 def section_ortprofile(args: argparse.Namespace) -> None:
     """Why int8 is not faster: per-op time of the fp32 and int8 T8 graphs in onnxruntime."""
+    from fastvit.data import calibration_images
     from fastvit.export import export_onnx, quantize_onnx
-    from fastvit.export.metadata import metadata_from_model
-    from fastvit.export.quantize import load_images
 
     print(f"\n== ortprofile: fastvit_t8 {SIZE}px batch 1, {args.threads} threads, per-op time "
           "(median per node over runs, summed per op type) ==")
@@ -429,12 +425,12 @@ def section_ortprofile(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as d:
         fp32 = Path(d) / "t8.onnx"
         export_onnx(model, fp32, verify=False)
-        calib = load_images("digits", metadata_from_model(model), limit=32)
+        calib = calibration_images("digits", model.card.preprocessing, limit=32)
         paths = {"fp32": fp32}
         paths["int8 (all convs but grouped)"] = quantize_onnx(
-            fp32, Path(d) / "q.onnx", [calib.images[:16], calib.images[16:]])
+            fp32, Path(d) / "q.onnx", [calib[:16], calib[16:]])
         paths["int8 (depthwise fp32)"] = quantize_onnx(
-            fp32, Path(d) / "q_pw.onnx", [calib.images[:16], calib.images[16:]],
+            fp32, Path(d) / "q_pw.onnx", [calib[:16], calib[16:]],
             quantize_depthwise=False)
         for name, p in paths.items():
             prof = ort_op_profile(p, args.threads, 40, Path(d) / "prof")
@@ -456,7 +452,8 @@ def section_int8gelu(args: argparse.Namespace) -> None:
     quantize the whole chain (Conv, Sigmoid, Mul, Add) so no DQ/Q pair is left around it."""
 
     import fastvit.export.quantize as quant
-    from fastvit.export.metadata import metadata_from_model
+    from fastvit.card import ModelCard
+    from fastvit.data import calibration_images
     from fastvit.export.onnx import onnx_proto, ort_session, save_proto
 
     print(f"\n== int8gelu: fastvit_t8 {SIZE}px batch 1, {args.threads} threads, onnxruntime ==")
@@ -466,9 +463,9 @@ def section_int8gelu(args: argparse.Namespace) -> None:
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.GELU):
                 setattr(parent, name, QuickGELU())
-    meta = metadata_from_model(base, input_size=SIZE)
-    calib = quant.load_images("digits", meta, split="train", limit=32)
-    batches = [calib.images[i:i + 8] for i in range(0, 32, 8)]
+    meta = ModelCard.from_model(base, input_size=SIZE)
+    calib = calibration_images("digits", meta.preprocessing, limit=32)
+    batches = [calib[i:i + 8] for i in range(0, 32, 8)]
 
     with tempfile.TemporaryDirectory() as d:
         paths = {}

@@ -13,10 +13,10 @@ import torch
 
 import fastvit
 from conftest import randomize_bn_and_scales
+from fastvit.card import ModelCard, Preprocessing
 from fastvit.cli.main import main
 from fastvit.errors import CheckpointError, ConfigError, ReparamError
 from fastvit.export import (
-    ModelMetadata,
     describe_onnx,
     export_onnx,
     export_torchscript,
@@ -61,10 +61,11 @@ def test_onnx_round_trip(model: torch.nn.Module, tmp_path: Path) -> None:
     assert info["input_shape"] == ["batch", 3, SIZE, SIZE]
 
     meta = read_onnx_metadata(proto)
-    assert meta == ModelMetadata(variant=model.variant, num_classes=10,
+    assert meta == ModelCard(variant=model.variant, num_classes=10, form="fused",
+                             preprocessing=Preprocessing(
                                  input_size=(3, SIZE, SIZE), crop_pct=0.9,
                                  interpolation="bicubic", mean=(0.485, 0.456, 0.406),
-                                 std=(0.229, 0.224, 0.225), class_names=tuple(NAMES))
+                                 std=(0.229, 0.224, 0.225)), class_names=tuple(NAMES))
 
     # Independently of the exporter's own check: the unfused model in eval mode vs ORT, at
     # two batch sizes (dynamic batch), on random and real (digits) inputs.
@@ -127,19 +128,20 @@ def test_coreml_spec(tmp_path: Path) -> None:
 
 
 def test_int8_quantization_keeps_predictions(tmp_path: Path) -> None:
-    from fastvit.export.quantize import load_images, onnx_top1, quantize_onnx
+    from fastvit.data import calibration_images, load_labelled
+    from fastvit.export.quantize import onnx_top1, quantize_onnx
 
     m = _model("fastvit_t8", seed=3)
     fp32 = tmp_path / "m.onnx"
     export_onnx(m, fp32, verify=False)
     meta = read_onnx_metadata(fp32)
-    calib = load_images("digits", meta, split="train", limit=16)
-    q = quantize_onnx(fp32, tmp_path / "m.int8.onnx", [calib.images[:8], calib.images[8:]])
+    calib = calibration_images("digits", meta.preprocessing, limit=16)
+    q = quantize_onnx(fp32, tmp_path / "m.int8.onnx", [calib[:8], calib[8:]])
     ops = describe_onnx(load_onnx(q))["op_counts"]
     assert ops.get("QuantizeLinear", 0) > 0 and ops.get("DequantizeLinear", 0) > 0
     qmeta = read_onnx_metadata(q)
     assert qmeta.class_names == tuple(NAMES) and "int8" in qmeta.extra["quantization"]
-    val = load_images("digits", meta, split="val", limit=32)
+    val = load_labelled("digits", meta, limit=32)
     f32 = ort_session(fp32).run(None, {"input": val.images})[0]
     i8 = ort_session(q).run(None, {"input": val.images})[0]
     # int8 stays close to fp32 (relative to the logit range) and mostly agrees on the class
@@ -189,7 +191,7 @@ def test_cli_export_from_unfused_checkpoint(tmp_path: Path,
     text = capsys.readouterr().out
     assert text.count("(tolerance 1e-04, ok)") == 4  # random + real, for both formats
     meta = read_onnx_metadata(out_dir / "t8.onnx")
-    assert meta.crop_pct == 0.95 and meta.input_size == (3, SIZE, SIZE)
+    assert meta.preprocessing.crop_pct == 0.95 and meta.input_size == (3, SIZE, SIZE)
     assert meta.class_names == tuple(f"n{i}" for i in range(10))
     assert load_torchscript(out_dir / "t8.torchscript.pt")[1] == meta
 
@@ -223,17 +225,19 @@ def test_export_bad_inputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
 
 
 def test_metadata_props_round_trip_and_validation() -> None:
-    meta = ModelMetadata(variant="fastvit_t8", num_classes=2, input_size=(1, 32, 48),
-                         crop_pct=1.0, interpolation="bilinear", mean=(0.5,), std=(0.2,),
-                         class_names=("cat", "dog"), extra={"note": "x"})
-    assert ModelMetadata.from_props(meta.to_props()) == meta
-    assert meta.resize_size == 32
+    meta = ModelCard(variant="fastvit_t8", num_classes=2, form="fused",
+                     preprocessing=Preprocessing(input_size=(1, 32, 48), crop_pct=1.0,
+                                                 interpolation="bilinear", mean=(0.5,),
+                                                 std=(0.2,)),
+                     class_names=("cat", "dog"), extra={"note": "x"})
+    assert ModelCard.from_metadata(meta.to_metadata()) == meta
+    assert meta.preprocessing.resize_size == 32
     with pytest.raises(ConfigError, match="crop_pct"):
-        ModelMetadata(crop_pct=1.5)
+        Preprocessing(crop_pct=1.5)
     with pytest.raises(ConfigError, match="one value per channel"):
-        ModelMetadata(input_size=(1, 32, 32))
+        Preprocessing(input_size=(1, 32, 32))
     with pytest.raises(ConfigError, match="interpolation"):
-        ModelMetadata(interpolation="cubic-ish")
+        Preprocessing(interpolation="cubic-ish")
 
 
 def test_cli_export_int8_with_accuracy_and_speed_check(tmp_path: Path,
@@ -255,16 +259,16 @@ def test_cli_export_int8_with_accuracy_and_speed_check(tmp_path: Path,
 def test_training_metadata_conventions_are_applied(tmp_path: Path) -> None:
     """`fastvit train` stores input_size as an int and interpolation as a plain string."""
     from fastvit.export.common import load_source
-    from fastvit.export.metadata import metadata_from_model
 
     m = _model("fastvit_t8", seed=7)
     ckpt = tmp_path / "trained.safetensors"
     fastvit.save_model(m, ckpt, metadata={"input_size": 48, "crop_pct": 1.0,
                                           "interpolation": "bilinear", "mean": [0.5] * 3,
                                           "std": [0.25] * 3})
-    meta = metadata_from_model(load_source(ckpt))
-    assert meta.input_size == (3, 48, 48) and meta.crop_pct == 1.0
-    assert meta.interpolation == "bilinear" and meta.mean == (0.5,) * 3 and meta.std == (0.25,) * 3
+    meta = ModelCard.from_model(load_source(ckpt))
+    assert meta.input_size == (3, 48, 48) and meta.preprocessing.crop_pct == 1.0
+    prep = meta.preprocessing
+    assert prep.interpolation == "bilinear" and prep.mean == (0.5,) * 3 and prep.std == (0.25,) * 3
 
 
 @pytest.mark.slow

@@ -54,7 +54,7 @@ def test_official_configs():
     cfg = fastvit.get_config("fastvit_ma36")
     assert cfg.layers == (6, 6, 18, 6) and cfg.embed_dims == (76, 152, 304, 608)
     assert cfg.layer_scale_init_value == 1e-6 and cfg.pos_embs == (False, False, False, True)
-    assert cfg.token_mixers[-1] == "attention" and cfg.crop_pct == 0.95
+    assert cfg.token_mixers[-1] == "attention" and cfg.preprocessing.crop_pct == 0.95
     assert fastvit.get_config("fastvit_t8").mlp_ratios == (3, 3, 3, 3)
     assert fastvit.get_config("fastvit_sa36").layer_scale_init_value == 1e-6
     m = fastvit.create_model("fastvit_sa36")

@@ -18,9 +18,10 @@ from PIL import Image
 
 import fastvit
 from fastvit.cli.main import main
+from fastvit.data import list_images, load_image, to_model_mode
 from fastvit.errors import CheckpointError, ConfigError, DataError
-from fastvit.export import export_onnx, export_torchscript, load_predictor, predict_images
-from fastvit.export.predict import MissingClassNamesWarning, list_images, load_image, to_model_mode
+from fastvit.export import export_onnx, export_torchscript
+from fastvit.infer import MissingClassNamesWarning, load_predictor, predict_images
 
 COLORS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
 SIZE = 32
@@ -93,8 +94,8 @@ def _check(preds: list) -> None:
                                            ("onnx", None), ("ts", None)])
 def test_known_answers_every_backend(art: dict[str, Path], which: str, backend: str | None) -> None:
     pred = load_predictor(art[which], backend)
-    assert pred.meta.input_size == (3, SIZE, SIZE)
-    assert pred.meta.class_names == tuple(COLORS)
+    assert pred.card.input_size == (3, SIZE, SIZE)
+    assert pred.card.class_names == tuple(COLORS)
     preds = predict_images(pred, list_images(art["images"]), top_k=3, batch_size=3)
     _check(preds)
 
@@ -132,7 +133,7 @@ def test_folder_progress_bar(art: dict[str, Path], capsys: pytest.CaptureFixture
 def test_missing_class_names_warn_and_fallback(art: dict[str, Path], tmp_path: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     pred = load_predictor(art["nonames"])
-    assert pred.meta.class_names is None
+    assert pred.card.class_names is None
     with pytest.warns(MissingClassNamesWarning):
         preds = predict_images(pred, [art["images"] / "green.jpg"], top_k=1)
     assert preds[0].labels == ["1"]  # class index of green

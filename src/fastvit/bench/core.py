@@ -25,6 +25,7 @@ import torch
 from fastvit.bench.measure import peak_memory_mb, sgemm_runner, time_interleaved
 from fastvit.bench.runners import BACKENDS, TIMM_BACKENDS, RunnerSpec, build_runner, count_flops
 from fastvit.errors import ConfigError
+from fastvit.fileio import atomic_path, write_text_atomic
 
 SGEMM_N = 2048
 
@@ -222,12 +223,7 @@ def format_table(result: BenchResult) -> str:
 
 def write_json(result: BenchResult, path: str | Path) -> Path:
     """Write the result as JSON (atomically)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(result.to_dict(), indent=2))
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, json.dumps(result.to_dict(), indent=2))
 
 
 def write_png(result: BenchResult, path: str | Path) -> Path:
@@ -241,7 +237,6 @@ def write_png(result: BenchResult, path: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(7, 5), dpi=110)
     series: dict[tuple[str, str, int], list] = {}
     for r in result.rows:
@@ -262,8 +257,9 @@ def write_png(result: BenchResult, path: str | Path) -> Path:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp)
+    finally:
+        plt.close(fig)
     return path

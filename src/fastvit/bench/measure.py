@@ -158,3 +158,21 @@ def peak_memory_mb(spec: RunnerSpec, warmup: int = 2, timeout: float = 600.0) ->
         proc.kill()
         proc.join()
     return result
+
+
+def onnx_latency(paths: Sequence[str | os.PathLike], input_shape: Sequence[int], *,
+                 threads: int | None = None, rounds: int = 5) -> list[float]:
+    """Median latency (ms) of each ONNX model on one input of ``input_shape``, timed
+    interleaved (e.g. an fp32 model and its int8 quantization, side by side)."""
+    import numpy as np
+
+    from fastvit.export.onnx import ort_session
+
+    x = np.random.default_rng(0).standard_normal(tuple(input_shape)).astype(np.float32)
+    fns = []
+    for p in paths:
+        sess = ort_session(p, threads=threads)
+        feed = {sess.get_inputs()[0].name: x}
+        fns.append(lambda s=sess, f=feed: s.run(None, f))
+    timings = time_interleaved(fns, warmup=3, rounds=rounds, round_time=0.2)
+    return [t.median_ms for t in timings]

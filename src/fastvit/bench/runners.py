@@ -87,7 +87,7 @@ def build_model(variant: str, impl: str, *, fused: bool, num_classes: int = 1000
 
 def onnx_path(spec: RunnerSpec, int8: bool = False) -> Path:
     """Cached ONNX file for ``spec`` (fp32, or int8 quantized), exported on first use."""
-    from fastvit.export.metadata import metadata_from_model
+    from fastvit.card import ModelCard
     from fastvit.export.onnx import onnx_proto, save_proto
 
     if spec.cache_dir is None:
@@ -98,19 +98,20 @@ def onnx_path(spec: RunnerSpec, int8: bool = False) -> Path:
     fp32 = cache / f"{stem}.onnx"
     if not fp32.exists():
         model = build_model(spec.variant, spec.impl, fused=True)
-        meta = metadata_from_model(model, input_size=spec.size)
-        save_proto(onnx_proto(model, meta), fp32)
+        card = ModelCard.from_model(model, input_size=spec.size)
+        save_proto(onnx_proto(model, card), fp32)
     if not int8:
         return fp32
     q = cache / f"{stem}_int8.onnx"
     if not q.exists():
+        from fastvit.data import calibration_images
         from fastvit.export.onnx import read_onnx_metadata
-        from fastvit.export.quantize import load_images, quantize_onnx
+        from fastvit.export.quantize import quantize_onnx
 
-        meta = read_onnx_metadata(fp32)
-        assert meta is not None
-        calib = load_images("digits", meta, split="train", limit=32)
-        batches = [calib.images[i:i + 8] for i in range(0, len(calib.images), 8)]
+        card = read_onnx_metadata(fp32)
+        assert card is not None
+        calib = calibration_images("digits", card.preprocessing, limit=32)
+        batches = [calib[i:i + 8] for i in range(0, len(calib), 8)]
         quantize_onnx(fp32, q, batches)
     return q
 

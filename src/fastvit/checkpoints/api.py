@@ -1,4 +1,9 @@
-"""Loading and saving FastViT models: ``load_model``, ``load_into`` and ``save_model``."""
+"""Loading and saving FastViT models: ``load_model``, ``load_into`` and ``save_model``.
+
+``load_model`` is the one loader for every kind of model file (official/timm/ours, unfused or
+fused, safetensors or torch, and a training run's ``best.pt``/``last.pt``); the model it returns
+carries the file's :class:`~fastvit.card.ModelCard` (preprocessing and class names).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from fastvit.card import PREPROCESSING_KEYS, ModelCard
 from fastvit.checkpoints.io import read_checkpoint, write_safetensors
 from fastvit.checkpoints.layouts import (
     NATIVE,
@@ -24,45 +30,20 @@ from fastvit.checkpoints.layouts import (
 )
 from fastvit.errors import CheckpointError, ConfigError
 
-# Metadata keys written by save_model (user metadata may not reuse them).
+#: Metadata keys save_model writes itself (user metadata may not reuse them; preprocessing
+#: keys in user metadata override the model's preprocessing instead).
 RESERVED_METADATA = ("variant", "form", "num_classes", "class_names", "fastvit_version", "layout",
-                     "config")
-#: Preprocessing fields of ``model.pretrained_cfg`` that travel in the file's metadata (JSON).
-PREPROCESS_KEYS = ("input_size", "crop_pct", "interpolation", "mean", "std")
-
-
-def _preprocessing_from_metadata(
-    metadata: Mapping[str, str], in_chans: int, where: str
-) -> dict[str, Any]:
-    """``pretrained_cfg`` updates from metadata written by :func:`save_model` or training."""
-    out: dict[str, Any] = {}
-    for key in PREPROCESS_KEYS:
-        if key not in metadata:
-            continue
-        raw = metadata[key]
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            if key != "interpolation":
-                raise CheckpointError(f"{where} has malformed '{key}' metadata ({raw!r}); "
-                                      "re-save it with fastvit.save_model") from None
-            value = raw
-        if key == "input_size":
-            if isinstance(value, int):
-                value = (in_chans, value, value)
-            elif isinstance(value, list) and len(value) == 2:
-                value = (in_chans, *value)
-        out[key] = tuple(value) if isinstance(value, list) else value
-    return out
+                     "fastvit_metadata_version", "config")
 
 
 def _source_name(source: object) -> str:
     return str(source) if isinstance(source, (str, os.PathLike)) else "the state dict"
 
 
-def _read(source: str | os.PathLike | Mapping[str, Any]) -> tuple[StateDict, dict[str, str]]:
+def _read(source: str | os.PathLike | Mapping[str, Any], use_ema: bool | None = None
+          ) -> tuple[StateDict, dict[str, str]]:
     if isinstance(source, (str, os.PathLike)):
-        return read_checkpoint(source)
+        return read_checkpoint(source, use_ema=use_ema)
     if isinstance(source, Mapping):
         return unwrap_state_dict(source), {}
     raise CheckpointError(
@@ -71,7 +52,11 @@ def _read(source: str | os.PathLike | Mapping[str, Any]) -> tuple[StateDict, dic
 
 
 def load_model(
-    source: str | os.PathLike | Mapping[str, Any], name: str | None = None, **create_kwargs: Any
+    source: str | os.PathLike | Mapping[str, Any],
+    name: str | None = None,
+    *,
+    use_ema: bool | None = None,
+    **create_kwargs: Any,
 ) -> nn.Module:
     """Build the FastViT model a checkpoint describes and load its weights.
 
@@ -88,17 +73,20 @@ def load_model(
             checkpoint loads it and reparameterizes; ``False`` with a fused one is an error);
             ``features_only=True`` leaves out the classifier weights (and is the default for a
             checkpoint without them).
+        use_ema: for a training run's ``best.pt``/``last.pt``: the EMA weights (True), the raw
+            ones (False), or whichever scored best (None, the default).
 
     Returns:
         The model in eval mode, in the checkpoint's form: training form for unfused checkpoints,
         our fully fused form for any fused one (official/timm fused checkpoints are folded
-        further, with identical outputs). ``class_names`` is set from the file's metadata.
+        further, with identical outputs). Preprocessing and ``class_names`` come from the
+        file's model card (a run file's from its training config and classes).
     """
     from fastvit import create_model, reparameterize
     from fastvit.models.config import list_models
 
     where = _source_name(source)
-    raw, metadata = _read(source)
+    raw, metadata = _read(source, use_ema)
     info = detect(raw)
     sd = convert_state_dict(raw, to=NATIVE)
 
@@ -159,10 +147,11 @@ def load_model(
     load_into(model, sd, source_name=where)
     if want_fused and not fused:
         model = reparameterize(model, inplace=True)
-    model.class_names = _metadata_class_names(metadata, where)
-    prep = _preprocessing_from_metadata(metadata, model.in_chans, where)
-    if prep:
-        model.pretrained_cfg = dict(model.pretrained_cfg, **prep)
+    card = ModelCard.from_metadata(metadata, in_chans=model.in_chans, default=model.card,
+                                   where=where)
+    model.preprocessing = card.preprocessing
+    if card.class_names is not None and len(card.class_names) == model.num_classes:
+        model.class_names = list(card.class_names)
     return model.eval()
 
 
@@ -232,6 +221,11 @@ def _check_keys(sd: Mapping[str, Tensor], expected: Mapping[str, Tensor], where:
         raise CheckpointError(f"{where} does not fit the model: {'; '.join(problems)}")
 
 
+def _metadata_variant(metadata: Mapping[str, str], known: Sequence[str]) -> str | None:
+    v = metadata.get("variant")
+    return v if v in known else None
+
+
 def _registered(name: str) -> object:
     from fastvit.models.config import VARIANTS
 
@@ -279,53 +273,46 @@ def save_model(
     class_names: Sequence[str] | None = None,
     metadata: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Save ``model``'s weights as safetensors with metadata, atomically.
+    """Save ``model``'s weights as safetensors with its model card, atomically.
 
-    Metadata: ``variant``, ``config`` (the FastViTConfig as JSON), ``form`` (``unfused`` or
-    ``fused``), ``num_classes``, ``class_names``
-    (JSON; defaults to ``model.class_names``), ``fastvit_version``, ``layout`` (``official``),
-    the preprocessing of ``model.pretrained_cfg`` (``input_size``, ``crop_pct``,
-    ``interpolation``, ``mean``, ``std``; :func:`load_model` restores them), plus ``metadata``
-    (values that are not strings are stored as JSON; they override the preprocessing keys).
-    Returns the path.
+    Metadata: the :class:`~fastvit.card.ModelCard` encoding (``variant``, ``form``,
+    ``num_classes``, ``class_names`` - defaulting to ``model.class_names`` -, and the
+    preprocessing: ``input_size``, ``crop_pct``, ``crop_mode``, ``interpolation``, ``mean``,
+    ``std``), ``fastvit_version``, ``layout`` (``official``), plus ``metadata``: values that are
+    not strings are stored as JSON; preprocessing keys override the model's preprocessing.
+    :func:`load_model` restores all of it. Returns the path.
     """
     from fastvit import __version__
 
     sd = model.state_dict()
     info = detect(sd)
-    if class_names is None:
-        class_names = getattr(model, "class_names", None)
-    num_classes = int(getattr(model, "num_classes", info.num_classes))
-    meta: dict[str, str] = {
-        "form": "unfused" if detect_form(sd) == UNFUSED else "fused",
-        "num_classes": str(num_classes),
-        "fastvit_version": __version__,
-        "layout": "official",
-    }
-    variant = getattr(model, "variant", None) or info.variant
-    if variant:
-        meta["variant"] = str(variant)
-    cfg_obj = getattr(model, "cfg", None)
-    if hasattr(cfg_obj, "to_json"):  # the architecture: a custom model reloads without code
-        meta["config"] = cfg_obj.to_json()
+    card = ModelCard.from_model(model)
+    if not hasattr(model, "card") and info.variant:
+        card = card.replace(variant=info.variant)
     if class_names is not None:
         names = [str(n) for n in class_names]
-        if num_classes and len(names) != num_classes:
+        if card.num_classes and len(names) != card.num_classes:
             raise ConfigError(
-                f"class_names has {len(names)} names but the model has {num_classes} classes"
+                f"class_names has {len(names)} names but the model has {card.num_classes} classes"
             )
-        meta["class_names"] = json.dumps(names)
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    for key in PREPROCESS_KEYS:  # preprocessing travels with the weights
-        if key in cfg:
-            value = cfg[key]
-            meta[key] = value if isinstance(value, str) else json.dumps(
-                list(value) if isinstance(value, tuple) else value)
+        card = card.with_class_names(names)
+    user: dict[str, str] = {}
     for key, value in (metadata or {}).items():
         if key in RESERVED_METADATA:
             raise ConfigError(f"metadata key '{key}' is reserved by save_model; rename it")
         try:
-            meta[str(key)] = value if isinstance(value, str) else json.dumps(value)
+            user[str(key)] = value if isinstance(value, str) else json.dumps(value)
         except TypeError as e:
             raise ConfigError(f"metadata '{key}' is not JSON-serializable ({e})") from e
+    overrides = {k: user.pop(k) for k in PREPROCESSING_KEYS if k in user}
+    if overrides:
+        card = ModelCard.from_metadata(overrides, in_chans=card.in_chans, default=card,
+                                       where="save_model's metadata")
+    card = card.replace(form="unfused" if detect_form(sd) == UNFUSED else "fused",
+                        extra={**card.extra, **user})
+    meta = card.to_metadata()
+    meta.update(fastvit_version=__version__, layout="official")
+    cfg_obj = getattr(model, "cfg", None)
+    if hasattr(cfg_obj, "to_json"):  # the architecture: a custom model reloads without code
+        meta["config"] = cfg_obj.to_json()
     return write_safetensors(sd, path, meta)

@@ -2,26 +2,33 @@
 
 Reading never executes pickled code: torch files are loaded with ``weights_only=True`` and
 safetensors files hold only tensors. Every failure becomes a one-line :class:`CheckpointError`.
+A training run's ``best.pt``/``last.pt`` is read like any other model file: its weights (EMA or
+raw) plus a model card made from the run's stored config and classes, so every command sees
+the preprocessing and class names the run trained with.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import pickle
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from fastvit.checkpoints.layouts import StateDict, unwrap_state_dict
-from fastvit.errors import CheckpointError
+from fastvit.errors import CheckpointError, ConfigError
+from fastvit.fileio import atomic_path
 
 SAFETENSORS_SUFFIX = ".safetensors"
+#: Format tag of the training run files (``best.pt``/``last.pt``) that ``fastvit train`` writes.
+RUN_FORMAT = "fastvit-train-v1"
 
 # String entries of a training checkpoint that are worth keeping as metadata (timm's train script
 # stores the model name under 'arch').
@@ -44,12 +51,16 @@ def _is_safetensors(path: Path) -> bool:
     return len(head) == 9 and head[8:9] == b"{" and size + 8 <= path.stat().st_size
 
 
-def read_checkpoint(path: str | os.PathLike) -> tuple[StateDict, dict[str, str]]:
+def read_checkpoint(path: str | os.PathLike, *, use_ema: bool | None = None
+                    ) -> tuple[StateDict, dict[str, str]]:
     """Read a checkpoint file; return ``(state_dict, metadata)``.
 
     Supports ``.safetensors`` (metadata from its header) and torch files (``.pth``, ``.pth.tar``,
     ``.pt``, ...; loaded with ``weights_only=True``). Wrapped training checkpoints and ``module.``
-    prefixes are unwrapped. Raises CheckpointError for a missing, truncated, corrupt or unsafe file.
+    prefixes are unwrapped. A fastvit run file (``best.pt``/``last.pt``) gives its EMA weights
+    when ``use_ema`` is True, the raw ones when False, whichever scored best when None, and
+    model-card metadata from its config. Raises CheckpointError for a missing, truncated,
+    corrupt or unsafe file.
     """
     path = Path(path)
     if not path.exists():
@@ -60,7 +71,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[StateDict, dict[str, str]]
         raise CheckpointError(f"checkpoint file is empty: {path}")
     if _is_safetensors(path):
         return _read_safetensors(path)
-    return _read_torch(path)
+    return _read_torch(path, use_ema)
 
 
 def _read_safetensors(path: Path) -> tuple[StateDict, dict[str, str]]:
@@ -86,7 +97,7 @@ def _allow_training_args() -> contextlib.AbstractContextManager:
     return safe_globals([argparse.Namespace]) if safe_globals else contextlib.nullcontext()
 
 
-def _read_torch(path: Path) -> tuple[StateDict, dict[str, str]]:
+def _read_torch(path: Path, use_ema: bool | None = None) -> tuple[StateDict, dict[str, str]]:
     try:
         with _allow_training_args():
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -110,6 +121,8 @@ def _read_torch(path: Path) -> tuple[StateDict, dict[str, str]]:
         ) from e
     except Exception as e:  # anything else torch.load may raise on garbage input
         raise CheckpointError(f"cannot read {path}: not a torch checkpoint ({_one_line(e)})") from e
+    if isinstance(obj, Mapping) and obj.get("format") == RUN_FORMAT:
+        return _read_run(obj, path, use_ema)
     metadata: dict[str, str] = {}
     if isinstance(obj, Mapping):
         for key, meta_key in _WRAPPER_METADATA.items():
@@ -118,10 +131,51 @@ def _read_torch(path: Path) -> tuple[StateDict, dict[str, str]]:
     return unwrap_state_dict(obj), metadata
 
 
+def _read_run(obj: Mapping[str, Any], path: Path, use_ema: bool | None
+              ) -> tuple[StateDict, dict[str, str]]:
+    """Weights and model-card metadata of a training run file (``best.pt``/``last.pt``)."""
+    has_ema = obj.get("ema") is not None
+    if use_ema is None:
+        use_ema = bool((obj.get("best") or {}).get("ema")) and has_ema
+    if use_ema and not has_ema:
+        raise ConfigError(f"{path} has no EMA weights (trained with --no-ema); drop --ema")
+    state = obj["ema"] if use_ema else obj.get("model")
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{path} is a damaged training run file (no model weights)")
+    return unwrap_state_dict(state), run_metadata(obj, weights="ema" if use_ema else "model")
+
+
+def run_metadata(obj: Mapping[str, Any], weights: str | None = None) -> dict[str, str]:
+    """Model-card metadata (:meth:`fastvit.card.ModelCard.to_metadata` keys) of a run file: a
+    stored ``card`` when the run wrote one, else its variant, classes and preprocessing config
+    (unset crop_pct/mean/std mean the variant's own, filled in by the loader)."""
+    if isinstance(obj.get("card"), Mapping):
+        meta = {str(k): str(v) for k, v in obj["card"].items()}
+    else:
+        cfg = obj.get("config") if isinstance(obj.get("config"), Mapping) else {}
+        values: dict[str, Any] = {"variant": obj.get("variant") or cfg.get("model"),
+                                  "form": "unfused"}
+        classes = obj.get("classes")
+        if classes is not None:
+            values["class_names"] = [str(c) for c in classes]
+            values["num_classes"] = len(classes)
+        for key in ("input_size", "crop_pct", "crop_mode", "mean", "std"):
+            values[key] = cfg.get(key)
+        if cfg.get("interpolation") in ("bilinear", "bicubic", "nearest"):  # not 'random'
+            values["interpolation"] = cfg["interpolation"]
+        meta = {k: v if isinstance(v, str) else json.dumps(list(v) if isinstance(v, tuple) else v)
+                for k, v in values.items() if v is not None}
+    if "epoch" in obj:
+        meta.setdefault("epoch", str(obj["epoch"]))
+    if weights is not None:
+        meta["weights"] = weights
+    return meta
+
+
 def write_safetensors(
     sd: Mapping[str, Tensor], path: str | os.PathLike, metadata: Mapping[str, str] | None = None
 ) -> Path:
-    """Write ``sd`` to ``path`` as safetensors, atomically (temp file in the same dir + rename)."""
+    """Write ``sd`` to ``path`` as safetensors, atomically (:mod:`fastvit.fileio`)."""
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -129,16 +183,8 @@ def write_safetensors(
         raise CheckpointError(
             f"checkpoints are saved as safetensors; use a path ending in .safetensors, not {path}"
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
     # contiguous private copies: safetensors refuses shared or strided storage
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in sd.items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=dict(metadata or {}))
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=dict(metadata or {}))
     return path

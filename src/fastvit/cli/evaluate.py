@@ -1,7 +1,8 @@
-"""`fastvit eval`: top-1, top-5, loss and img/s of a checkpoint on a dataset.
+"""`fastvit eval`: top-1, top-5 (more than 5 classes), loss and img/s of a model on a dataset.
 
 Accepts every checkpoint ``fastvit.load_model`` reads (official/timm/ours, unfused or fused)
-and the ``last.pt``/``best.pt`` files of a training run. Preprocessing (input size, crop,
+and the ``last.pt``/``best.pt`` files of a training run, and ONNX/TorchScript exports (run
+as ``fastvit predict`` runs them). Preprocessing (input size, crop,
 mean/std) comes from the checkpoint's metadata when it has some, else from the variant.
 Without ``--data`` it evaluates on the digits val split.
 """
@@ -12,8 +13,8 @@ import argparse
 
 
 def add_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", metavar="CKPT", help="model file (.safetensors/.pth) or a "
-                   "training run's last.pt/best.pt")
+    p.add_argument("checkpoint", metavar="CKPT", help="model file (.safetensors/.pth), a "
+                   "training run's last.pt/best.pt, or an exported .onnx/TorchScript file")
     p.add_argument("--data", metavar="DIR", help="ImageFolder root (its val/ split is used) or "
                    "a folder of class folders (default: the digits val split)")
     p.add_argument("--input-size", type=int, metavar="PX", help="default: from the checkpoint")
@@ -49,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"{result['checkpoint']} ({result['variant']}, {result['form']}) on {result['data']}: "
           f"{result['images']} images at {result['input_size']}px")
-    print(f"  top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  loss "
-          f"{result['loss']:.4f}  {result['img_s']:.0f} img/s")
+    top5 = f"  top-5 {result['top5']:.2f}%" if result["top5"] is not None else ""
+    print(f"  top-1 {result['top1']:.2f}%{top5}  loss {result['loss']:.4f}  "
+          f"{result['img_s']:.0f} img/s")
     return 0

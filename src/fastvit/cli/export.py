@@ -39,14 +39,16 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-verify", action="store_true", help="skip the parity checks")
     g = p.add_argument_group("int8 quantization (--format onnx-int8)")
     g.add_argument("--calibration", default="digits",
-                   help="'digits' (bundled digits train split) or a folder of images")
+                   help="'digits' (bundled digits train split), a data root (its train/ "
+                        "split) or a folder of images")
     g.add_argument("--calibration-count", type=int, default=128,
                    help="number of calibration images (default 128)")
     g.add_argument("--quant-format", default="qdq", choices=("qdq", "qoperator"))
     g.add_argument("--calibration-method", default="minmax",
                    choices=("minmax", "percentile", "entropy"))
     g.add_argument("--val", default=None,
-                   help="'digits' (val split) or an ImageFolder: report fp32 vs int8 top-1")
+                   help="'digits' (val split) or a data root (its val/ split, as `fastvit eval "
+                        "--data` reads it) or a folder of class folders: fp32 vs int8 top-1")
     g.add_argument("--threads", type=int, default=None, help="threads for the speed check")
     p.add_argument("--coreml-precision", default="float32", choices=("float32", "float16"))
 
@@ -65,9 +67,9 @@ def _outputs(args: argparse.Namespace, formats: list[str]) -> dict[str, Path]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from fastvit.data import read_class_names
     from fastvit.errors import ConfigError
     from fastvit.export.common import fuse_for_export, load_source
-    from fastvit.export.predict import read_class_names
 
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
     bad = [f for f in formats if f not in FORMATS]
@@ -111,28 +113,25 @@ def run(args: argparse.Namespace) -> int:
 
 def _export_int8(args: argparse.Namespace, fp32: Path, out: Path) -> None:
     """Quantize ``fp32`` to ``out`` and print the accuracy and speed checks."""
+    from fastvit.bench.measure import onnx_latency
+    from fastvit.data import calibration_images, load_labelled
     from fastvit.export.onnx import ort_session, read_onnx_metadata
-    from fastvit.export.quantize import load_images, onnx_top1, quantize_onnx, speed_check
+    from fastvit.export.quantize import onnx_top1, quantize_onnx
 
-    meta = read_onnx_metadata(fp32)
-    assert meta is not None
-    calib = load_images(args.calibration, meta, split="train", limit=args.calibration_count)
-    batches = [calib.images[i:i + 16] for i in range(0, len(calib.images), 16)]
+    card = read_onnx_metadata(fp32)
+    assert card is not None
+    calib = calibration_images(args.calibration, card.preprocessing, limit=args.calibration_count)
+    batches = [calib[i:i + 16] for i in range(0, len(calib), 16)]
     quantize_onnx(fp32, out, batches, quant_format=args.quant_format,
                   method=args.calibration_method)
     print(f"wrote int8 ONNX model to {out} ({args.quant_format}, per-channel weights, "
-          f"{len(calib.images)} calibration images from {args.calibration})")
-    if args.val is not None:
-        val = load_images(args.val, meta, split="val")
-        if (val.labels < 0).any():
-            from fastvit.errors import DataError
-
-            raise DataError(f"{args.val} has no class sub-folders; --val needs an ImageFolder "
-                            "(one sub-folder per class) or 'digits'")
+          f"{len(calib)} calibration images from {args.calibration})")
+    if args.val is not None:  # the val split, exactly as `fastvit eval --data` reads it
+        val = load_labelled(args.val, card)
         a32 = onnx_top1(ort_session(fp32, threads=args.threads), val)
         a8 = onnx_top1(ort_session(out, threads=args.threads), val)
         print(f"  top-1 on {args.val} ({len(val.labels)} images): fp32 {a32:.2f}%  "
               f"int8 {a8:.2f}%  (delta {a8 - a32:+.2f} points)")
-    t32, t8 = speed_check(fp32, out, meta, threads=args.threads)
+    t32, t8 = onnx_latency([fp32, out], (1, *card.input_size), threads=args.threads)
     print(f"  batch-1 latency (median, interleaved): fp32 {t32:.2f} ms  int8 {t8:.2f} ms  "
           f"(speed-up {t32 / t8:.2f}x)")

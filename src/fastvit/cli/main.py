@@ -35,7 +35,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from fastvit import __version__
+
     parser = _Parser(prog="fastvit", description="FastViT models: train, reparameterize, deploy.")
+    parser.add_argument("--version", action="version", version=f"fastvit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, (module_name, help_text) in COMMANDS.items():
         try:

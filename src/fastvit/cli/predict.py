@@ -35,14 +35,9 @@ def add_parser(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from fastvit.data import list_images, read_class_names
     from fastvit.errors import ConfigError
-    from fastvit.export.predict import (
-        MissingClassNamesWarning,
-        list_images,
-        load_predictor,
-        predict_images,
-        read_class_names,
-    )
+    from fastvit.infer import MissingClassNamesWarning, load_predictor, predict_images
     from fastvit.pretrained import is_remote, load_model
 
     given = ([args.model] if args.model else []) + list(args.paths)
@@ -66,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"fastvit predict: warning: {w.message}", file=sys.stderr)
     if args.json:
         doc = {"model": str(args.model), "backend": predictor.backend,
-               "variant": predictor.meta.variant,
+               "variant": predictor.card.variant,
                "predictions": [p.to_dict() for p in preds]}
         print(json.dumps(doc, indent=2))
     else:

@@ -20,44 +20,20 @@ from pathlib import Path
 from PIL import Image
 from torch.utils.data import Dataset
 
+from fastvit.data.images import is_image_file, load_image, open_image, to_model_mode
 from fastvit.errors import DataError
 
 logger = logging.getLogger("fastvit")
 
-IMG_EXTENSIONS: tuple[str, ...] = (
-    ".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif",
-)
 VAL_DIR_NAMES: tuple[str, ...] = ("val", "validation")
 FULL_CHECK_MAX_FILES = 10_000  # 'auto' decodes every image up to this many files per split
-
-
-def load_rgb(path: str | os.PathLike) -> Image.Image:
-    """Open an image file as RGB; grayscale, palette and alpha images are converted.
-
-    Transparent pixels are composited on white (a plain ``convert('RGB')`` would expose
-    whatever colour the transparent pixels happen to store, often black).
-    """
-    with Image.open(path) as img:
-        img.load()
-        if img.mode == "RGB":
-            return img.copy()
-        has_alpha = img.mode in ("RGBA", "LA", "PA") or (
-            img.mode == "P" and "transparency" in img.info
-        )
-        if has_alpha:
-            rgba = img.convert("RGBA")
-            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            return Image.alpha_composite(background, rgba).convert("RGB")
-        if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit grayscale: rescale to 8 bits
-            img = img.point(lambda v: v * (255.0 / 65535.0)).convert("L")
-        return img.convert("RGB")
 
 
 def _check_image(path: Path, full: bool) -> str | None:
     """Return None when the file is a readable image, else a short reason."""
     try:
         if full:
-            load_rgb(path)
+            to_model_mode(open_image(path), 3, name=str(path))
         else:
             with Image.open(path) as img:
                 img.verify()
@@ -122,8 +98,8 @@ def scan_image_folder(
         files = sorted(
             p for p in (split_dir / cls).rglob("*") if p.is_file() and not p.name.startswith(".")
         )
-        images = [p for p in files if p.suffix.lower() in IMG_EXTENSIONS]
-        others = [p for p in files if p.suffix.lower() not in IMG_EXTENSIONS]
+        images = [p for p in files if is_image_file(p)]
+        others = [p for p in files if not is_image_file(p)]
         skipped += [(str(p), "not an image file (unknown extension)") for p in others]
         if not images:
             extra = f" (only non-image files such as {others[0].name})" if others else ""
@@ -162,6 +138,21 @@ def scan_image_folder(
     return report
 
 
+def find_val_dir(root: str | os.PathLike) -> Path | None:
+    """``root/val`` or ``root/validation`` when one exists: THE val split of a data root."""
+    root = Path(root)
+    return next((root / n for n in VAL_DIR_NAMES if (root / n).is_dir()), None)
+
+
+def eval_split_dir(data: str | os.PathLike) -> Path:
+    """The folder evaluated for ``data``: its val split (:func:`find_val_dir`), or ``data``
+    itself when it is a folder of class folders with no val split."""
+    root = Path(data)
+    if not root.exists():
+        raise DataError(f"data directory {root} does not exist; check the path")
+    return find_val_dir(root) or root
+
+
 def resolve_split_dirs(
     data: str | os.PathLike | None,
     train_dir: str | os.PathLike | None = None,
@@ -175,10 +166,7 @@ def resolve_split_dirs(
         if not root.is_dir():
             raise DataError(f"{root} is not a directory; pass a folder with train/ and val/")
         tdir = Path(train_dir) if train_dir else root / "train"
-        if val_dir:
-            vdir = Path(val_dir)
-        else:
-            vdir = next((root / n for n in VAL_DIR_NAMES if (root / n).is_dir()), root / "val")
+        vdir = Path(val_dir) if val_dir else (find_val_dir(root) or root / "val")
         if not tdir.is_dir():
             raise DataError(
                 f"{root} has no train/ folder; expected {root}/train/<class>/ and {root}/val/<class>/"
@@ -225,7 +213,9 @@ def report_skipped(report: ScanReport, split: str) -> None:
 class ImageFolderDataset(Dataset):
     """(image, class index) pairs from a scanned class-folder directory."""
 
-    def __init__(self, report: ScanReport, transform: Callable | None = None) -> None:
+    def __init__(self, report: ScanReport, transform: Callable | None = None,
+                 in_chans: int = 3) -> None:
+        self.in_chans = in_chans  # 1: grayscale ("L") images, 3: RGB
         self.root = str(report.root)
         self.classes = list(report.classes)
         self.samples = list(report.samples)
@@ -239,7 +229,9 @@ class ImageFolderDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[object, int]:
         path, target = self.samples[index]
         try:
-            img = load_rgb(path)
+            img = load_image(path, self.in_chans)
+        except DataError:
+            raise
         except Exception as e:  # file changed since the scan, or a 'header'-only check missed it
             raise DataError(
                 f"cannot read image {path} ({type(e).__name__}); remove it or scan with "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from fastvit.card import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from fastvit.errors import ConfigError
 
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "random")
@@ -24,8 +25,8 @@ def create_train_transform(
     color_jitter: float = 0.4,
     re_prob: float = 0.25,
     interpolation: str = "bicubic",
-    mean: Sequence[float] = (0.485, 0.456, 0.406),
-    std: Sequence[float] = (0.229, 0.224, 0.225),
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
     no_aug: bool = False,
 ) -> Callable:
     """Training transform (PIL image -> normalised tensor) from timm."""
@@ -55,29 +56,33 @@ def create_train_transform(
     )
 
 
+def eval_transform(prep: Preprocessing) -> Callable:
+    """timm's evaluation transform for ``prep`` (PIL image -> normalized CHW float tensor):
+    resize the shorter side to ``size / crop_pct``, crop (``crop_mode``), normalize."""
+    from timm.data import create_transform
+
+    return create_transform(
+        input_size=prep.input_size, is_training=False, crop_pct=prep.crop_pct,
+        crop_mode=prep.crop_mode, interpolation=prep.interpolation, mean=prep.mean,
+        std=prep.std,
+    )
+
+
 def create_eval_transform(
     input_size: int,
     *,
     crop_pct: float = 0.9,
     interpolation: str = "bicubic",
-    mean: Sequence[float] = (0.485, 0.456, 0.406),
-    std: Sequence[float] = (0.229, 0.224, 0.225),
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
 ) -> Callable:
-    """Eval transform: resize to ``input_size / crop_pct``, center crop, normalise."""
-    from timm.data import create_transform
-
+    """Eval transform from separate values (see :func:`eval_transform`)."""
     if not 0.0 < crop_pct <= 1.0:
         raise ConfigError(f"crop_pct must be in (0, 1], got {crop_pct}")
     if interpolation == "random":
         interpolation = "bicubic"
-    return create_transform(
-        input_size,
-        is_training=False,
-        crop_pct=crop_pct,
-        interpolation=interpolation,
-        mean=tuple(mean),
-        std=tuple(std),
-    )
+    return eval_transform(Preprocessing((len(mean), input_size, input_size), crop_pct,
+                                        interpolation=interpolation, mean=mean, std=std))
 
 
 def _check_auto_augment(spec: str) -> None:

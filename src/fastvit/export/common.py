@@ -1,4 +1,8 @@
-"""Shared pieces of every exporter: fusing, loading, parity checks and real check inputs."""
+"""Shared pieces of every exporter: fusing, loading, parity checks and real check inputs.
+
+Real check inputs come from :mod:`fastvit.data` (images of a folder, or the bundled digits),
+run through the model's own :class:`~fastvit.card.Preprocessing`.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from fastvit.card import ModelCard
 from fastvit.errors import CheckpointError, ConfigError, ReparamError
-from fastvit.export.metadata import ModelMetadata
 
 #: Largest max-abs difference between an exported model and PyTorch that we accept.
 PARITY_TOL = 1e-4
@@ -80,38 +84,28 @@ def load_source(source: str | Path | nn.Module) -> nn.Module:
     return fastvit.load_model(path)  # restores the saved preprocessing into pretrained_cfg
 
 
-def random_inputs(meta: ModelMetadata, batch: int = 2, seed: int = 0) -> torch.Tensor:
+def random_inputs(card: ModelCard, batch: int = 2, seed: int = 0) -> torch.Tensor:
     """Standard-normal inputs of the model's input size (what normalized images look like)."""
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(batch, *meta.input_size, generator=g)
+    return torch.randn(batch, *card.input_size, generator=g)
 
 
-def real_inputs(meta: ModelMetadata, batch: int = 4, image_dir: str | Path | None = None
+def real_inputs(card: ModelCard, batch: int = 4, image_dir: str | Path | None = None
                 ) -> torch.Tensor:
     """Real images run through the model's own preprocessing.
 
-    Images come from ``image_dir`` when given, otherwise from scikit-learn's bundled
-    handwritten digits (real scans, available offline), upscaled by the preprocessing.
+    Images come from ``image_dir`` when given, otherwise from the digits val split (real
+    scans, available offline; :class:`fastvit.data.DigitsDataset`).
     """
-    from fastvit.export.predict import build_transform, list_images, load_image
+    from fastvit.data import DigitsDataset, eval_transform, list_images, load_image
 
-    transform = build_transform(meta)
+    prep = card.preprocessing
+    transform = eval_transform(prep)
     if image_dir is not None:
         paths = list_images(image_dir)[:batch]
-        images = [load_image(p, meta.in_chans) for p in paths]
-    else:
-        images = digits_images(batch, mode="RGB" if meta.in_chans == 3 else "L")
-    return torch.stack([transform(im) for im in images])
-
-
-def digits_images(n: int, mode: str = "RGB", start: int = 0) -> list:
-    """``n`` scikit-learn digits (8x8, 16 grey levels) as PIL images (white digit on black)."""
-    from PIL import Image
-    from sklearn.datasets import load_digits
-
-    data = load_digits().images[start:start + n]
-    arr = (np.clip(data / 16.0, 0.0, 1.0) * 255).round().astype(np.uint8)
-    return [Image.fromarray(a, mode="L").convert(mode) for a in arr]
+        return torch.stack([transform(load_image(p, prep.in_chans)) for p in paths])
+    ds = DigitsDataset("val", prep.input_size[-1], transform, in_chans=prep.in_chans, limit=batch)
+    return torch.stack([ds[i][0] for i in range(len(ds))])
 
 
 def max_abs_diff(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> float:
@@ -120,9 +114,3 @@ def max_abs_diff(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> 
     if a.shape != b.shape:
         raise ReparamError(f"output shapes differ: {a.shape} vs {b.shape}")
     return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max())
-
-
-def atomic_path(path: Path) -> Path:
-    """A temporary sibling of ``path`` (same directory, so ``os.replace`` is atomic)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path.with_name(f".{path.name}.tmp")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import shutil
 import warnings
 from collections import Counter
 from collections.abc import Iterator
@@ -23,9 +22,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from fastvit.card import ModelCard
 from fastvit.errors import ConfigError
 from fastvit.export.common import ExportReport, fuse_for_export, load_source
-from fastvit.export.metadata import ModelMetadata, metadata_from_model
+from fastvit.fileio import atomic_path
 
 PRECISIONS = ("float32", "float16")
 
@@ -82,7 +82,7 @@ def export_coreml(
     if path.suffix != ".mlpackage":
         raise ConfigError(f"CoreML output must end in .mlpackage, got {path.name}")
     fused = fuse_for_export(load_source(model))
-    meta = metadata_from_model(fused, input_size=input_size, class_names=class_names)
+    meta = ModelCard.from_model(fused, input_size=input_size, class_names=class_names)
     example = torch.zeros(1, *meta.input_size)
     with _quiet(), torch.no_grad():
         traced = torch.jit.trace(fused, example, check_trace=False)
@@ -101,24 +101,10 @@ def export_coreml(
     mlmodel.short_description = f"FastViT {meta.variant} (fused inference form)"
     mlmodel.input_description["input"] = "normalized image (N, C, H, W); see metadata for mean/std"
     mlmodel.output_description["logits"] = f"class logits (N, {meta.num_classes})"
-    mlmodel.user_defined_metadata.update(meta.to_props())
+    mlmodel.user_defined_metadata.update(meta.to_metadata())
 
-    tmp = path.with_name(f".tmp.{path.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with _quiet():
-            mlmodel.save(str(tmp))
-        if path.exists():  # swap directories: old -> backup, new -> path, drop backup
-            backup = path.with_name(f".old.{path.name}")
-            shutil.rmtree(backup, ignore_errors=True)
-            path.rename(backup)
-            tmp.rename(path)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            tmp.rename(path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with atomic_path(path) as tmp, _quiet():  # a folder, replaced as a whole
+        mlmodel.save(str(tmp))
     report = ExportReport(path=path, format="coreml")
     info = inspect_coreml(path)
     report.details.update({
@@ -162,6 +148,7 @@ def inspect_coreml(path: str | Path) -> dict[str, Any]:
         "outputs": [_feature(f) for f in spec.description.output],
         "num_ops": sum(ops.values()),
         "op_counts": dict(sorted(ops.items())),
-        "metadata": ModelMetadata.from_props(dict(spec.description.metadata.userDefined)),
+        "metadata": ModelCard.from_metadata(dict(spec.description.metadata.userDefined),
+                                            default=ModelCard(form="fused"), where=str(path)),
         "spec_version": spec.specificationVersion,
     }

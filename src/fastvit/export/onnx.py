@@ -3,13 +3,12 @@
 The exported graph is the fully fused inference form: every conv+BN, branch and layer scale
 is already folded, so it holds no BatchNormalization, Identity or Dropout node and no
 sub-graph that could still be constant folded. Preprocessing and class names are stored in
-the model's ``metadata_props`` (see :mod:`fastvit.export.metadata`).
+the model's ``metadata_props`` (the :class:`~fastvit.card.ModelCard` encoding).
 """
 
 from __future__ import annotations
 
 import io
-import os
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -19,17 +18,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from fastvit.card import ModelCard
 from fastvit.errors import CheckpointError, ConfigError, ReparamError
 from fastvit.export.common import (
     ExportReport,
-    atomic_path,
     fuse_for_export,
     load_source,
     max_abs_diff,
     random_inputs,
     real_inputs,
 )
-from fastvit.export.metadata import ModelMetadata, metadata_from_model
+from fastvit.fileio import write_bytes_atomic
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -59,7 +58,7 @@ def export_onnx(
     if opset < MIN_OPSET:
         raise ConfigError(f"opset {opset} is too old; use --opset {MIN_OPSET} or newer")
     fused = fuse_for_export(load_source(model))
-    meta = metadata_from_model(fused, input_size=input_size, class_names=class_names)
+    meta = ModelCard.from_model(fused, input_size=input_size, class_names=class_names)
     proto = onnx_proto(fused, meta, opset=opset, dynamic_hw=dynamic_hw)
     path = Path(path)
     save_proto(proto, path)
@@ -70,7 +69,7 @@ def export_onnx(
     return report
 
 
-def onnx_proto(fused: nn.Module, meta: ModelMetadata, *, opset: int = DEFAULT_OPSET,
+def onnx_proto(fused: nn.Module, meta: ModelCard, *, opset: int = DEFAULT_OPSET,
                dynamic_hw: bool = False) -> Any:
     """Trace an already fused model into a cleaned ``onnx.ModelProto`` carrying ``meta``."""
     import onnx
@@ -92,7 +91,7 @@ def onnx_proto(fused: nn.Module, meta: ModelMetadata, *, opset: int = DEFAULT_OP
     simplify_graph(proto)
     proto.producer_name = "fastvit"
     del proto.metadata_props[:]
-    for k, v in meta.to_props().items():
+    for k, v in meta.to_metadata().items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = k, v
     proto.doc_string = f"FastViT {meta.variant} (fused inference form)"
@@ -202,15 +201,19 @@ def onnx_input_shape(proto: Any) -> list[int | str]:
     return [d.dim_param if d.dim_param else int(d.dim_value) for d in dims]
 
 
-def read_onnx_metadata(proto_or_path: Any) -> ModelMetadata | None:
-    """The :class:`ModelMetadata` stored in an ONNX model, or ``None`` if it has none."""
+def read_onnx_metadata(proto_or_path: Any) -> ModelCard | None:
+    """The :class:`~fastvit.card.ModelCard` stored in an ONNX model, or ``None`` if it has none
+    (a model not exported by fastvit)."""
     import onnx
 
     proto = proto_or_path
     if isinstance(proto_or_path, (str, Path)):
         proto = onnx.load(str(proto_or_path), load_external_data=False)
     props = {p.key: p.value for p in proto.metadata_props}
-    return ModelMetadata.from_props(props) if ModelMetadata.has_props(props) else None
+    if not ModelCard.has_metadata(props):
+        return None
+    where = str(proto_or_path) if isinstance(proto_or_path, (str, Path)) else "the ONNX model"
+    return ModelCard.from_metadata(props, default=ModelCard(form="fused"), where=where)
 
 
 def ort_session(model: str | Path | bytes, *, threads: int | None = None,
@@ -245,7 +248,7 @@ def ort_session(model: str | Path | bytes, *, threads: int | None = None,
         raise CheckpointError(f"onnxruntime cannot load {where}: {first}") from e
 
 
-def verify_onnx(fused: nn.Module, path: str | Path, meta: ModelMetadata, report: ExportReport,
+def verify_onnx(fused: nn.Module, path: str | Path, meta: ModelCard, report: ExportReport,
                 *, check_images: str | Path | None = None, dynamic_hw: bool = False) -> None:
     """Fill ``report`` with onnxruntime-vs-PyTorch differences; raise if above tolerance."""
     sess = ort_session(path)
@@ -267,13 +270,8 @@ def verify_onnx(fused: nn.Module, path: str | Path, meta: ModelMetadata, report:
 
 
 def save_proto(proto: Any, path: Path) -> None:
-    """Write an ONNX model atomically (temporary sibling, then ``os.replace``)."""
-    tmp = atomic_path(path)
-    try:
-        tmp.write_bytes(proto.SerializeToString())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Write an ONNX model atomically (:mod:`fastvit.fileio`)."""
+    write_bytes_atomic(path, proto.SerializeToString())
 
 
 def load_onnx(path: str | Path) -> Any:

@@ -2,8 +2,9 @@
 
 int8: static quantization of the exported fused ONNX model with onnxruntime. Weights are
 quantized per output channel (symmetric int8), activations per tensor (asymmetric uint8) with
-ranges calibrated on real images (a folder, or the bundled digits train split) run through
-the model's own preprocessing. The result keeps the fp32 model's metadata.
+ranges calibrated on real images (read by :func:`fastvit.data.calibration_images`) run through
+the model's own preprocessing. The result keeps the fp32 model's metadata. Latency comparisons
+live in :mod:`fastvit.bench`.
 
 bf16: the fused model with bfloat16 weights and activations, run by oneDNN (AMX / AVX-512
 BF16 kernels) when the CPU has them; :func:`bf16_supported` says whether it does.
@@ -13,11 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import tempfile
 import warnings
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,72 +24,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from fastvit.data import LabelledImages
 from fastvit.errors import ConfigError, DataError
-from fastvit.export.common import atomic_path
-from fastvit.export.metadata import ModelMetadata
+from fastvit.fileio import atomic_path
 
 QUANT_FORMATS = ("qdq", "qoperator")
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
-
-
-@dataclass
-class LabelledImages:
-    """Preprocessed images ``(N, C, H, W)`` float32 with integer labels."""
-
-    images: np.ndarray
-    labels: np.ndarray
-
-
-def digits_split(split: str) -> tuple[list[Any], np.ndarray]:
-    """scikit-learn's 1797 handwritten digits as PIL "L" images and labels, ``train``/``val``.
-
-    The split is the project's fixed stratified one (:mod:`fastvit.data.digits`: 1438 train,
-    359 val), so accuracies here are comparable with ``fastvit train``/``eval``.
-    """
-    from PIL import Image
-    from sklearn.datasets import load_digits
-
-    from fastvit.data.digits import digits_split_indices
-
-    if split not in ("train", "val"):
-        raise ConfigError(f"unknown digits split {split!r}; use train or val")
-    d = load_digits()
-    train_idx, val_idx = digits_split_indices(d.target)
-    idx = val_idx if split == "val" else train_idx
-    arr = (np.clip(d.images[idx] / 16.0, 0, 1) * 255).round().astype(np.uint8)
-    return [Image.fromarray(a, mode="L") for a in arr], d.target[idx].astype(np.int64)
-
-
-def load_images(source: str | Path, meta: ModelMetadata, *, split: str = "train",
-                limit: int | None = None) -> LabelledImages:
-    """Images for calibration or evaluation, preprocessed with the model's metadata.
-
-    ``source`` is ``"digits"`` (the bundled digits, ``split`` selects train/val) or a folder:
-    an ImageFolder-style tree (one sub-folder per class, labels follow ``meta.class_names``
-    when they match, else sorted folder order) or a flat folder of images (labels -1).
-    """
-    from fastvit.export.predict import build_transform, list_images, load_image, to_model_mode
-
-    transform = build_transform(meta)
-    if str(source) == "digits":
-        pil, labels = digits_split(split)
-        if limit is not None:
-            pil, labels = pil[:limit], labels[:limit]
-        images = [transform(to_model_mode(im, meta.in_chans)) for im in pil]
-        return LabelledImages(torch.stack(images).numpy(), labels)
-    root = Path(source)
-    paths = list_images(root)
-    if limit is not None:
-        rng = np.random.default_rng(0)  # a spread-out subset, not just the first class
-        keep = np.sort(rng.permutation(len(paths))[:limit]) if limit < len(paths) else None
-        paths = [paths[i] for i in keep] if keep is not None else paths
-    classes = sorted({p.parent.name for p in paths if p.parent != root})
-    if meta.class_names is not None and set(classes) <= set(meta.class_names):
-        classes = list(meta.class_names)
-    index = {c: i for i, c in enumerate(classes)}
-    labels = np.array([index.get(p.parent.name, -1) if p.parent != root else -1 for p in paths])
-    images = [transform(load_image(p, meta.in_chans)) for p in paths]
-    return LabelledImages(torch.stack(images).numpy(), labels)
 
 
 def quantize_onnx(
@@ -163,8 +102,7 @@ def quantize_onnx(
         onnx.save(model, str(pre))
         exclude = [n.name for n in model.graph.node
                    if not _worth_quantizing(n, model, quantize_depthwise)]
-        tmp_out = atomic_path(out_path)
-        try:
+        with atomic_path(out_path) as tmp_out:
             quiet = contextlib.redirect_stdout(io.StringIO())  # calibrators print progress
             with quiet:
                 quantize_static(
@@ -187,13 +125,10 @@ def quantize_onnx(
                 q.metadata_props.add().CopyFrom(p)
             n_images = sum(map(len, batches))
             q.metadata_props.add(
-                key="extra.quantization",
+                key="quantization",
                 value=f"int8 static {quant_format} per_channel={per_channel} calibration={method} "
                       f"images={n_images} depthwise={'int8' if quantize_depthwise else 'fp32'}")
             onnx.save(q, str(tmp_out))
-            os.replace(tmp_out, out_path)
-        finally:
-            tmp_out.unlink(missing_ok=True)
     return out_path
 
 
@@ -301,19 +236,3 @@ def to_bf16(fused: nn.Module) -> nn.Module:
                           "use fp32 or the onnxruntime int8 backend")
     m = copy.deepcopy(fused).eval().to(torch.bfloat16)
     return m.to(memory_format=torch.channels_last)
-
-
-def speed_check(fp32_path: str | Path, int8_path: str | Path, meta: ModelMetadata, *,
-                threads: int | None = None, rounds: int = 5) -> tuple[float, float]:
-    """Median batch-1 latency (ms) of the fp32 and int8 models, timed interleaved."""
-    from fastvit.bench.measure import time_interleaved
-    from fastvit.export.onnx import ort_session
-
-    x = np.random.default_rng(0).standard_normal((1, *meta.input_size)).astype(np.float32)
-    fns = []
-    for p in (fp32_path, int8_path):
-        sess = ort_session(p, threads=threads)
-        feed = {sess.get_inputs()[0].name: x}
-        fns.append(lambda s=sess, f=feed: s.run(None, f))
-    t32, t8 = time_interleaved(fns, warmup=3, rounds=rounds, round_time=0.2)
-    return t32.median_ms, t8.median_ms

@@ -8,24 +8,23 @@ recovers the preprocessing and class names.
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from fastvit.card import ModelCard
 from fastvit.errors import CheckpointError, ReparamError
 from fastvit.export.common import (
     ExportReport,
-    atomic_path,
     fuse_for_export,
     load_source,
     max_abs_diff,
     random_inputs,
     real_inputs,
 )
-from fastvit.export.metadata import ModelMetadata, metadata_from_model
+from fastvit.fileio import atomic_path
 
 EXTRA_FILE = "fastvit.json"
 
@@ -45,21 +44,16 @@ def export_torchscript(
     (including a batch size other than the traced one); above 1e-4 is an error.
     """
     fused = fuse_for_export(load_source(model))
-    meta = metadata_from_model(fused, input_size=input_size, class_names=class_names)
+    meta = ModelCard.from_model(fused, input_size=input_size, class_names=class_names)
     example = torch.zeros(1, *meta.input_size)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # torch.jit deprecation chatter
         traced = torch.jit.trace(fused, example, check_trace=False)
     path = Path(path)
-    tmp = atomic_path(path)
-    try:
-        extra = {EXTRA_FILE: json.dumps(meta.to_props())}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.jit.save(traced, str(tmp), _extra_files=extra)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    extra = {EXTRA_FILE: json.dumps(meta.to_metadata())}
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.save(traced, str(tmp), _extra_files=extra)
     report = ExportReport(path=path, format="torchscript")
     report.details["input_shape"] = ["batch", *meta.input_size]
     if verify:
@@ -76,7 +70,7 @@ def export_torchscript(
     return report
 
 
-def load_torchscript(path: str | Path) -> tuple[torch.jit.ScriptModule, ModelMetadata]:
+def load_torchscript(path: str | Path) -> tuple[torch.jit.ScriptModule, ModelCard]:
     """Load a TorchScript archive written by :func:`export_torchscript` and its metadata."""
     path = Path(path)
     extra = {EXTRA_FILE: ""}
@@ -91,6 +85,9 @@ def load_torchscript(path: str | Path) -> tuple[torch.jit.ScriptModule, ModelMet
     if not raw:
         raise CheckpointError(f"{path} has no fastvit metadata; re-export it with "
                               "`fastvit export CKPT --format torchscript`")
-    props = json.loads(raw if isinstance(raw, str) else raw.decode("utf-8"))
+    try:
+        props = json.loads(raw if isinstance(raw, str) else raw.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        raise CheckpointError(f"{path} has a damaged {EXTRA_FILE}; re-export it") from None
     module.eval()
-    return module, ModelMetadata.from_props(props)
+    return module, ModelCard.from_metadata(props, default=ModelCard(form="fused"), where=str(path))

@@ -83,5 +83,5 @@ def model_summary(name: str, input_size: int = 256) -> dict:
         "gmacs": count_macs(fused, input_size) / 1e9,
         "gmacs_train": count_macs(model, input_size) / 1e9,
         "gmacs_with_attention": count_macs(fused, input_size, include_attention=True) / 1e9,
-        "input_size": model.cfg.input_size,
+        "input_size": model.preprocessing.input_size[-1],
     }

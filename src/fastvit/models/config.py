@@ -14,12 +14,15 @@ import json
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from timm.data import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+from fastvit.card import Preprocessing
 from fastvit.errors import ConfigError
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+#: How the official ImageNet weights are evaluated (256 px, crop 0.9, bicubic, ImageNet stats).
+IMAGENET_EVAL = Preprocessing()
+#: The preprocessing fields of the older flat config form (read into ``preprocessing``).
+_FLAT_PREPROCESSING = ("input_size", "crop_pct", "interpolation", "mean", "std")
 
 TOKEN_MIXERS = ("repmixer", "attention")
 NORM_LAYERS = ("batchnorm", "layernorm2d")
@@ -69,8 +72,9 @@ class FastViTConfig:
     ``head``: ``"classifier"`` (ImageNet logits) or ``"clip"`` (a projection to a CLIP
     embedding of ``num_classes`` dims; official checkpoints store it as ``head.proj``).
     ``num_classes`` is the default number of outputs. ``drop_path_rate`` is the official
-    training recipe's value (the model itself defaults to 0 unless asked). Preprocessing fields
-    describe how the official weights were evaluated.
+    training recipe's value (the model itself defaults to 0 unless asked). ``preprocessing`` is
+    how the official weights were evaluated (for 3-channel input; a model adapts it to its
+    ``in_chans``).
     """
 
     name: str
@@ -88,18 +92,14 @@ class FastViTConfig:
     down_patch_size: int = 7
     down_stride: int = 2
     cls_ratio: float = 2.0
-    input_size: int = 256
-    crop_pct: float = 0.9
-    interpolation: str = "bicubic"
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    preprocessing: Preprocessing = IMAGENET_EVAL
 
     def __post_init__(self) -> None:
         stages = tuple(s if isinstance(s, StageConfig) else StageConfig(**s)
                        for s in self.stages)
         object.__setattr__(self, "stages", stages)
-        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
-        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        if isinstance(self.preprocessing, dict):
+            object.__setattr__(self, "preprocessing", Preprocessing.from_dict(self.preprocessing))
         if not stages:
             raise ConfigError("a FastViT config needs at least one stage")
         for i in range(1, len(stages)):
@@ -194,9 +194,8 @@ class FastViTConfig:
                                       f"{sorted(stage_keys)}, got {s!r}")
                 parsed.append(StageConfig(**s))
             d["stages"] = tuple(parsed)
-            for k in ("mean", "std"):
-                if k in d:
-                    d[k] = tuple(d[k])
+            if "preprocessing" in d:
+                d["preprocessing"] = Preprocessing.from_dict(d["preprocessing"])
             return cls(**d)
         except ConfigError:
             raise
@@ -214,30 +213,18 @@ class FastViTConfig:
         """A copy with ``changes`` applied (a custom variant)."""
         return replace(self, **changes)
 
-    def pretrained_cfg(self, num_classes: int | None = None) -> dict:
-        """timm-style preprocessing metadata for this variant."""
-        stem = "patch_embed.0.rbr_conv.0.conv"
-        return {
-            "architecture": self.name,
-            "input_size": (3, self.input_size, self.input_size),
-            "crop_pct": self.crop_pct,
-            "interpolation": self.interpolation,
-            "mean": self.mean,
-            "std": self.std,
-            "num_classes": self.num_classes if num_classes is None else num_classes,
-            "first_conv": stem,
-            "classifier": "head",
-        }
-
 
 _FLAT = ("layers", "embed_dims", "mlp_ratios", "token_mixers", "pos_embs")
 
 
 def _from_flat(d: dict[str, Any]) -> dict[str, Any]:
     """The older flat config form (per-stage lists) -> ``stages`` entries."""
-    if "stages" in d or "layers" not in d:
-        return dict(d)
     d = dict(d)
+    flat_prep = {k: d.pop(k) for k in _FLAT_PREPROCESSING if k in d}
+    if flat_prep:
+        d["preprocessing"] = {**flat_prep, **d.get("preprocessing", {})}
+    if "stages" in d or "layers" not in d:
+        return d
     try:
         depths = list(d.pop("layers"))
         n = len(depths)
@@ -266,10 +253,13 @@ def _stages(depths, dims, ratios, mixers="RRRA", pos="---P", down=None, se="----
 
 _W = (64, 128, 256, 512)
 _R3, _R4 = (3,) * 4, (4,) * 4
-_MCLIP = dict(lkc_apply_act=True, head="clip", num_classes=512, crop_pct=0.95,
-              mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+_CROP95 = Preprocessing(crop_pct=0.95)
+_MCLIP = dict(lkc_apply_act=True, head="clip", num_classes=512,
+              preprocessing=Preprocessing(crop_pct=0.95, mean=(0.0, 0.0, 0.0),
+                                          std=(1.0, 1.0, 1.0)))
 _MCLIP2 = dict(_MCLIP, norm_layer="layernorm2d", stem_scale_branch=False, num_classes=768,
-               mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD)
+               preprocessing=Preprocessing(crop_pct=0.95, mean=OPENAI_CLIP_MEAN,
+                                           std=OPENAI_CLIP_STD))
 _FIVE = dict(mixers="RRRAA", pos="---PP", down=(False, True, True, True, True), se="-----")
 
 VARIANTS: dict[str, FastViTConfig] = {
@@ -281,9 +271,9 @@ VARIANTS: dict[str, FastViTConfig] = {
         FastViTConfig("fastvit_sa12", _stages((2, 2, 6, 2), _W, _R4), drop_path_rate=0.1),
         FastViTConfig("fastvit_sa24", _stages((4, 4, 12, 4), _W, _R4), drop_path_rate=0.1),
         FastViTConfig("fastvit_sa36", _stages((6, 6, 18, 6), _W, _R4),
-                      layer_scale_init_value=1e-6, drop_path_rate=0.2, crop_pct=0.95),
+                      layer_scale_init_value=1e-6, drop_path_rate=0.2, preprocessing=_CROP95),
         FastViTConfig("fastvit_ma36", _stages((6, 6, 18, 6), (76, 152, 304, 608), _R4),
-                      layer_scale_init_value=1e-6, drop_path_rate=0.35, crop_pct=0.95),
+                      layer_scale_init_value=1e-6, drop_path_rate=0.35, preprocessing=_CROP95),
         # MobileCLIP image towers (Vasu et al., CVPR 2024): SE in the stage-3/4 downsampling.
         FastViTConfig("fastvit_mci0", _stages((2, 6, 10, 2), _W, _R3, se="--SS"), **_MCLIP),
         FastViTConfig("fastvit_mci1", _stages((4, 12, 20, 4), _W, _R3, se="--SS"), **_MCLIP),

@@ -9,8 +9,10 @@ Stage boundaries are derived from the config at build time (``stage_ends``), not
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from functools import partial
+from typing import Any
 
 import torch
 from timm.layers import LayerNorm2d, trunc_normal_
@@ -18,11 +20,15 @@ from timm.models._features import FeatureInfo, feature_take_indices
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from fastvit.card import ModelCard, Preprocessing
 from fastvit.errors import ConfigError
 from fastvit.layers.mobileone import MobileOneBlock, RepStem
 from fastvit.models.blocks import AttentionBlock, PatchEmbed, RepCPE, RepMixerBlock
 from fastvit.models.config import FastViTConfig, get_config
 from fastvit.reparam.base import Reparameterizable
+
+#: Where the official ImageNet-1k weights of the FastViT variants are published (timm's tags).
+_PRETRAINED_SOURCE = {"tag": "apple_in1k", "license": "fastvit-license"}
 
 
 def norm_layer_class(name: str, eps: float = 1e-5) -> type[nn.Module]:
@@ -50,7 +56,14 @@ class FastViT(Reparameterizable):
     ``features_only=True`` drops the classifier and makes ``forward`` return the stage
     outputs selected by ``out_indices`` (strides 4, 8, 16, 32), described by
     ``feature_info``.
+
+    ``preprocessing`` (a :class:`~fastvit.card.Preprocessing`) and ``class_names`` describe the
+    inputs and outputs; ``card`` bundles them with the variant, form and class count, and
+    ``pretrained_cfg`` is the timm-style dict derived from the card.
     """
+
+    # properties TorchScript must not compile (they build Python objects)
+    __jit_unused_properties__ = ["card", "pretrained_cfg"]  # noqa: RUF012
 
     def __init__(
         self,
@@ -101,7 +114,8 @@ class FastViT(Reparameterizable):
         self.out_indices = out_indices
         self.grad_checkpointing = False
         self.class_names: list[str] | None = None
-        self.pretrained_cfg = cfg.pretrained_cfg(0 if features_only else num_classes)
+        self.preprocessing = cfg.preprocessing.with_in_chans(in_chans)
+        self._pretrained_source = dict(_PRETRAINED_SOURCE)
 
         self.patch_embed = RepStem(in_chans, cfg.stages[0].dim, inference_mode, act_layer,
                                    use_scale_branch=cfg.stem_scale_branch)
@@ -202,7 +216,67 @@ class FastViT(Reparameterizable):
                      if num_classes > 0 else nn.Identity())
         if num_classes > 0:
             self._init_linear(self.head)
-        self.pretrained_cfg = dict(self.pretrained_cfg, num_classes=num_classes)
+        if self.class_names is not None and len(self.class_names) != num_classes:
+            self.class_names = None  # they named the old classifier's outputs
+
+    # -- what the model says about itself -------------------------------------------------------
+    @property
+    def card(self) -> ModelCard:
+        """The model card: variant, form, classes and preprocessing (read by every file writer)."""
+        return ModelCard(variant=self.variant, num_classes=self.num_classes,
+                         form="fused" if self.inference_mode else "unfused",
+                         class_names=None if self.class_names is None else tuple(self.class_names),
+                         preprocessing=self.preprocessing)
+
+    @card.setter
+    def card(self, card: ModelCard) -> None:
+        """Adopt a card's preprocessing and class names (variant and classes must match)."""
+        if card.num_classes != self.num_classes:
+            raise ConfigError(f"the card describes {card.num_classes} classes but the model has "
+                              f"{self.num_classes}; call reset_classifier first")
+        self.preprocessing = card.preprocessing.with_in_chans(self.in_chans)
+        self.class_names = None if card.class_names is None else list(card.class_names)
+
+    @property
+    def pretrained_cfg(self) -> dict[str, Any]:
+        """timm-style pretrained config, derived from :attr:`preprocessing` and the current
+        form (``first_conv`` names the convolution(s) that read the image in this form)."""
+        p = self.preprocessing
+        src = self._pretrained_source
+        return {
+            "architecture": self.variant,
+            "tag": src.get("tag"),
+            "url": src.get("url", ""),
+            "hf_hub_id": src.get("hf_hub_id", f"timm/{self.variant}.{src['tag']}"
+                                 if src.get("tag") else None),
+            "license": src.get("license"),
+            "custom_load": False,
+            "num_classes": self.num_classes,
+            "input_size": p.input_size,
+            "fixed_input_size": False,
+            "pool_size": tuple(math.ceil(s / self.cfg.reductions[-1]) for s in p.input_size[1:]),
+            "crop_pct": p.crop_pct,
+            "crop_mode": p.crop_mode,
+            "interpolation": p.interpolation,
+            "mean": p.mean,
+            "std": p.std,
+            "first_conv": self._first_conv(),
+            "classifier": "head" if isinstance(self.head, nn.Linear) else None,
+        }
+
+    @pretrained_cfg.setter
+    def pretrained_cfg(self, cfg: dict[str, Any]) -> None:
+        """Set preprocessing (and the weights' source keys) from a timm-style dict."""
+        self.preprocessing = Preprocessing.from_dict(cfg, in_chans=self.in_chans,
+                                                     default=self.preprocessing)
+        self._pretrained_source = {k: cfg[k] for k in ("tag", "url", "hf_hub_id", "license")
+                                   if k in cfg}
+
+    def _first_conv(self) -> str | tuple[str, ...]:
+        """Names of the convolutions that read the input image (one when fused)."""
+        names = tuple(f"patch_embed.0.{n}" for n, m in self.patch_embed[0].named_modules()
+                      if isinstance(m, nn.Conv2d) and m.in_channels == self.in_chans)
+        return names[0] if len(names) == 1 else names
 
     def _run_network(self, x: Tensor, last: int) -> tuple[Tensor, list[Tensor]]:
         """Run ``network[: last + 1]``; also return the outputs of the stage modules."""

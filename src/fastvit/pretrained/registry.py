@@ -12,14 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from timm.data import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+from fastvit.card import IMAGENET_MEAN, IMAGENET_STD
 from fastvit.errors import ConfigError
-from fastvit.models.config import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    OPENAI_CLIP_MEAN,
-    OPENAI_CLIP_STD,
-    get_config,
-)
+from fastvit.models.config import get_config
 
 _APPLE = "https://docs-assets.developer.apple.com/ml-research"
 FASTVIT_LICENSE = "https://github.com/apple/ml-fastvit/blob/main/LICENSE"
@@ -164,8 +161,8 @@ _TOP1 = {  # apple/ml-fastvit README: (ImageNet-1k, with distillation)
 PRETRAINED: dict[str, PretrainedEntry] = {
     e.tag: e
     for e in (
-        *(_in1k(a, t[0], False, get_config(a).crop_pct) for a, t in _TOP1.items()),
-        *(_in1k(a, t[1], True, get_config(a).crop_pct) for a, t in _TOP1.items()),
+        *(_in1k(a, t[0], False, get_config(a).preprocessing.crop_pct) for a, t in _TOP1.items()),
+        *(_in1k(a, t[1], True, get_config(a).preprocessing.crop_pct) for a, t in _TOP1.items()),
         _mclip("fastvit_mci0", "s0", 67.8),
         _mclip("fastvit_mci1", "s1", 72.6),
         _mclip("fastvit_mci2", "s2", 74.4),

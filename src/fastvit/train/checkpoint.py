@@ -17,9 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from fastvit.checkpoints.io import RUN_FORMAT as FORMAT  # one tag, read by fastvit.load_model
 from fastvit.errors import CheckpointError
-
-FORMAT = "fastvit-train-v1"
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:

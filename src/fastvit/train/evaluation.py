@@ -9,55 +9,29 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from fastvit.card import ModelCard, Preprocessing
 from fastvit.errors import CheckpointError, ConfigError, DataError
-from fastvit.train.checkpoint import FORMAT
 
 
-def _training_checkpoint(path: Path) -> dict[str, Any] | None:
-    """Our last.pt/best.pt content, or None for any other file."""
-    if path.suffix == ".safetensors":
-        return None
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        return None
-    return ckpt if isinstance(ckpt, dict) and ckpt.get("format") == FORMAT else None
-
-
-def load_for_eval(path: str | Path, use_ema: bool | None = None) -> tuple[nn.Module, dict[str, Any]]:
-    """Model in eval mode plus its preprocessing (input_size, crop_pct, interpolation, mean, std).
-
-    ``use_ema`` applies to training checkpoints: None picks the weights that scored best.
-    """
+def load_for_eval(path: str | Path, use_ema: bool | None = None, *,
+                  input_size: int | None = None) -> tuple[nn.Module, ModelCard]:
+    """Model in eval mode plus its card, for any model file: a checkpoint or a training run's
+    ``best.pt``/``last.pt`` (both through :func:`fastvit.load_model`, the one loader; ``use_ema``
+    applies to run files, None picks the weights that scored best), or an ONNX/TorchScript
+    export (run exactly as ``fastvit predict`` runs it, at ``input_size`` if given)."""
     import fastvit
-    from fastvit.train.config import TrainConfig
-    from fastvit.train.final import preprocessing_metadata
-    from fastvit.train.modeling import create_train_model
+    from fastvit.infer import PredictorModule, is_export_file, load_predictor
 
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist; check the path")
-    ckpt = _training_checkpoint(path)
-    if ckpt is not None:
-        cfg = TrainConfig.from_dict(ckpt["config"])
-        if use_ema is None:
-            use_ema = bool(ckpt["best"]["ema"])
-        if use_ema and ckpt.get("ema") is None:
-            raise ConfigError(f"{path} has no EMA weights (trained with --no-ema); drop --ema")
-        model = create_train_model(cfg.model, len(ckpt["classes"]))
-        model.load_state_dict(ckpt["ema"] if use_ema else ckpt["model"], strict=True)
-        model.class_names = list(ckpt["classes"])
-        return model.eval(), preprocessing_metadata(cfg)
-    model = fastvit.load_model(path)  # restores the saved preprocessing into pretrained_cfg
-    pc = model.pretrained_cfg
-    prep = {
-        "input_size": int(pc["input_size"][-1]),
-        "crop_pct": float(pc["crop_pct"]),
-        "interpolation": str(pc["interpolation"]),
-        "mean": tuple(pc["mean"]),
-        "std": tuple(pc["std"]),
-    }
-    return model.eval(), prep
+    if is_export_file(path):
+        if use_ema is not None:
+            raise ConfigError(f"{path} is an exported model; --ema/--no-ema apply to run files")
+        module = PredictorModule(load_predictor(path, size=input_size))
+        return module.eval(), module.card
+    model = fastvit.load_model(path, use_ema=use_ema)
+    return model.eval(), model.card
 
 
 def evaluate_checkpoint(
@@ -80,7 +54,7 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """Top-1/top-5 (%), mean loss and img/s of ``checkpoint`` on ``data`` (digits val if None)."""
     import fastvit
-    from fastvit.data import build_eval_dataset, create_eval_transform
+    from fastvit.data import build_eval_dataset, eval_transform
     from fastvit.train.distributed import resolve_device
     from fastvit.train.engine import evaluate
 
@@ -92,26 +66,28 @@ def evaluate_checkpoint(
         raise ConfigError(f"--limit-batches must be at least 1, got {limit_batches}")
     if amp not in ("none", "bf16", "fp16"):
         raise ConfigError(f"unknown --amp value {amp!r}; use none, bf16 or fp16")
-    model, prep = load_for_eval(checkpoint, use_ema)
-    prep.update({k: v for k, v in (("input_size", input_size), ("crop_pct", crop_pct),
-                                   ("interpolation", interpolation), ("mean", mean),
-                                   ("std", std)) if v is not None})
+    model, card = load_for_eval(checkpoint, use_ema, input_size=input_size)
+    exported = not isinstance(model, fastvit.FastViT)
+    prep: Preprocessing = card.preprocessing.with_input_size(input_size).replace(
+        crop_pct=crop_pct, interpolation=interpolation, mean=mean, std=std)
     dev = resolve_device(device)
+    if exported and (amp != "none" or dev.type != "cpu" or channels_last):
+        raise ConfigError("an exported model runs as fastvit predict runs it (CPU, float32); "
+                          "drop --amp/--device/--channels-last")
     if amp == "fp16" and dev.type != "cuda":
         raise ConfigError("--amp fp16 needs CUDA; use --amp bf16 on CPU")
-    transform = create_eval_transform(prep["input_size"], crop_pct=prep["crop_pct"],
-                                      interpolation=prep["interpolation"], mean=prep["mean"],
-                                      std=prep["std"])
+    transform = eval_transform(prep)
     dataset, classes, data_name = build_eval_dataset(
-        data, input_size=prep["input_size"], transform=transform, check_images=check_images)
-    num_classes = int(getattr(model, "num_classes", 0))
+        data, input_size=prep.input_size[-1], transform=transform, check_images=check_images,
+        in_chans=prep.in_chans)
+    num_classes = card.num_classes
     if num_classes != len(classes):
         raise DataError(
             f"the checkpoint predicts {num_classes} classes but {data_name} has {len(classes)}; "
             "evaluate on data with the classes it was trained on"
         )
-    names = getattr(model, "class_names", None)
-    if names and list(names) != list(classes):
+    names = list(card.class_names or [])
+    if names and names != list(classes):
         raise DataError(
             f"the checkpoint's classes ({', '.join(names[:4])}, ...) differ from the class "
             f"folders of {data_name} ({', '.join(classes[:4])}, ...); use matching data"
@@ -125,13 +101,13 @@ def evaluate_checkpoint(
                      num_batches=limit_batches)
     return {
         "checkpoint": str(checkpoint),
-        "variant": getattr(model, "variant", None),
-        "form": "fused" if fastvit.is_fused(model) else "unfused",
+        "variant": card.variant,
+        "form": card.form,
         "data": data_name,
         "images": stats["n"],
-        "input_size": prep["input_size"],
+        "input_size": prep.input_size[-1],
         "top1": stats["top1"],
-        "top5": stats["top5"],
+        "top5": stats["top5"] if num_classes > 5 else None,  # trivially 100% otherwise
         "loss": stats["loss"],
         "img_s": stats["img_s"],
     }

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from fastvit.card import Preprocessing
 from fastvit.errors import ReparamError
 from fastvit.train.checkpoint import load_training_checkpoint
 from fastvit.train.modeling import count_params, create_train_model
@@ -81,15 +82,12 @@ def _topk(logits: torch.Tensor, targets: torch.Tensor) -> tuple[float, float]:
     return 100.0 * float(hits[:, 0].sum()) / n, 100.0 * float(hits.any(1).sum()) / n
 
 
-def preprocessing_metadata(cfg: Any) -> dict[str, Any]:
-    """How inputs must be prepared for the saved model (stored in the safetensors metadata)."""
-    return {
-        "input_size": int(cfg.input_size),
-        "crop_pct": float(cfg.crop_pct),
-        "interpolation": str(cfg.interpolation),
-        "mean": [float(v) for v in cfg.mean],
-        "std": [float(v) for v in cfg.std],
-    }
+def run_preprocessing(cfg: Any) -> Preprocessing:
+    """How inputs must be prepared for the run's model (its eval transform; stored in the
+    saved model's card). A 'random' training interpolation evaluates bicubic."""
+    interpolation = "bicubic" if cfg.interpolation == "random" else str(cfg.interpolation)
+    return Preprocessing((3, int(cfg.input_size), int(cfg.input_size)), float(cfg.crop_pct),
+                         interpolation=interpolation, mean=cfg.mean, std=cfg.std)
 
 
 def finalize(out_dir: Path, splits: Any, cfg: Any, device: torch.device) -> FinalReport:
@@ -112,12 +110,7 @@ def finalize(out_dir: Path, splits: Any, cfg: Any, device: torch.device) -> Fina
     model.load_state_dict(state, strict=True)
     model.eval()
     model.class_names = list(splits.classes)
-    prep = preprocessing_metadata(cfg)
-    if isinstance(getattr(model, "pretrained_cfg", None), dict):
-        model.pretrained_cfg = dict(
-            model.pretrained_cfg, input_size=(3, prep["input_size"], prep["input_size"]),
-            crop_pct=prep["crop_pct"], interpolation=prep["interpolation"],
-            mean=tuple(prep["mean"]), std=tuple(prep["std"]))
+    model.preprocessing = run_preprocessing(cfg)
     fused = fastvit.reparameterize(model)
 
     loader = DataLoader(splits.val, batch_size=cfg.batch_size, shuffle=False)
@@ -131,7 +124,7 @@ def finalize(out_dir: Path, splits: Any, cfg: Any, device: torch.device) -> Fina
             f"{max_diff:.3g}); the training-form checkpoint best.pt is kept for inspection"
         )
     top1, top5 = _topk(fused_logits, targets)
-    meta = dict(prep, val_top1=round(top1, 4), dataset=splits.name, epoch=int(ckpt["epoch"]),
+    meta = dict(val_top1=round(top1, 4), dataset=splits.name, epoch=int(ckpt["epoch"]),
                 weights="ema" if use_ema else "model")
     model_path = fastvit.save_model(model.cpu(), out_dir / "model.safetensors",
                                     class_names=splits.classes, metadata=meta)

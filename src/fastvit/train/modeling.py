@@ -28,11 +28,12 @@ def variant_defaults(name: str) -> dict[str, Any]:
     import fastvit
 
     c = fastvit.get_config(name)
+    p = c.preprocessing
     return {
-        "crop_pct": float(c.crop_pct),
-        "mean": tuple(float(v) for v in c.mean),
-        "std": tuple(float(v) for v in c.std),
-        "interpolation": c.interpolation,
+        "crop_pct": p.crop_pct,
+        "mean": p.mean,
+        "std": p.std,
+        "interpolation": p.interpolation,
         "drop_path": float(c.drop_path_rate),
     }
 

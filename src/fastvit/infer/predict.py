@@ -1,12 +1,9 @@
-"""Image classification with a checkpoint, a TorchScript file or an ONNX model.
+"""Image classification with a checkpoint, a training run file, TorchScript or ONNX.
 
-Preprocessing always comes from the model's own metadata (input size, crop fraction,
-interpolation, mean/std), built with timm's evaluation transform: resize the shorter side to
-``floor(size / crop_pct)``, centre-crop ``size``, scale to [0, 1], normalize.
-
-Images of any PIL mode are converted to what the model takes: grayscale, palette and CMYK
-images become RGB; images with transparency (RGBA, LA, palette + transparency) are composited
-onto a white background first. Models that take 1 channel get grayscale ("L") images.
+Preprocessing always comes from the model's own card (:class:`~fastvit.card.ModelCard`: input
+size, crop fraction, interpolation, mean/std), applied with timm's evaluation transform
+(:func:`fastvit.data.eval_transform`). Images are read by :mod:`fastvit.data.images` (any PIL
+mode, converted to what the model takes).
 
 Class names: when the model carries none, labels are the class indices and a one-line
 warning is printed; passing ``class_names`` (``--class-names FILE``) supplies them, and a
@@ -18,7 +15,7 @@ from __future__ import annotations
 import sys
 import warnings
 import zipfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,90 +24,18 @@ import numpy as np
 import torch
 from torch import nn
 
+from fastvit.card import ModelCard, Preprocessing
+from fastvit.data import eval_transform, load_image, read_class_names
 from fastvit.errors import CheckpointError, ConfigError, DataError
-from fastvit.export.metadata import ModelMetadata, metadata_from_model
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
-                    ".pgm")
 BACKENDS = ("torch", "onnxruntime")
+__all__ = ["BACKENDS", "MissingClassNamesWarning", "OnnxPredictor", "Prediction", "Predictor",
+           "PredictorModule", "TorchPredictor", "is_export_file", "is_torchscript",
+           "load_predictor", "predict_images", "read_class_names"]
 
 
 class MissingClassNamesWarning(UserWarning):
     """The model has no class names; predictions are labelled with class indices."""
-
-
-# --------------------------------------------------------------------------- preprocessing
-
-def build_transform(meta: ModelMetadata) -> Callable[[Any], torch.Tensor]:
-    """timm's evaluation transform for ``meta`` (PIL image -> normalized CHW float tensor)."""
-    from timm.data import create_transform
-
-    return create_transform(
-        input_size=meta.input_size, is_training=False, interpolation=meta.interpolation,
-        mean=meta.mean, std=meta.std, crop_pct=meta.crop_pct,
-    )
-
-
-def load_image(path: str | Path, in_chans: int = 3) -> Any:
-    """Open an image as a PIL image with ``in_chans`` channels (1 -> "L", 3 -> "RGB").
-
-    Raises :class:`DataError` (one line) for missing/unreadable files and for channel counts
-    an image cannot be converted to.
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    if in_chans not in (1, 3):
-        raise DataError(f"the model takes {in_chans}-channel input but images have 1 (grayscale) "
-                        "or 3 (RGB) channels; use a model built with in_chans=1 or 3")
-    path = Path(path)
-    try:
-        with Image.open(path) as im:
-            im.load()
-            img = im.copy()
-    except FileNotFoundError:
-        raise DataError(f"image {path} does not exist; check the path") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise DataError(f"cannot read image {path} ({reason}); is it a valid image file?") from None
-    return to_model_mode(img, in_chans, name=str(path))
-
-
-def to_model_mode(img: Any, in_chans: int = 3, name: str = "image") -> Any:
-    """Convert a PIL image to "RGB" (``in_chans=3``) or "L" (``in_chans=1``)."""
-    from PIL import Image
-
-    target = "RGB" if in_chans == 3 else "L"
-    if img.mode == target:
-        return img
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(background, rgba)
-    if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # high bit-depth grayscale
-        arr = np.asarray(img, dtype=np.float64)
-        hi = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        img = Image.fromarray((np.clip(arr / hi, 0, 1) * 255).round().astype(np.uint8), "L")
-    try:
-        return img.convert(target)
-    except (ValueError, OSError) as e:
-        raise DataError(f"cannot convert {name} (mode {img.mode}) to {target} ({e}); "
-                        "save it as an RGB or grayscale image") from None
-
-
-def list_images(path: str | Path) -> list[Path]:
-    """One image file, or every image in a folder (recursively, sorted)."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path} does not exist; give an image file or a folder of images")
-    if path.is_file():
-        return [path]
-    files = sorted(p for p in path.rglob("*")
-                   if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-    if not files:
-        raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {path}")
-    return files
 
 
 # --------------------------------------------------------------------------- predictors
@@ -118,7 +43,7 @@ def list_images(path: str | Path) -> list[Path]:
 class Predictor:
     """Maps a normalized float32 batch ``(N, C, H, W)`` to logits ``(N, num_classes)``."""
 
-    meta: ModelMetadata
+    card: ModelCard
     backend: str
 
     def logits(self, batch: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
@@ -135,9 +60,9 @@ class TorchPredictor(Predictor):
 
     backend = "torch"
 
-    def __init__(self, module: nn.Module | torch.jit.ScriptModule, meta: ModelMetadata) -> None:
+    def __init__(self, module: nn.Module | torch.jit.ScriptModule, card: ModelCard) -> None:
         self.module = module
-        self.meta = meta
+        self.card = card
 
     @torch.inference_mode()
     def logits(self, batch: np.ndarray) -> np.ndarray:
@@ -149,9 +74,9 @@ class OnnxPredictor(Predictor):
 
     backend = "onnxruntime"
 
-    def __init__(self, session: Any, meta: ModelMetadata) -> None:
+    def __init__(self, session: Any, card: ModelCard) -> None:
         self.session = session
-        self.meta = meta
+        self.card = card
         inp = session.get_inputs()[0]
         self.input_name = inp.name
         self.shape = list(inp.shape)
@@ -160,7 +85,7 @@ class OnnxPredictor(Predictor):
 
     def _check_shape(self) -> None:
         shape = self.shape
-        c, h, w = self.meta.input_size
+        c, h, w = self.card.input_size
         if len(shape) != 4:
             raise DataError(f"the ONNX model takes a {len(shape)}-D input {shape}; predict needs "
                             "an image model with an (N, C, H, W) input")
@@ -182,12 +107,45 @@ class OnnxPredictor(Predictor):
         return np.asarray(out, dtype=np.float32)
 
 
+class PredictorModule(nn.Module):
+    """A :class:`Predictor` as a module (``(N, C, H, W)`` tensor -> logits tensor), so code
+    written for PyTorch models (e.g. ``fastvit eval``) scores exports exactly as predict
+    runs them. CPU only; a fixed-batch ONNX model gets its batches padded."""
+
+    def __init__(self, predictor: Predictor) -> None:
+        super().__init__()
+        self.predictor = predictor
+
+    @property
+    def card(self) -> ModelCard:
+        return self.predictor.card
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch = x.detach().float().cpu().numpy()
+        n = len(batch)
+        fixed = self.predictor.max_batch
+        outs = []
+        for start in range(0, n, fixed or max(n, 1)):
+            chunk = batch[start:start + (fixed or n)]
+            if fixed is not None and len(chunk) < fixed:
+                pad = np.zeros((fixed - len(chunk), *chunk.shape[1:]), dtype=chunk.dtype)
+                chunk = np.concatenate([chunk, pad])
+            outs.append(self.predictor.logits(chunk)[: min(len(chunk), n - start)])
+        return torch.from_numpy(np.concatenate(outs)).to(x.device)
+
+
 def is_torchscript(path: Path) -> bool:
     """TorchScript archives are zip files with a ``code/`` folder (plain checkpoints have none)."""
     if not zipfile.is_zipfile(path):
         return False
     with zipfile.ZipFile(path) as zf:
         return any("/code/" in n for n in zf.namelist()[:200])
+
+
+def is_export_file(path: str | Path) -> bool:
+    """Whether ``path`` is an exported model (ONNX or TorchScript) rather than a checkpoint."""
+    path = Path(path)
+    return path.is_file() and (path.suffix.lower() == ".onnx" or is_torchscript(path))
 
 
 def load_predictor(
@@ -198,9 +156,11 @@ def load_predictor(
     class_names: Sequence[str] | None = None,
     threads: int | None = None,
 ) -> Predictor:
-    """A :class:`Predictor` for a checkpoint, TorchScript file, ONNX file or module.
+    """A :class:`Predictor` for a checkpoint, run file, TorchScript file, ONNX file or module.
 
-    ``backend`` defaults to onnxruntime for ``.onnx`` files and torch otherwise; a PyTorch
+    Checkpoints and training run files (``best.pt``/``last.pt``) are read by
+    :func:`fastvit.load_model`, the one loader, with their stored preprocessing and class
+    names. ``backend`` defaults to onnxruntime for ``.onnx`` files and torch otherwise; a PyTorch
     checkpoint run with onnxruntime is exported to ONNX in memory first. ``size`` overrides
     the input size from the metadata; ``class_names`` overrides (or supplies) class names.
     """
@@ -235,7 +195,7 @@ def load_predictor(
     from fastvit.export.common import fuse_for_export, load_source
 
     fused = fuse_for_export(load_source(source))
-    meta = _finish_meta(metadata_from_model(fused), size, class_names)
+    meta = _finish_meta(ModelCard.from_model(fused), size, class_names)
     if backend == "torch":
         if threads:
             torch.set_num_threads(int(threads))
@@ -259,21 +219,21 @@ def _onnx_file_predictor(path: Path, size: int | None, class_names: Sequence[str
         c = shape[1] if len(shape) == 4 and isinstance(shape[1], int) and shape[1] > 0 else 3
         hw = [d if isinstance(d, int) and d > 0 else 256 for d in (shape[2:4] if len(shape) == 4
                                                                    else [256, 256])]
-        mean = (0.485, 0.456, 0.406) if c == 3 else (0.449,) * c
-        std = (0.229, 0.224, 0.225) if c == 3 else (0.226,) * c
-        meta = ModelMetadata(variant=path.stem, num_classes=num_classes,
-                             input_size=(c, hw[0], hw[1]), crop_pct=0.875, mean=mean, std=std)
+        prep = Preprocessing(crop_pct=0.875).with_in_chans(c).with_input_size(hw)
+        meta = ModelCard(variant=path.stem, num_classes=num_classes, form="fused",
+                         preprocessing=prep)
         warnings.warn(f"{path} has no fastvit metadata; assuming ImageNet preprocessing "
                       f"at {hw[0]}x{hw[1]}", stacklevel=2)
     meta = _finish_meta(meta, size, class_names)
     return OnnxPredictor(ort_session(path, threads=threads), meta)
 
 
-def _finish_meta(meta: ModelMetadata, size: int | None,
-                 class_names: Sequence[str] | None) -> ModelMetadata:
+def _finish_meta(meta: ModelCard, size: int | None,
+                 class_names: Sequence[str] | None) -> ModelCard:
     if size is not None:
-        if size < 8:
-            raise ConfigError(f"--size {size} is too small; use 32 or more")
+        if size < 32:
+            raise ConfigError(f"--size {size} is too small; FastViT downsamples by 32, "
+                              "use 32 or more")
         meta = meta.with_input_size(size)
     if class_names is not None:
         if len(class_names) != meta.num_classes:
@@ -281,20 +241,6 @@ def _finish_meta(meta: ModelMetadata, size: int | None,
                               "model; give exactly one name per class (one per line)")
         meta = meta.with_class_names(class_names)
     return meta
-
-
-def read_class_names(path: str | Path) -> list[str]:
-    """Class names from a text file, one per line (blank lines ignored)."""
-    path = Path(path)
-    try:
-        names = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"cannot read class names from {path} ({type(e).__name__}); "
-                        "give a UTF-8 text file with one name per line") from None
-    names = [n for n in names if n]
-    if not names:
-        raise DataError(f"{path} holds no class names; give one name per line")
-    return names
 
 
 # --------------------------------------------------------------------------- predict
@@ -331,7 +277,7 @@ def predict_images(
         raise ConfigError(f"--top-k must be at least 1, got {top_k}")
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
-    meta = predictor.meta
+    meta = predictor.card
     if meta.in_chans not in (1, 3):
         raise DataError(f"the model takes {meta.in_chans}-channel input but images have 1 "
                         "(grayscale) or 3 (RGB) channels; use a model built with in_chans=1 or 3")
@@ -341,7 +287,7 @@ def predict_images(
     labels = meta.labels()
     k = min(top_k, meta.num_classes)
     bs = min(batch_size, predictor.max_batch or batch_size)
-    transform = build_transform(meta)
+    transform = eval_transform(meta.preprocessing)
     paths = [Path(p) for p in images]
 
     bar = None
