@@ -18,7 +18,7 @@ from fastvit.layers.inference.kernels import (
 
 class FusedConv2d(nn.Conv2d):
     """A biased ``nn.Conv2d`` (same parameters and state-dict keys) followed by an optional
-    activation ``act``: the single conv a multi-branch block fuses into.
+    activation ``act`` (None: none): the single conv a multi-branch block fuses into.
 
     Plain path (what fx, TorchScript, ``torch.jit.trace``, ONNX/``torch.export`` and
     ``torch.compile`` see): ``act(conv2d(x))``. Eager speed paths, same result:
@@ -34,7 +34,7 @@ class FusedConv2d(nn.Conv2d):
 
     def __init__(self, *args, act: nn.Module | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.act = act if act is not None else nn.Identity()
+        self.act = act  # None: no activation (and no module call for it)
         m = self.out_channels // self.in_channels
         self.channel_multiplier = (m if self.groups == self.in_channels and m > 1
                                    and self.out_channels == m * self.in_channels else 1)
@@ -64,7 +64,10 @@ class FusedConv2d(nn.Conv2d):
     def forward(self, x: Tensor) -> Tensor:
         if not torch.jit.is_scripting() and self._eager_path(x):
             return self._forward_fast(x)
-        return self.act(self._conv_forward(x, self.weight, self.bias))
+        x = self._conv_forward(x, self.weight, self.bias)
+        if self.act is not None:
+            x = self.act(x)
+        return x
 
     @torch.jit.unused
     def _eager_path(self, x):  # (unannotated: TorchScript reads unused signatures)
@@ -73,8 +76,8 @@ class FusedConv2d(nn.Conv2d):
 
     @torch.jit.unused
     def _gelu_post_op(self, x):  # (unannotated: TorchScript reads unused signatures)
-        return (is_exact_gelu(self.act) and not self.training and unhooked(self.act)
-                and can_fuse(x, self.weight))
+        return (self.act is not None and is_exact_gelu(self.act) and not self.training
+                and unhooked(self.act) and can_fuse(x, self.weight))
 
     @torch.jit.unused
     def _forward_fast(self, x):  # (unannotated: TorchScript reads unused signatures)
@@ -82,5 +85,5 @@ class FusedConv2d(nn.Conv2d):
             x = repeat_channels(x, self.channel_multiplier)
             y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
                          self.out_channels)
-            return self.act(y)
+            return y if self.act is None else self.act(y)
         return conv_gelu(self, x)  # GELU as a oneDNN post-op
