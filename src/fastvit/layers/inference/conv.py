@@ -7,10 +7,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastvit.layers.inference.kernels import (
-    can_fuse,
     conv_gelu,
     eager,
     is_exact_gelu,
+    kernels_apply,
     repeat_channels,
     unhooked,
 )
@@ -71,13 +71,13 @@ class FusedConv2d(nn.Conv2d):
 
     @torch.jit.unused
     def _eager_path(self, x):  # (unannotated: TorchScript reads unused signatures)
-        return ((self.channel_multiplier > 1 or self._gelu_post_op(x)) and eager(x)
-                and self.padding_mode == "zeros" and not isinstance(self.padding, str))
-
-    @torch.jit.unused
-    def _gelu_post_op(self, x):  # (unannotated: TorchScript reads unused signatures)
+        if self.padding_mode != "zeros" or isinstance(self.padding, str):
+            return False
+        if self.channel_multiplier > 1:
+            return eager(x)
+        # GELU post-op: cheap module checks first, then the input (which may be an fx proxy)
         return (self.act is not None and is_exact_gelu(self.act) and not self.training
-                and unhooked(self.act) and can_fuse(x, self.weight))
+                and unhooked(self.act) and eager(x) and kernels_apply(x, self.weight))
 
     @torch.jit.unused
     def _forward_fast(self, x):  # (unannotated: TorchScript reads unused signatures)
