@@ -85,9 +85,9 @@ class MobileOneBlock(Reparameterizable):
         return self.activation(self.se(out))
 
     def _take_activation(self) -> nn.Module | None:
-        """The activation for the fused conv (and ``nn.Identity`` left here), or None with SE
-        (SE sits between the conv and the activation)."""
-        if not isinstance(self.se, nn.Identity):
+        """The activation for the fused conv (and ``nn.Identity`` left here); None with SE
+        (SE sits between the conv and the activation) or without activation."""
+        if not isinstance(self.se, nn.Identity) or isinstance(self.activation, nn.Identity):
             return None
         act, self.activation = self.activation, nn.Identity()
         return act

@@ -7,10 +7,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastvit.layers.inference.kernels import (
-    can_fuse,
     conv_gelu,
     eager,
     is_exact_gelu,
+    kernels_apply,
     repeat_channels,
     unhooked,
 )
@@ -18,7 +18,7 @@ from fastvit.layers.inference.kernels import (
 
 class FusedConv2d(nn.Conv2d):
     """A biased ``nn.Conv2d`` (same parameters and state-dict keys) followed by an optional
-    activation ``act``: the single conv a multi-branch block fuses into.
+    activation ``act`` (None: none): the single conv a multi-branch block fuses into.
 
     Plain path (what fx, TorchScript, ``torch.jit.trace``, ONNX/``torch.export`` and
     ``torch.compile`` see): ``act(conv2d(x))``. Eager speed paths, same result:
@@ -34,7 +34,7 @@ class FusedConv2d(nn.Conv2d):
 
     def __init__(self, *args, act: nn.Module | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.act = act if act is not None else nn.Identity()
+        self.act = act  # None: no activation (and no module call for it)
         m = self.out_channels // self.in_channels
         self.channel_multiplier = (m if self.groups == self.in_channels and m > 1
                                    and self.out_channels == m * self.in_channels else 1)
@@ -64,17 +64,20 @@ class FusedConv2d(nn.Conv2d):
     def forward(self, x: Tensor) -> Tensor:
         if not torch.jit.is_scripting() and self._eager_path(x):
             return self._forward_fast(x)
-        return self.act(self._conv_forward(x, self.weight, self.bias))
+        x = self._conv_forward(x, self.weight, self.bias)
+        if self.act is not None:
+            x = self.act(x)
+        return x
 
     @torch.jit.unused
     def _eager_path(self, x):  # (unannotated: TorchScript reads unused signatures)
-        return ((self.channel_multiplier > 1 or self._gelu_post_op(x)) and eager(x)
-                and self.padding_mode == "zeros" and not isinstance(self.padding, str))
-
-    @torch.jit.unused
-    def _gelu_post_op(self, x):  # (unannotated: TorchScript reads unused signatures)
-        return (is_exact_gelu(self.act) and not self.training and unhooked(self.act)
-                and can_fuse(x, self.weight))
+        if self.padding_mode != "zeros" or isinstance(self.padding, str):
+            return False
+        if self.channel_multiplier > 1:
+            return eager(x)
+        # GELU post-op: cheap module checks first, then the input (which may be an fx proxy)
+        return (self.act is not None and is_exact_gelu(self.act) and not self.training
+                and unhooked(self.act) and eager(x) and kernels_apply(x, self.weight))
 
     @torch.jit.unused
     def _forward_fast(self, x):  # (unannotated: TorchScript reads unused signatures)
@@ -82,5 +85,5 @@ class FusedConv2d(nn.Conv2d):
             x = repeat_channels(x, self.channel_multiplier)
             y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
                          self.out_channels)
-            return self.act(y)
+            return y if self.act is None else self.act(y)
         return conv_gelu(self, x)  # GELU as a oneDNN post-op

@@ -8,9 +8,9 @@ from torch import Tensor, nn
 
 from fastvit.layers.ffn import ConvFFN
 from fastvit.layers.inference.kernels import (
-    can_fuse,
     eager,
     is_exact_gelu,
+    kernels_apply,
     linear_add,
     linear_gelu,
     unhooked,
@@ -69,7 +69,7 @@ class FusedConvFFN(ConvFFN):
     def _forward_nhwc(self, x, residual):  # (unannotated: TorchScript reads unused signatures)
         xt = x.permute(0, 2, 3, 1)
         w1, w2 = self.fc1.weight.flatten(1), self.fc2.weight.flatten(1)
-        fast = not self.training and can_fuse(x, w1, w2)
+        fast = not self.training and kernels_apply(x, w1, w2)  # (eager: checked by _use_nhwc)
         if fast and is_exact_gelu(self.act):
             y = linear_gelu(xt, w1, self.fc1.bias)
         else:

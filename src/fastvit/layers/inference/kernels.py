@@ -100,7 +100,13 @@ def eager(x) -> bool:  # (unannotated: TorchScript reads unused signatures)
 @torch.jit.unused
 def can_fuse(x, *weights) -> bool:  # (unannotated: TorchScript reads unused signatures)
     """True where the post-op kernels may run on ``x`` with ``weights``; see the module doc."""
-    return (eager(x) and x.device.type == "cpu" and x.dtype in _FAST_DTYPES
+    return eager(x) and kernels_apply(x, *weights)
+
+
+@torch.jit.unused
+def kernels_apply(x, *weights) -> bool:  # (unannotated: TorchScript reads unused signatures)
+    """:func:`can_fuse` for a caller that has checked :func:`eager` already (hot path)."""
+    return (x.device.type == "cpu" and x.dtype in _FAST_DTYPES
             and all(w.dtype == x.dtype and w.device == x.device for w in weights)
             and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
             and torch.backends.mkldnn.enabled and kernels_available())
