@@ -193,7 +193,13 @@ def test_unreadable_image(art: dict[str, Path], tmp_path: Path,
     folder.mkdir()
     Image.new("RGB", (8, 8)).save(folder / "ok.png")
     (folder / "zz_bad.jpg").write_bytes(b"garbage")
-    _one_line_error(["predict", str(art["onnx"]), str(folder)], capsys, "zz_bad.jpg")
+    # a folder: the good image is predicted, the bad one reported, exit status 1
+    assert main(["predict", str(art["onnx"]), str(folder)]) == 1
+    captured = capsys.readouterr()
+    assert "ok.png" in captured.out and "zz_bad.jpg" not in captured.out
+    errors = [ln for ln in captured.err.splitlines() if ": error:" in ln]
+    assert len(errors) == 1 and "zz_bad.jpg" in errors[0]
+    assert "Traceback" not in captured.err
     _one_line_error(["predict", str(art["onnx"]), str(tmp_path / "nope.png")], capsys,
                     "does not exist")
     empty = tmp_path / "empty"

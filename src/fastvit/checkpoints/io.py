@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from fastvit.checkpoints.checks import check_finite
+from fastvit.checkpoints.filetype import SAFETENSORS, require_checkpoint
 from fastvit.checkpoints.layouts import StateDict, unwrap_state_dict
 from fastvit.errors import CheckpointError, ConfigError
 from fastvit.fileio import atomic_path
@@ -41,16 +43,6 @@ def _one_line(e: BaseException) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
-def _is_safetensors(path: Path) -> bool:
-    """True for a ``.safetensors`` suffix or a file that starts like one (8-byte size + '{')."""
-    if path.suffix == SAFETENSORS_SUFFIX:
-        return True
-    with path.open("rb") as f:
-        head = f.read(9)
-    size = int.from_bytes(head[:8], "little")
-    return len(head) == 9 and head[8:9] == b"{" and size + 8 <= path.stat().st_size
-
-
 def read_checkpoint(path: str | os.PathLike, *, use_ema: bool | None = None
                     ) -> tuple[StateDict, dict[str, str]]:
     """Read a checkpoint file; return ``(state_dict, metadata)``.
@@ -60,7 +52,9 @@ def read_checkpoint(path: str | os.PathLike, *, use_ema: bool | None = None
     prefixes are unwrapped. A fastvit run file (``best.pt``/``last.pt``) gives its EMA weights
     when ``use_ema`` is True, the raw ones when False, whichever scored best when None, and
     model-card metadata from its config. Raises CheckpointError for a missing, truncated,
-    corrupt or unsafe file.
+    corrupt or unsafe file, for a file that
+    is something else (TorchScript, ONNX, OpenVINO...: the message says what it is and which
+    command takes it) and for weights holding NaN/Inf.
     """
     path = Path(path)
     if not path.exists():
@@ -69,9 +63,10 @@ def read_checkpoint(path: str | os.PathLike, *, use_ema: bool | None = None
         raise CheckpointError(f"checkpoint path is not a file: {path}")
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint file is empty: {path}")
-    if _is_safetensors(path):
-        return _read_safetensors(path)
-    return _read_torch(path, use_ema)
+    kind = require_checkpoint(path)
+    sd, metadata = _read_safetensors(path) if kind == SAFETENSORS else _read_torch(path, use_ema)
+    check_finite(sd, str(path))
+    return sd, metadata
 
 
 def _read_safetensors(path: Path) -> tuple[StateDict, dict[str, str]]:

@@ -17,7 +17,8 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="eager",
                    help="comma-separated: unfused, eager, channels_last, compile, torchscript, "
                         "bf16, bf16-compile, onnxruntime, onnxruntime-int8 (default eager)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads (default: chosen from the CPUs available and the load)")
     p.add_argument("--compare-timm", action="store_true",
                    help="also time timm's reparameterized model, interleaved, and print ratios")
     p.add_argument("--warmup", type=int, default=5, help="warm-up calls per runner")
@@ -34,12 +35,36 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from fastvit.bench.core import format_table, run_benchmark, write_json, write_png
+    from fastvit.cli.checks import (
+        check_min,
+        check_positive,
+        check_size,
+        setup_threads,
+        warn_threads,
+    )
     from fastvit.errors import ConfigError
+    from fastvit.fileio import check_writable_target
 
     try:
         batches = [int(b) for b in args.batch.split(",") if b.strip()]
     except ValueError:
         raise ConfigError(f"--batch must be comma-separated integers, got {args.batch!r}") from None
+    check_size(args.size)
+    check_min(args.rounds, "--rounds", 1)
+    check_min(args.warmup, "--warmup", 0)
+    check_min(args.threads, "--threads", 1)
+    check_positive(args.round_time, "--round-time")
+    for b in batches:
+        check_min(b, "--batch", 1)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; give a folder for bench.json and bench.png")
+    for name in ("bench.json", "bench.png"):  # checked now, not after the whole benchmark
+        if (out / name).is_dir():
+            raise ConfigError(f"{out / name} is an existing folder; remove it or choose "
+                              "another --out")
+        check_writable_target(out / name, overwrite=True)
+    threads = setup_threads(args.threads)
     backends = [b.strip() for b in args.backend.split(",") if b.strip()]
     variants = list(args.variants)
     if variants == ["all"]:
@@ -51,13 +76,15 @@ def run(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
+    log(threads.describe())
+
     result = run_benchmark(
-        variants, batches=batches, size=args.size, backends=backends, threads=args.threads,
+        variants, batches=batches, size=args.size, backends=backends, threads=threads.threads,
         compare_timm=args.compare_timm, warmup=args.warmup, rounds=args.rounds,
         round_time=args.round_time, memory=not args.no_memory, log=log)
     print(format_table(result))
-    out = Path(args.out)
     j = write_json(result, out / "bench.json")
     p = write_png(result, out / "bench.png")
     print(f"wrote {j} and {p}")
+    warn_threads("bench", threads, timed=True)
     return 0

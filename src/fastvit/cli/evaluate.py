@@ -23,7 +23,9 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"))
     p.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"))
     p.add_argument("--batch-size", "-b", type=int, default=64)
-    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--workers", type=int, default=0, help="data loader processes (default 0)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads (default: chosen from the CPUs available and the load)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none")
     p.add_argument("--channels-last", action="store_true")
@@ -37,8 +39,30 @@ def add_parser(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
+    from fastvit.cli.checks import (
+        check_crop_pct,
+        check_mean_std,
+        check_min,
+        check_size,
+        setup_threads,
+        warn_threads,
+    )
     from fastvit.train.evaluation import evaluate_checkpoint
 
+    check_size(args.input_size, "--input-size")
+    check_mean_std(args.mean, args.std)
+    check_crop_pct(args.crop_pct)
+    check_min(args.batch_size, "--batch-size", 1)
+    check_min(args.workers, "--workers", 0)
+    check_min(args.threads, "--threads", 1)
+    check_min(args.limit_batches, "--limit-batches", 1)
+    if args.input_size is not None:
+        from fastvit.models.complexity import check_activation_memory
+
+        check_activation_memory("fastvit_t8", args.input_size, args.batch_size, training=False,
+                                device=args.device)
+
+    threads = setup_threads(args.threads)
     result = evaluate_checkpoint(
         args.checkpoint, data=args.data, input_size=args.input_size, crop_pct=args.crop_pct,
         interpolation=args.interpolation, mean=args.mean, std=args.std,
@@ -46,11 +70,13 @@ def run(args: argparse.Namespace) -> int:
         channels_last=args.channels_last, use_ema=args.ema, limit_batches=args.limit_batches,
         check_images=args.check_images)
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(json.dumps(dict(result, threads=threads.threads), indent=2))
+        warn_threads("eval", threads, timed=True)
         return 0
     print(f"{result['checkpoint']} ({result['variant']}, {result['form']}) on {result['data']}: "
-          f"{result['images']} images at {result['input_size']}px")
+          f"{result['images']} images at {result['input_size']}px, {threads.describe()}")
     top5 = f"  top-5 {result['top5']:.2f}%" if result["top5"] is not None else ""
     print(f"  top-1 {result['top1']:.2f}%{top5}  loss {result['loss']:.4f}  "
           f"{result['img_s']:.0f} img/s")
+    warn_threads("eval", threads, timed=True)
     return 0

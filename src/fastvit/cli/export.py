@@ -1,10 +1,15 @@
 """`fastvit export CKPT --format onnx[,onnx-int8,torchscript,coreml]`: deployable files.
 
 Every format is exported from the fully fused model and checked: ONNX and TorchScript
-against PyTorch on random and real inputs (max |diff| <= 1e-4), int8 ONNX for accuracy on a
+against PyTorch on image-like random and real inputs (max |diff| <= 1e-5 x (1 + max |output|),
+a tolerance relative to the output scale; a failed check leaves no file), int8 ONNX for accuracy on a
 labelled set and for speed against fp32, CoreML by reading back its spec (CoreML prediction
 needs macOS, so no numeric check is possible elsewhere). Preprocessing (input size, crop_pct,
 interpolation, mean/std) and class names are stored in every exported file.
+
+Outputs are named after the checkpoint's full stem (``fastvit.v1.safetensors`` ->
+``fastvit.v1.onnx``); an existing file is never replaced without ``--overwrite``, and every
+output path is checked before the (slow) export starts.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", default=None,
                    help="output file (one format only); default: next to the checkpoint")
     p.add_argument("--output-dir", default=None, help="directory for the exported files")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--size", type=int, default=None,
                    help="input height/width (default: the model's input size)")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 17, default 18)")
@@ -49,21 +55,36 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     g.add_argument("--val", default=None,
                    help="'digits' (val split) or a data root (its val/ split, as `fastvit eval "
                         "--data` reads it) or a folder of class folders: fp32 vs int8 top-1")
-    g.add_argument("--threads", type=int, default=None, help="threads for the speed check")
+    g.add_argument("--threads", type=int, default=None,
+                   help="CPU threads (default: chosen from the CPUs available and the load)")
     p.add_argument("--coreml-precision", default="float32", choices=("float32", "float16"))
 
 
 def _outputs(args: argparse.Namespace, formats: list[str]) -> dict[str, Path]:
+    """Every file the export will write (by format; 'onnx-fp32' for int8's fp32 model), checked
+    for writability and against silent overwrites before any work is done."""
+    from fastvit.cli.reparam import output_stem
     from fastvit.errors import ConfigError
+    from fastvit.fileio import check_writable_target
 
     ckpt = Path(args.checkpoint)
     if args.output is not None:
         if len(formats) != 1:
             raise ConfigError("--output takes one format; use --output-dir for several")
-        return {formats[0]: Path(args.output)}
-    out_dir = Path(args.output_dir) if args.output_dir else ckpt.parent
-    stem = ckpt.name.split(".")[0] or "model"
-    return {f: out_dir / f"{stem}{SUFFIX[f]}" for f in formats}
+        outputs = {formats[0]: Path(args.output)}
+    else:
+        out_dir = Path(args.output_dir) if args.output_dir else ckpt.parent
+        if out_dir.exists() and not out_dir.is_dir():
+            raise ConfigError(f"--output-dir {out_dir} is a file; give a folder")
+        stem = output_stem(ckpt)
+        outputs = {f: out_dir / f"{stem}{SUFFIX[f]}" for f in formats}
+    if "onnx-int8" in outputs and "onnx" not in outputs:  # int8 also writes the fp32 model
+        out = outputs["onnx-int8"]
+        fp32 = out.with_name(out.name.replace(".int8.onnx", ".onnx"))
+        outputs["onnx-fp32"] = out.with_name(out.stem + ".fp32.onnx") if fp32 == out else fp32
+    for path in outputs.values():
+        check_writable_target(path, overwrite=args.overwrite)
+    return outputs
 
 
 def run(args: argparse.Namespace) -> int:
@@ -76,7 +97,14 @@ def run(args: argparse.Namespace) -> int:
     if bad or not formats:
         raise ConfigError(f"unknown format {', '.join(bad) or '(none)'}; use any of "
                           f"{', '.join(FORMATS)}")
+    from fastvit.cli.checks import check_min, check_size, setup_threads, warn_threads
+
+    check_size(args.size)
+    check_min(args.calibration_count, "--calibration-count", 1)
+    check_min(args.threads, "--threads", 1)
     outputs = _outputs(args, formats)
+    threads = setup_threads(args.threads)
+    args.threads = threads.threads
     names = read_class_names(args.class_names) if args.class_names else None
     model = fuse_for_export(load_source(args.checkpoint))
     common = {"input_size": args.size, "class_names": names}
@@ -86,9 +114,7 @@ def run(args: argparse.Namespace) -> int:
         if fmt == "onnx" or (fmt == "onnx-int8" and fp32_onnx is None):
             from fastvit.export.onnx import export_onnx
 
-            path = outputs.get("onnx", out.with_name(out.name.replace(".int8.onnx", ".onnx")))
-            if fmt == "onnx-int8" and path == out:  # -o x.onnx --format onnx-int8
-                path = out.with_name(out.stem + ".fp32.onnx")
+            path = outputs.get("onnx") or outputs["onnx-fp32"]
             report = export_onnx(model, path, opset=args.opset, dynamic_hw=args.dynamic_hw,
                                  verify=not args.no_verify, check_images=args.check_images,
                                  **common)
@@ -108,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
 
             report = export_coreml(model, out, precision=args.coreml_precision, **common)
             print(report.summary())
+    warn_threads("export", threads, timed="onnx-int8" in formats)  # its speed check
     return 0
 
 

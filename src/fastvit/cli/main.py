@@ -34,6 +34,24 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def error_line(e: BaseException) -> str:
+    """The one-line message of a user-facing error.
+
+    An error raised inside a DataLoader worker reaches the main process re-created from the
+    worker's formatted traceback ("Caught DataError in DataLoader worker process 0. Original
+    Traceback ..."); its own message is the traceback's last line, which is what is shown.
+    """
+    text = str(e)
+    if "Original Traceback" in text:
+        lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+        text = lines[-1]
+        head, sep, rest = text.partition(": ")
+        if sep and head.replace(".", "").replace("_", "").isalnum() and head.endswith(
+                ("Error", "Exception", "Warning")):
+            text = rest
+    return " ".join(text.split())
+
+
 def build_parser() -> argparse.ArgumentParser:
     from fastvit import __version__
 
@@ -65,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except FastViTError as e:
-        print(f"fastvit {args.command}: error: {e}", file=sys.stderr)
+        print(f"fastvit {args.command}: error: {error_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"fastvit {args.command}: interrupted", file=sys.stderr)

@@ -75,6 +75,9 @@ def load_image(path: str | os.PathLike, in_chans: int = 3) -> Image.Image:
         img = open_image(path)
     except FileNotFoundError:
         raise DataError(f"image {path} does not exist; check the path") from None
+    except Image.DecompressionBombError:  # far beyond PIL's pixel limit: refuse to decode
+        raise DataError(f"cannot read image {path}: it is too large to decode safely (a "
+                        "decompression bomb?)") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise DataError(f"cannot read image {path} ({reason}); is it a valid image file?") from None

@@ -38,7 +38,7 @@ def create_train_transform(
         )
     if auto_augment:
         _check_auto_augment(auto_augment)
-    return create_transform(
+    transform = create_transform(
         input_size,
         is_training=True,
         no_aug=no_aug,
@@ -54,6 +54,46 @@ def create_train_transform(
         re_mode="pixel",
         re_count=1,
     )
+    keep_posterize_in_range(transform)
+    return transform
+
+
+#: timm's posterize ops (their argument is the number of bits kept).
+POSTERIZE_OPS = ("Posterize", "PosterizeIncreasing", "PosterizeOriginal")
+
+
+def _augment_ops(transform: object) -> list:
+    """timm auto-augment ops (``AugmentOp``) anywhere in a (nested) Compose."""
+    ops: list = []
+    for t in getattr(transform, "transforms", [transform]):
+        if t is not transform and hasattr(t, "transforms"):
+            ops += _augment_ops(t)
+        ops += list(getattr(t, "ops", []))  # RandAugment, AugMixAugment
+        for sub in getattr(t, "policy", []):  # AutoAugment: a list of sub-policies
+            ops += list(sub)
+    return ops
+
+
+def keep_posterize_in_range(transform: object) -> None:
+    """Keep timm's posterize at 1 bit or more (in place).
+
+    timm maps the strongest magnitude of ``PosterizeIncreasing`` (the default recipe's
+    ``rand-...-inc1``) and the weakest of ``Posterize`` to 0 bits. Old Pillow turned that into a
+    black image; Pillow >= 13 raises "bits must be between 1 and 8", which crashed training at
+    the first such sample (epoch 2 of the ImageNet recipe, again on every resume). Clamping to
+    1 bit keeps the policy otherwise identical (it only affects the draws at the magnitude
+    bound) and works for user-given specs too.
+    """
+    for op in _augment_ops(transform):
+        if getattr(op, "name", None) in POSTERIZE_OPS and not getattr(op, "_fastvit_clamped", 0):
+            level_fn = op.level_fn
+
+            def clamped(level: float, hparams: dict, _fn: Callable = level_fn) -> tuple:
+                bits, *rest = _fn(level, hparams)
+                return (max(1, int(bits)), *rest)
+
+            op.level_fn = clamped
+            op._fastvit_clamped = True
 
 
 def eval_transform(prep: Preprocessing) -> Callable:

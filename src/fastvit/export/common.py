@@ -15,9 +15,11 @@ from torch import nn
 
 from fastvit.card import ModelCard
 from fastvit.errors import CheckpointError, ConfigError, ReparamError
+from fastvit.reparam.walk import OutputDiff, image_like_inputs
 
-#: Largest max-abs difference between an exported model and PyTorch that we accept.
-PARITY_TOL = 1e-4
+#: Parity tolerance of an exported model against PyTorch, relative to the output scale:
+#: ``max|diff| <= PARITY_TOL * (1 + max|output|)`` (see :class:`fastvit.reparam.OutputDiff`).
+PARITY_TOL = 1e-5
 
 
 @dataclass
@@ -28,22 +30,41 @@ class ExportReport:
     format: str
     max_abs_diff_random: float | None = None
     max_abs_diff_real: float | None = None
-    tolerance: float = PARITY_TOL
+    tolerance: float = PARITY_TOL  # relative to the output scale
+    scale_random: float = 0.0  # max |PyTorch output| on the random inputs
+    scale_real: float = 0.0
     details: dict[str, object] = field(default_factory=dict)
+
+    def _checks(self) -> list[tuple[str, OutputDiff]]:
+        return [(name, OutputDiff(d, scale)) for name, d, scale in (
+            ("random", self.max_abs_diff_random, self.scale_random),
+            ("real", self.max_abs_diff_real, self.scale_real)) if d is not None]
 
     @property
     def ok(self) -> bool:
-        diffs = [d for d in (self.max_abs_diff_random, self.max_abs_diff_real) if d is not None]
-        return all(d <= self.tolerance for d in diffs)
+        return all(d.ok(self.tolerance) for _, d in self._checks())
+
+    def record(self, name: str, diff: OutputDiff) -> None:
+        """Keep the worst difference seen on ``random*`` or ``real`` inputs."""
+        kind = "random" if name.startswith("random") else "real"
+        old = getattr(self, f"max_abs_diff_{kind}")
+        if old is None or not diff.max_abs <= old:
+            setattr(self, f"max_abs_diff_{kind}", diff.max_abs)
+            setattr(self, f"scale_{kind}", diff.scale)
+
+    def failure(self) -> str:
+        """One line for a failed parity check (absolute and relative error)."""
+        name, worst = next((n, d) for n, d in self._checks() if not d.ok(self.tolerance))
+        return (f"{self.format} output differs from PyTorch on {name} inputs: "
+                f"{worst.describe(self.tolerance)}; nothing was written. Please report this "
+                "as a bug")
 
     def summary(self) -> str:
         """Human-readable multi-line summary (printed by ``fastvit export``)."""
         lines = [f"wrote {self.format} model to {self.path}"]
-        for name, d in (("random", self.max_abs_diff_random), ("real", self.max_abs_diff_real)):
-            if d is not None:
-                verdict = "ok" if d <= self.tolerance else "FAILED"
-                lines.append(f"  max |diff| vs PyTorch on {name} inputs: {d:.2e} "
-                             f"(tolerance {self.tolerance:.0e}, {verdict})")
+        for name, d in self._checks():
+            verdict = "ok" if d.ok(self.tolerance) else "FAILED"
+            lines.append(f"  vs PyTorch on {name} inputs: {d.describe(self.tolerance)}, {verdict}")
         for k, v in self.details.items():
             lines.append(f"  {k}: {v}")
         return "\n".join(lines)
@@ -85,9 +106,10 @@ def load_source(source: str | Path | nn.Module) -> nn.Module:
 
 
 def random_inputs(card: ModelCard, batch: int = 2, seed: int = 0) -> torch.Tensor:
-    """Standard-normal inputs of the model's input size (what normalized images look like)."""
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(batch, *card.input_size, generator=g)
+    """Random image-like inputs of the model's input size, normalized with its mean/std."""
+    prep = card.preprocessing
+    return image_like_inputs((batch, *card.input_size), mean=tuple(prep.mean),
+                             std=tuple(prep.std), seed=seed)
 
 
 def real_inputs(card: ModelCard, batch: int = 4, image_dir: str | Path | None = None
@@ -108,9 +130,15 @@ def real_inputs(card: ModelCard, batch: int = 4, image_dir: str | Path | None = 
     return torch.stack([ds[i][0] for i in range(len(ds))])
 
 
-def max_abs_diff(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> float:
-    a = a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
-    b = b.detach().cpu().numpy() if isinstance(b, torch.Tensor) else np.asarray(b)
+def output_diff(ref: np.ndarray | torch.Tensor, out: np.ndarray | torch.Tensor) -> OutputDiff:
+    """Max |ref - out| and the output scale max |ref| (float64)."""
+    a = ref.detach().cpu().numpy() if isinstance(ref, torch.Tensor) else np.asarray(ref)
+    b = out.detach().cpu().numpy() if isinstance(out, torch.Tensor) else np.asarray(out)
     if a.shape != b.shape:
         raise ReparamError(f"output shapes differ: {a.shape} vs {b.shape}")
-    return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max())
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return OutputDiff(float(np.abs(a - b).max()), float(np.abs(a).max()))
+
+
+def max_abs_diff(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> float:
+    return output_diff(a, b).max_abs

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import sys
 import warnings
-import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,16 +135,18 @@ class PredictorModule(nn.Module):
 
 def is_torchscript(path: Path) -> bool:
     """TorchScript archives are zip files with a ``code/`` folder (plain checkpoints have none)."""
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as zf:
-        return any("/code/" in n for n in zf.namelist()[:200])
+    from fastvit.checkpoints.filetype import TORCHSCRIPT, detect_file_type
+
+    return Path(path).is_file() and detect_file_type(path) == TORCHSCRIPT
 
 
 def is_export_file(path: str | Path) -> bool:
-    """Whether ``path`` is an exported model (ONNX or TorchScript) rather than a checkpoint."""
+    """Whether ``path`` is an exported model (ONNX or TorchScript) rather than a checkpoint,
+    judged by its content (:mod:`fastvit.checkpoints.filetype`), not its suffix."""
+    from fastvit.checkpoints.filetype import ONNX, TORCHSCRIPT, detect_file_type
+
     path = Path(path)
-    return path.is_file() and (path.suffix.lower() == ".onnx" or is_torchscript(path))
+    return path.is_file() and detect_file_type(path) in (ONNX, TORCHSCRIPT)
 
 
 def load_predictor(
@@ -172,12 +173,10 @@ def load_predictor(
         source = Path(source)
         if not source.exists():
             raise CheckpointError(f"model file {source} does not exist; check the path")
-        if source.suffix.lower() == ".onnx":
-            kind = "onnx"
-        elif is_torchscript(source):
-            kind = "torchscript"
-        else:
-            kind = "checkpoint"
+        from fastvit.checkpoints.filetype import ONNX, TORCHSCRIPT, detect_file_type
+
+        kind = {ONNX: "onnx", TORCHSCRIPT: "torchscript"}.get(detect_file_type(source),
+                                                             "checkpoint")
     backend = backend or ("onnxruntime" if kind == "onnx" else "torch")
 
     if kind == "onnx":
@@ -271,8 +270,13 @@ def predict_images(
     top_k: int = 5,
     batch_size: int = 16,
     progress: bool = False,
+    failed: list[tuple[str, str]] | None = None,
 ) -> list[Prediction]:
-    """Classify image files in batches; ``progress`` shows a tqdm bar on stderr."""
+    """Classify image files in batches; ``progress`` shows a tqdm bar on stderr.
+
+    An unreadable image raises :class:`DataError`, unless ``failed`` is a list: then it is
+    skipped, ``(path, message)`` is appended there and the other images are still classified.
+    """
     if top_k < 1:
         raise ConfigError(f"--top-k must be at least 1, got {top_k}")
     if batch_size < 1:
@@ -298,8 +302,21 @@ def predict_images(
     results: list[Prediction] = []
     try:
         for start in range(0, len(paths), bs):
-            chunk = paths[start:start + bs]
-            batch = torch.stack([transform(load_image(p, meta.in_chans)) for p in chunk]).numpy()
+            chunk, tensors = [], []
+            for p in paths[start:start + bs]:
+                try:
+                    tensors.append(transform(load_image(p, meta.in_chans)))
+                except DataError as e:
+                    if failed is None:
+                        raise
+                    failed.append((str(p), str(e)))
+                    continue
+                chunk.append(p)
+            if bar is not None:
+                bar.update(len(paths[start:start + bs]) - len(chunk))
+            if not chunk:
+                continue
+            batch = torch.stack(tensors).numpy()
             fixed = predictor.max_batch
             if fixed is not None and len(chunk) < fixed:  # pad a fixed-batch ONNX model
                 pad = np.zeros((fixed - len(chunk), *batch.shape[1:]), dtype=batch.dtype)

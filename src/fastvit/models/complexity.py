@@ -1,4 +1,10 @@
-"""Parameter and multiply-accumulate counts, measured by running the model once."""
+"""Parameter and multiply-accumulate counts.
+
+Counts come from one forward pass with hooks. :func:`model_summary` builds and runs the model on
+PyTorch's ``meta`` device: shapes only, no memory and no arithmetic, so a whole ``fastvit info``
+table takes a second instead of half a minute (the counts are identical: they depend on shapes
+alone).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ import copy
 import torch
 from torch import Tensor, nn
 
+from fastvit.errors import ConfigError
 from fastvit.models.blocks import Attention
 
 
@@ -29,11 +36,21 @@ def count_macs(
     ``include_attention``: the published FastViT GMACs (the convention of layer-based
     counters) leave them out. Element-wise ops, norms and activations are not counted.
     """
+    macs, attn = _count(model, input_size, in_chans)
+    return macs + attn if include_attention else macs
+
+
+@torch.no_grad()
+def _count(
+    model: nn.Module, input_size: int | tuple[int, int], in_chans: int
+) -> tuple[int, int]:
+    """(conv + linear MACs, attention-matmul MACs) of one forward pass, in one run."""
     h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
     # Count on an NCHW copy: channels-last ConvFFNs run their 1x1 convs as F.linear, which
     # module hooks would not see.
     model = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
     total = 0
+    attn_total = 0
 
     def conv_hook(m: nn.Conv2d, _inp: tuple[Tensor], out: Tensor) -> None:
         nonlocal total
@@ -44,10 +61,10 @@ def count_macs(
         total += out.numel() * m.in_features
 
     def attn_hook(m: Attention, inp: tuple[Tensor], _out: Tensor) -> None:
-        nonlocal total
+        nonlocal attn_total
         b, c, hh, ww = inp[0].shape
         n = hh * ww
-        total += 2 * b * n * n * c  # q @ k^T and attn @ v, summed over heads
+        attn_total += 2 * b * n * n * c  # q @ k^T and attn @ v, summed over heads
 
     handles = []
     for m in model.modules():
@@ -55,7 +72,7 @@ def count_macs(
             handles.append(m.register_forward_hook(conv_hook))
         elif isinstance(m, nn.Linear):
             handles.append(m.register_forward_hook(linear_hook))
-        elif include_attention and isinstance(m, Attention):
+        elif isinstance(m, Attention):
             handles.append(m.register_forward_hook(attn_hook))
     was_training = model.training
     model.eval()
@@ -66,7 +83,7 @@ def count_macs(
         model.train(was_training)
         for handle in handles:
             handle.remove()
-    return total
+    return total, attn_total
 
 
 def model_summary(name: str, input_size: int = 256) -> dict:
@@ -74,14 +91,97 @@ def model_summary(name: str, input_size: int = 256) -> dict:
     from fastvit.models.fastvit import create_model
     from fastvit.reparam.walk import reparameterize
 
-    model = create_model(name)
-    fused = reparameterize(model, inplace=False)
+    with torch.device("meta"):  # shapes only: no weights allocated, no arithmetic
+        model = create_model(name)
+    fused = reparameterize(model, inplace=False, channels_last=False)
+    macs, attn = _count(fused, input_size, model.in_chans)
+    train_macs, _ = _count(model, input_size, model.in_chans)
     return {
         "variant": name,
         "params_train_m": count_params(model) / 1e6,
         "params_fused_m": count_params(fused) / 1e6,
-        "gmacs": count_macs(fused, input_size) / 1e9,
-        "gmacs_train": count_macs(model, input_size) / 1e9,
-        "gmacs_with_attention": count_macs(fused, input_size, include_attention=True) / 1e9,
+        "gmacs": macs / 1e9,
+        "gmacs_train": train_macs / 1e9,
+        "gmacs_with_attention": (macs + attn) / 1e9,
         "input_size": model.preprocessing.input_size[-1],
     }
+
+
+@torch.no_grad()
+def activation_bytes(name: str, input_size: int, batch: int = 1, *, training: bool) -> int:
+    """Rough float32 activation memory of one forward pass of variant ``name``, in bytes.
+
+    Measured on the meta device (shapes only, instant at any size). Training keeps every
+    module's output for the backward pass (their sum, plus the attention matrices); inference
+    needs only a few live tensors at a time (3x the largest output or attention matrix). It is
+    an estimate meant to refuse sizes that cannot fit, not an exact peak.
+    """
+    from fastvit.models.fastvit import create_model
+
+    with torch.device("meta"):
+        model = create_model(name).eval()
+    outputs: list[int] = []
+    attn: list[int] = []
+
+    def leaf_hook(_m: nn.Module, _inp: tuple[Tensor], out: Tensor) -> None:
+        if isinstance(out, Tensor):
+            outputs.append(out.numel())
+
+    def attn_hook(m: Attention, inp: tuple[Tensor], _out: Tensor) -> None:
+        b, _c, hh, ww = inp[0].shape
+        attn.append(b * m.num_heads * (hh * ww) ** 2)  # the (N x N) map per head
+
+    handles = [m.register_forward_hook(attn_hook if isinstance(m, Attention) else leaf_hook)
+               for m in model.modules()
+               if isinstance(m, Attention) or not list(m.children())]
+    try:
+        model(torch.zeros(1, model.in_chans, input_size, input_size, device="meta"))
+    finally:
+        for h in handles:
+            h.remove()
+    elems = sum(outputs) + 2 * sum(attn) if training else 3 * max(outputs + attn)
+    return int(elems) * 4 * int(batch)
+
+
+def memory_limit(device: str = "cpu") -> tuple[int | None, str]:
+    """(total bytes this process may use on ``device``, a name for it); None when unknown.
+
+    CPU: physical memory, or the cgroup (container) limit when lower. CUDA: the GPU's memory.
+    The total rather than what is free now, so a busy moment never refuses a run that fits.
+    """
+    if device != "cpu" and torch.cuda.is_available():
+        try:
+            idx = torch.device(device if device.startswith("cuda") else "cuda").index or 0
+            return int(torch.cuda.get_device_properties(idx).total_memory), f"cuda:{idx}"
+        except (RuntimeError, ValueError, AssertionError):
+            pass
+    total = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    total = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(limit_file) as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < 2**60:
+            total = min(total, int(text)) if total is not None else int(text)
+        break
+    return total, "this machine"
+
+
+def check_activation_memory(variant: str, size: int, batch: int, *, training: bool,
+                            option: str = "--input-size", device: str = "cpu") -> None:
+    """Refuse an input size whose activations cannot fit in memory, with the estimate."""
+    need = activation_bytes(variant, size, batch, training=training)
+    have, where = memory_limit(device)
+    if have is not None and need > have:
+        raise ConfigError(
+            f"{option} {size} needs about {need / 2**30:.1f} GiB of activation memory for "
+            f"{variant} at batch {batch} ({where} has {have / 2**30:.1f} GiB in all); "
+            f"use a smaller {option} or batch size")

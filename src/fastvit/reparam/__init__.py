@@ -1,6 +1,14 @@
 """Reparameterization: pure fusion math, the module contract and the model-wide walk."""
 
 from fastvit.reparam.base import Reparameterizable, reparameterize_tree
-from fastvit.reparam.walk import is_fused, max_abs_diff, reparameterize
+from fastvit.reparam.walk import (
+    OutputDiff,
+    image_like_inputs,
+    is_fused,
+    max_abs_diff,
+    output_diff,
+    reparameterize,
+)
 
-__all__ = ["Reparameterizable", "is_fused", "max_abs_diff", "reparameterize", "reparameterize_tree"]
+__all__ = ["OutputDiff", "Reparameterizable", "image_like_inputs", "is_fused", "max_abs_diff",
+           "output_diff", "reparameterize", "reparameterize_tree"]

@@ -8,9 +8,10 @@ as tensors and plain Python values, so it loads with ``torch.load(weights_only=T
 
 from __future__ import annotations
 
+import errno
 import os
 import random
-import tempfile
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -19,25 +20,38 @@ import torch
 
 from fastvit.checkpoints.io import RUN_FORMAT as FORMAT  # one tag, read by fastvit.load_model
 from fastvit.errors import CheckpointError
+from fastvit.fileio import WriteError, atomic_path, describe_os_error
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     """Save to a temporary file in the same directory, then rename over ``path``.
 
-    A crash mid-write leaves the previous file intact; readers never see a partial file.
+    A crash mid-write leaves the previous file intact; readers never see a partial file. A full
+    disk or read-only target raises a one-line :class:`~fastvit.fileio.WriteError` ("no space
+    left on device while writing ...; any previous last.pt is intact"), also when torch's zip
+    writer reports it as its own RuntimeError.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    except RuntimeError as e:  # torch's writer: "[enforce fail at inline_container.cc] ..."
+        if "write" not in str(e).lower():
+            raise
+        raise WriteError(describe_os_error(_write_failure(path), path)) from None
+
+
+def _write_failure(path: Path) -> OSError:
+    """The OS error behind a failed torch write: ENOSPC when the disk is (nearly) full."""
+    try:
+        full = shutil.disk_usage(path.parent).free < 1 << 20
+    except OSError:
+        full = False
+    if full:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return OSError(errno.EIO, "write failed")
 
 
 def get_rng_state() -> dict[str, Any]:

@@ -10,6 +10,7 @@ Every field can be overridden; the whole config is stored in each checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -193,6 +194,11 @@ def validate_config(cfg: TrainConfig) -> None:
     _choice("sched", cfg.sched, SCHED_CHOICES)
     _choice("check_images", cfg.check_images, CHECK_IMAGES_CHOICES)
     _choice("mixup_mode", cfg.mixup_mode, MIXUP_MODES)
+    for f in fields(cfg):  # nan/inf pass every comparison below; refuse them first
+        v = getattr(cfg, f.name)
+        values = v if isinstance(v, tuple) else (v,)
+        if any(isinstance(x, float) and not math.isfinite(x) for x in values):
+            raise ConfigError(f"--{f.name.replace('_', '-')} must be a finite number, got {v}")
     if cfg.input_size < 32:
         raise ConfigError(
             f"input size {cfg.input_size} is too small; FastViT downsamples by 32, use >= 32"
@@ -221,6 +227,16 @@ def validate_config(cfg: TrainConfig) -> None:
         raise ConfigError("--mixup and --cutmix alphas must be >= 0")
     if (cfg.mixup > 0 or cfg.cutmix > 0) and cfg.batch_size % 2:
         raise ConfigError(f"mixup/cutmix need an even batch size, got {cfg.batch_size}")
+    lo, hi = cfg.scale
+    if not 0.0 < lo <= hi <= 1.0:
+        raise ConfigError(f"--scale MIN MAX must satisfy 0 < MIN <= MAX <= 1 (area fractions), "
+                          f"got {lo:g} {hi:g}")
+    lo, hi = cfg.ratio
+    if not 0.0 < lo <= hi:
+        raise ConfigError(f"--ratio MIN MAX must satisfy 0 < MIN <= MAX, got {lo:g} {hi:g}")
+    if cfg.std is not None and min(cfg.std) <= 0:
+        raise ConfigError(f"--std values must be positive (inputs are divided by them), got "
+                          f"{' '.join(f'{v:g}' for v in cfg.std)}")
     if not 0.0 <= cfg.ema_decay < 1.0:
         raise ConfigError(f"--ema-decay must be in [0, 1), got {cfg.ema_decay}")
     if cfg.crop_pct is not None and not 0.0 < cfg.crop_pct <= 1.0:
@@ -253,3 +269,18 @@ def validate_config(cfg: TrainConfig) -> None:
 
     if cfg.opt.lower() not in set(list_optimizers()):
         raise ConfigError(f"unknown optimizer {cfg.opt!r}; e.g. adamw, sgd, lamb, adan")
+    check_train_memory(cfg)
+
+
+def check_train_memory(cfg: TrainConfig) -> None:
+    """Refuse an input size / batch whose training activations cannot fit in memory.
+
+    Estimated on the meta device for the run's variant (the smallest, fastvit_t8, while the
+    variant is still unknown: taken from --init/--resume), so the refusal is never too eager.
+    """
+    from fastvit.models import list_models
+    from fastvit.models.complexity import check_activation_memory
+
+    variant = cfg.model if cfg.model in list_models() else DEFAULT_MODEL
+    check_activation_memory(variant, cfg.input_size, cfg.batch_size, training=True,
+                            device=cfg.device)

@@ -29,6 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from fastvit.errors import ConfigError, FastViTError
+from fastvit.threads import ThreadChoice, apply_threads
 from fastvit.train.checkpoint import (
     FORMAT,
     atomic_torch_save,
@@ -419,17 +420,19 @@ def train(cfg: TrainConfig, *, echo: Callable[[str], None] | None = print) -> Tr
     """
     t_start = time.perf_counter()
     validate_config(cfg)
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
+    threads = apply_threads(cfg.threads)  # from the CPUs available and the load, or --threads
     env = setup_distributed(cfg.device)
     say = echo if (echo is not None and env.is_main) else (lambda _msg: None)
+    if threads.warning():
+        say(f"warning: {threads.warning()}")
     try:
-        return _run(cfg, env, say, t_start)
+        return _run(cfg, env, say, t_start, threads)
     finally:
         cleanup_distributed(env)
 
 
-def _run(cfg: TrainConfig, env: DistEnv, say: Callable[[str], None], t_start: float) -> TrainResult:
+def _run(cfg: TrainConfig, env: DistEnv, say: Callable[[str], None], t_start: float,
+         threads: ThreadChoice | None = None) -> TrainResult:
     from timm.utils import ModelEmaV3
 
     from fastvit.data import create_mixup
@@ -547,7 +550,8 @@ def _run(cfg: TrainConfig, env: DistEnv, say: Callable[[str], None], t_start: fl
     say(f"training {name} ({count_params(model) / 1e6:.2f}M params) on {splits.name}: "
         f"{len(splits.train)} train / {len(splits.val)} val images, {num_classes} classes, "
         f"{cfg.input_size}px, batch {global_batch}, lr {lr:.3g}, {cfg.epochs} epochs, "
-        f"{env.world_size} process(es) on {env.device.type} -> {out_dir}")
+        f"{env.world_size} process(es) on {env.device.type}"
+        f"{f', {threads.describe()}' if threads else ''} -> {out_dir}")
 
     try:
         for epoch in range(start_epoch, cfg.epochs):
