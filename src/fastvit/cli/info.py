@@ -1,28 +1,75 @@
-"""`fastvit info`: the table of variants."""
+"""`fastvit info`: the table of variants.
+
+Counts come from :func:`fastvit.models.complexity.model_summary` (a shapes-only pass on the meta
+device) and are cached per variant config, input size and fastvit version in
+``$XDG_CACHE_HOME/fastvit/info.json`` (``~/.cache``), so a repeated ``fastvit info`` only pays
+for importing torch.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
 import json
+import os
+from pathlib import Path
 
 
 def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("variants", nargs="*", help="variants to list (default: all)")
     p.add_argument("--size", type=int, default=256, help="input size for GMACs (default 256)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--no-cache", action="store_true", help="recompute, ignoring the cache")
+
+
+def cache_file() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "fastvit" / "info.json"
+
+
+def summaries(names: list[str], size: int, use_cache: bool = True) -> list[dict]:
+    """``model_summary`` rows for ``names``, from the cache where the config is unchanged."""
+    from fastvit import __version__
+    from fastvit.models import get_config
+    from fastvit.models.complexity import model_summary
+
+    def key(name: str) -> str:
+        text = f"{__version__}|{size}|{get_config(name)!r}"
+        return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+    path = cache_file()
+    cache: dict = {}
+    if use_cache:
+        try:
+            cache = json.loads(path.read_text())
+        except (OSError, ValueError):
+            cache = {}
+    rows, changed = [], False
+    for n in names:
+        k = key(n)
+        if not isinstance(cache.get(k), dict):
+            cache[k] = model_summary(n, size)
+            changed = True
+        rows.append(cache[k])
+    if changed:
+        from fastvit.errors import FastViTError
+        from fastvit.fileio import write_text_atomic
+
+        with contextlib.suppress(OSError, FastViTError):  # an unwritable cache is no error
+            write_text_atomic(path, json.dumps(cache, indent=1))
+    return rows
 
 
 def run(args: argparse.Namespace) -> int:
-    from fastvit.errors import ConfigError
+    from fastvit.cli.checks import check_size
     from fastvit.models import get_config, list_models
-    from fastvit.models.complexity import model_summary
 
-    if args.size < 32:
-        raise ConfigError(f"--size must be at least 32, got {args.size}")
+    check_size(args.size)
     names = args.variants or list_models()
     for n in names:
         get_config(n)  # one-line error for unknown names
-    rows = [model_summary(n, args.size) for n in names]
+    rows = summaries(names, args.size, use_cache=not args.no_cache)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

@@ -36,6 +36,9 @@ def count_macs(
     ``include_attention``: the published FastViT GMACs (the convention of layer-based
     counters) leave them out. Element-wise ops, norms and activations are not counted.
     """
+    # Count on an NCHW copy: channels-last ConvFFNs run their 1x1 convs as F.linear, which
+    # module hooks would not see.
+    model = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
     macs, attn = _count(model, input_size, in_chans)
     return macs + attn if include_attention else macs
 
@@ -44,11 +47,8 @@ def count_macs(
 def _count(
     model: nn.Module, input_size: int | tuple[int, int], in_chans: int
 ) -> tuple[int, int]:
-    """(conv + linear MACs, attention-matmul MACs) of one forward pass, in one run."""
+    """(conv + linear MACs, attention-matmul MACs) of one forward pass of an NCHW model."""
     h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
-    # Count on an NCHW copy: channels-last ConvFFNs run their 1x1 convs as F.linear, which
-    # module hooks would not see.
-    model = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
     total = 0
     attn_total = 0
 
@@ -86,25 +86,29 @@ def _count(
     return total, attn_total
 
 
-def model_summary(name: str, input_size: int = 256) -> dict:
-    """Params of both forms and the deployed (fused) GMACs of variant ``name``."""
+def model_summary(name: str, input_size: int = 256, *, train_macs: bool = False) -> dict:
+    """Params of both forms and the deployed (fused) GMACs of variant ``name``.
+
+    Built and run on the meta device (shapes only). ``train_macs`` adds ``gmacs_train``, the
+    MACs of the multi-branch training form (its forward is the slow part, so it is optional).
+    """
     from fastvit.models.fastvit import create_model
     from fastvit.reparam.walk import reparameterize
 
     with torch.device("meta"):  # shapes only: no weights allocated, no arithmetic
         model = create_model(name)
-    fused = reparameterize(model, inplace=False, channels_last=False)
-    macs, attn = _count(fused, input_size, model.in_chans)
-    train_macs, _ = _count(model, input_size, model.in_chans)
-    return {
-        "variant": name,
-        "params_train_m": count_params(model) / 1e6,
+    row = {"variant": name, "params_train_m": count_params(model) / 1e6}
+    if train_macs:
+        row["gmacs_train"] = _count(model, input_size, model.in_chans)[0] / 1e9
+    fused = reparameterize(model, inplace=True, channels_last=False)  # NCHW: hooks see all
+    macs, attn = _count(fused, input_size, fused.in_chans)
+    row.update({
         "params_fused_m": count_params(fused) / 1e6,
         "gmacs": macs / 1e9,
-        "gmacs_train": train_macs / 1e9,
         "gmacs_with_attention": (macs + attn) / 1e9,
-        "input_size": model.preprocessing.input_size[-1],
-    }
+        "input_size": fused.preprocessing.input_size[-1],
+    })
+    return row
 
 
 @torch.no_grad()
