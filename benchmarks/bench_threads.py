@@ -34,8 +34,19 @@ def uptime() -> str:
 
 
 def run_job(threads: int | None, epochs: int, batches: int | None, out: Path) -> float:
-    cmd = [sys.executable, "-m", "fastvit.cli.main", "train", "--epochs", str(epochs),
-           "--no-tensorboard", "--no-plot", "--no-progress", "--output", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "fastvit.cli.main",
+        "train",
+        "--epochs",
+        str(epochs),
+        "--no-tensorboard",
+        "--no-plot",
+        "--no-progress",
+        "--output",
+        str(out),
+    ]
     if batches:
         cmd += ["--limit-train-batches", str(batches), "--limit-val-batches", str(batches)]
     if threads is not None:
@@ -69,8 +80,9 @@ def main() -> None:
             for i in range(args.repeats):
                 for name, threads in (("default", cores), ("auto", None)):
                     print(f"  {name} #{i + 1}", flush=True)
-                    times[name].append(run_job(threads, args.epochs, args.batches,
-                                               Path(tmp) / f"{name}{i}"))
+                    times[name].append(
+                        run_job(threads, args.epochs, args.batches, Path(tmp) / f"{name}{i}")
+                    )
     finally:
         if comp is not None:
             comp.terminate()

@@ -42,6 +42,7 @@ def one_line_error(argv: list, capsys, expect: str) -> str:
 
 # --------------------------------------------------------------------------- info (10.9)
 
+
 @pytest.mark.parametrize("name", ["fastvit_t8", "fastvit_sa12"])
 def test_info_summary_is_computed_on_meta_and_exact(name):
     """`fastvit info` counts on the meta device (no weights, no arithmetic): same numbers."""
@@ -59,6 +60,7 @@ def test_info_summary_is_computed_on_meta_and_exact(name):
 
 # --------------------------------------------------------------------------- shared fixtures
 
+
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
     """A 2-class fastvit_t8 at 32 px (trained-looking BatchNorm statistics), as safetensors."""
@@ -67,8 +69,11 @@ def ckpt(tmp_path_factory) -> Path:
     randomize_bn_and_scales(model)
     model.class_names = ["a", "b"]
     path = tmp_path_factory.mktemp("ckpt") / "t8.safetensors"
-    fastvit.save_model(model.eval(), path, metadata={"input_size": 32, "crop_pct": 1.0,
-                                                     "interpolation": "bilinear"})
+    fastvit.save_model(
+        model.eval(),
+        path,
+        metadata={"input_size": 32, "crop_pct": 1.0, "interpolation": "bilinear"},
+    )
     return path
 
 
@@ -87,26 +92,30 @@ def _files(folder: Path) -> list[str]:
 
 # --------------------------------------------------------------------------- issue 9, item 14
 
-@pytest.mark.parametrize("argv,expect", [
-    (["train", "--lr", "nan"], "--lr must be a finite number"),
-    (["train", "--lr", "inf"], "--lr must be a finite number"),
-    (["train", "--std", "0", "0", "0"], "--std values must be positive"),
-    (["train", "--ratio", "0", "0"], "--ratio MIN MAX must satisfy 0 < MIN"),
-    (["train", "--input-size", "4096"], "GiB of activation memory"),
-    (["eval", "CKPT", "--std", "0", "1", "1"], "--std must be positive"),
-    (["eval", "CKPT", "--workers", "-1"], "--workers must be at least 0"),
-    (["eval", "CKPT", "--input-size", "100000"], "GiB of activation memory"),
-    (["eval", "CKPT", "--input-size", "16"], "--input-size 16 is too small"),
-    (["eval", "CKPT", "--threads", "0"], "--threads must be at least 1"),
-    (["predict", "CKPT", "IMG", "--threads", "-3"], "--threads must be at least 1"),
-    (["predict", "CKPT", "IMG", "--size", "16"], "--size 16 is too small"),
-    (["export", "CKPT", "--size", "16"], "--size 16 is too small"),
-    (["reparam", "CKPT", "--atol", "-1"], "--atol must be at least 0"),
-    (["reparam", "CKPT", "--rtol", "nan"], "--rtol must be at least 0"),
-    (["bench", "--rounds", "0"], "--rounds must be at least 1"),
-    (["bench", "--round-time", "0"], "--round-time must be a positive number"),
-    (["bench", "--threads", "0"], "--threads must be at least 1"),
-])
+
+@pytest.mark.parametrize(
+    "argv,expect",
+    [
+        (["train", "--lr", "nan"], "--lr must be a finite number"),
+        (["train", "--lr", "inf"], "--lr must be a finite number"),
+        (["train", "--std", "0", "0", "0"], "--std values must be positive"),
+        (["train", "--ratio", "0", "0"], "--ratio MIN MAX must satisfy 0 < MIN"),
+        (["train", "--input-size", "4096"], "GiB of activation memory"),
+        (["eval", "CKPT", "--std", "0", "1", "1"], "--std must be positive"),
+        (["eval", "CKPT", "--workers", "-1"], "--workers must be at least 0"),
+        (["eval", "CKPT", "--input-size", "100000"], "GiB of activation memory"),
+        (["eval", "CKPT", "--input-size", "16"], "--input-size 16 is too small"),
+        (["eval", "CKPT", "--threads", "0"], "--threads must be at least 1"),
+        (["predict", "CKPT", "IMG", "--threads", "-3"], "--threads must be at least 1"),
+        (["predict", "CKPT", "IMG", "--size", "16"], "--size 16 is too small"),
+        (["export", "CKPT", "--size", "16"], "--size 16 is too small"),
+        (["reparam", "CKPT", "--atol", "-1"], "--atol must be at least 0"),
+        (["reparam", "CKPT", "--rtol", "nan"], "--rtol must be at least 0"),
+        (["bench", "--rounds", "0"], "--rounds must be at least 1"),
+        (["bench", "--round-time", "0"], "--round-time must be a positive number"),
+        (["bench", "--threads", "0"], "--threads must be at least 1"),
+    ],
+)
 def test_unvalidated_options_are_refused(argv, expect, ckpt, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     argv = [str(ckpt) if a == "CKPT" else str(tmp_path) if a == "IMG" else a for a in argv]
@@ -127,6 +136,7 @@ def test_input_size_estimate_scales_and_allows_normal_runs():
 
 # --------------------------------------------------------------------------- issue 9, item 13
 
+
 def test_bench_out_is_checked_before_the_benchmark(tmp_path, capsys, monkeypatch):
     import fastvit.bench.core as core
 
@@ -145,6 +155,7 @@ def test_bench_out_is_checked_before_the_benchmark(tmp_path, capsys, monkeypatch
 
 # --------------------------------------------------------------------------- issue 9, items 4, 12
 
+
 def test_default_output_names_use_the_full_stem(tmp_path):
     import argparse
 
@@ -156,8 +167,12 @@ def test_default_output_names_use_the_full_stem(tmp_path):
     assert output_stem("last.pt") == "last"
     assert output_stem("weights.v2") == "weights"  # unknown suffix: the usual stem
     for v in ("v1", "v2"):
-        args = argparse.Namespace(checkpoint=str(tmp_path / f"fastvit.{v}.safetensors"),
-                                  output=None, output_dir=None, overwrite=False)
+        args = argparse.Namespace(
+            checkpoint=str(tmp_path / f"fastvit.{v}.safetensors"),
+            output=None,
+            output_dir=None,
+            overwrite=False,
+        )
         outs = _outputs(args, ["onnx-int8", "torchscript"])
         assert outs["onnx-int8"].name == f"fastvit.{v}.int8.onnx"
         assert outs["onnx-fp32"].name == f"fastvit.{v}.onnx"
@@ -169,10 +184,16 @@ def test_export_and_reparam_never_overwrite_without_flag(ckpt, tmp_path, capsys)
     src.write_bytes(ckpt.read_bytes())
     (tmp_path / "fastvit.v1.torchscript.pt").write_bytes(b"precious")
     (tmp_path / "fastvit.v1_reparam.safetensors").write_bytes(b"precious too")
-    one_line_error(["export", src, "--format", "torchscript"], capsys,
-                   "fastvit.v1.torchscript.pt already exists; pass --overwrite")
-    one_line_error(["reparam", src, "--size", "32"], capsys,
-                   "fastvit.v1_reparam.safetensors already exists; pass --overwrite")
+    one_line_error(
+        ["export", src, "--format", "torchscript"],
+        capsys,
+        "fastvit.v1.torchscript.pt already exists; pass --overwrite",
+    )
+    one_line_error(
+        ["reparam", src, "--size", "32"],
+        capsys,
+        "fastvit.v1_reparam.safetensors already exists; pass --overwrite",
+    )
     assert (tmp_path / "fastvit.v1.torchscript.pt").read_bytes() == b"precious"
     assert (tmp_path / "fastvit.v1_reparam.safetensors").read_bytes() == b"precious too"
     rc, _out, err = run_cli(["reparam", src, "--size", "32", "--overwrite"], capsys)
@@ -181,8 +202,7 @@ def test_export_and_reparam_never_overwrite_without_flag(ckpt, tmp_path, capsys)
 
 
 @pytest.mark.parametrize("case", ["existing_dir", "output_dir_is_file", "parent_is_file"])
-def test_export_bad_targets_are_refused_before_the_work(case, ckpt, tmp_path, capsys,
-                                                        monkeypatch):
+def test_export_bad_targets_are_refused_before_the_work(case, ckpt, tmp_path, capsys, monkeypatch):
     import fastvit.export.common as common
 
     def never(*_a, **_k):
@@ -202,8 +222,9 @@ def test_export_bad_targets_are_refused_before_the_work(case, ckpt, tmp_path, ca
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 @pytest.mark.parametrize("err", ["ENOSPC", "EROFS"])
-def test_export_full_disk_or_read_only_target_leaves_nothing(fmt, err, ckpt, tmp_path, capsys,
-                                                             monkeypatch):
+def test_export_full_disk_or_read_only_target_leaves_nothing(
+    fmt, err, ckpt, tmp_path, capsys, monkeypatch
+):
     import errno
     import os
 
@@ -215,10 +236,14 @@ def test_export_full_disk_or_read_only_target_leaves_nothing(fmt, err, ckpt, tmp
     monkeypatch.setattr(fileio.os, "replace", failing_replace)
     out = tmp_path / "out"
     out.mkdir()
-    expect = ("no space left on device while writing" if err == "ENOSPC"
-              else "read-only file system; choose a writable location")
-    one_line_error(["export", ckpt, "--format", fmt, "--output-dir", out, "--no-verify"],
-                   capsys, expect)
+    expect = (
+        "no space left on device while writing"
+        if err == "ENOSPC"
+        else "read-only file system; choose a writable location"
+    )
+    one_line_error(
+        ["export", ckpt, "--format", fmt, "--output-dir", out, "--no-verify"], capsys, expect
+    )
     assert _files(out) == []  # no output, no temporary file
 
 
@@ -227,12 +252,16 @@ def test_failed_export_parity_leaves_no_file(ckpt, tmp_path, capsys, monkeypatch
     from fastvit.reparam import OutputDiff
 
     monkeypatch.setattr(onnx_mod, "output_diff", lambda ref, out: OutputDiff(0.5, 2.0))
-    one_line_error(["export", ckpt, "--output-dir", tmp_path / "o"], capsys,
-                   "onnx output differs from PyTorch on random inputs: max |diff| 5.00e-01")
+    one_line_error(
+        ["export", ckpt, "--output-dir", tmp_path / "o"],
+        capsys,
+        "onnx output differs from PyTorch on random inputs: max |diff| 5.00e-01",
+    )
     assert not (tmp_path / "o").exists() or _files(tmp_path / "o") == []
 
 
 # --------------------------------------------------------------------------- issue 9, item 17
+
 
 @pytest.fixture(scope="module")
 def nan_ckpt(ckpt, tmp_path_factory) -> Path:
@@ -260,8 +289,16 @@ def test_nan_weights_are_named_on_load(command, nan_ckpt, tmp_path, capsys, monk
         "predict": ["predict", nan_ckpt, data / "a" / "0.png"],
         "export": ["export", nan_ckpt, "--output-dir", tmp_path / "o"],
         "reparam": ["reparam", nan_ckpt, "-o", tmp_path / "r.safetensors"],
-        "train": ["train", "--init", nan_ckpt, "--epochs", "1", "--no-tensorboard",
-                  "--no-plot", "--no-progress"],
+        "train": [
+            "train",
+            "--init",
+            nan_ckpt,
+            "--epochs",
+            "1",
+            "--no-tensorboard",
+            "--no-plot",
+            "--no-progress",
+        ],
     }[command]
     line = one_line_error(argv, capsys, "holds non-finite weights (NaN in ")
     assert "diverged" in line and "lr" not in line
@@ -269,6 +306,7 @@ def test_nan_weights_are_named_on_load(command, nan_ckpt, tmp_path, capsys, monk
 
 
 # --------------------------------------------------------------------------- issue 9, item 18
+
 
 def _torchscript_file(path: Path) -> Path:
     torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(path))
@@ -280,21 +318,29 @@ def _onnx_file(path: Path) -> Path:
     from onnx import TensorProto, helper
 
     node = helper.make_node("Relu", ["x"], ["y"])
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
-                                                                          [1])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
     onnx.save(helper.make_model(graph), str(path))
     return path
 
 
-@pytest.mark.parametrize("kind,expect", [
-    ("torchscript", "is a TorchScript model (an export), not a checkpoint; run it with "
-                    "`fastvit predict"),
-    ("onnx", "is an ONNX model (an export), not a checkpoint; run it with `fastvit predict"),
-    ("openvino", "is an OpenVINO model (an export), not a checkpoint"),
-    ("random", "is not a checkpoint: neither safetensors nor a torch file"),
-    ("html", "is an HTML page, not a checkpoint (a failed download?)"),
-])
+@pytest.mark.parametrize(
+    "kind,expect",
+    [
+        (
+            "torchscript",
+            "is a TorchScript model (an export), not a checkpoint; run it with `fastvit predict",
+        ),
+        ("onnx", "is an ONNX model (an export), not a checkpoint; run it with `fastvit predict"),
+        ("openvino", "is an OpenVINO model (an export), not a checkpoint"),
+        ("random", "is not a checkpoint: neither safetensors nor a torch file"),
+        ("html", "is an HTML page, not a checkpoint (a failed download?)"),
+    ],
+)
 @pytest.mark.parametrize("command", ["eval", "reparam", "export"])
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit deprecation, making the file
 def test_file_type_is_detected_first(kind, expect, command, tmp_path, capsys):
@@ -346,6 +392,7 @@ def test_predict_takes_an_onnx_file_without_onnx_suffix(ckpt, tmp_path, capsys):
 
 # --------------------------------------------------------------------------- issue 9, item 7
 
+
 @pytest.mark.parametrize("recipe", ["imagenet", "digits"])
 def test_every_recipe_augmentation_survives_maximum_magnitude(recipe):
     """Pillow >= 13 refuses posterize to 0 bits, which timm's increasing posterize reaches at
@@ -360,16 +407,24 @@ def test_every_recipe_augmentation_survives_maximum_magnitude(recipe):
     from fastvit.train.config import recipe_config
 
     cfg = recipe_config(recipe)
-    specs = [cfg.auto_augment, "rand-m10-mstd0.5-inc1", "rand-m1-n3", "augmix-m10-w2",
-             "original", "v0"] if recipe == "imagenet" else [cfg.auto_augment]
+    specs = (
+        [cfg.auto_augment, "rand-m10-mstd0.5-inc1", "rand-m1-n3", "augmix-m10-w2", "original", "v0"]
+        if recipe == "imagenet"
+        else [cfg.auto_augment]
+    )
     rng = np.random.default_rng(0)
-    images = [Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8))
-              for _ in range(4)]
+    images = [Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)) for _ in range(4)]
     for spec in specs:
         tf = create_train_transform(
-            cfg.input_size if cfg.input_size <= 64 else 64, scale=cfg.scale, ratio=cfg.ratio,
-            hflip=cfg.hflip, auto_augment=spec, color_jitter=cfg.color_jitter,
-            re_prob=cfg.reprob, interpolation=cfg.interpolation)
+            cfg.input_size if cfg.input_size <= 64 else 64,
+            scale=cfg.scale,
+            ratio=cfg.ratio,
+            hflip=cfg.hflip,
+            auto_augment=spec,
+            color_jitter=cfg.color_jitter,
+            re_prob=cfg.reprob,
+            interpolation=cfg.interpolation,
+        )
         ops = _augment_ops(tf)
         assert bool(ops) == bool(spec)
         random.seed(0)
@@ -385,9 +440,21 @@ def test_every_recipe_augmentation_survives_maximum_magnitude(recipe):
 
 # --------------------------------------------------------------------------- issue 9, item 8
 
-TRAIN_FAST = ["--epochs", "2", "--batch-size", "8", "--limit-train-batches", "1",
-              "--limit-val-batches", "1", "--no-tensorboard", "--no-plot", "--no-progress",
-              "--threads", "1"]
+TRAIN_FAST = [
+    "--epochs",
+    "2",
+    "--batch-size",
+    "8",
+    "--limit-train-batches",
+    "1",
+    "--limit-val-batches",
+    "1",
+    "--no-tensorboard",
+    "--no-plot",
+    "--no-progress",
+    "--threads",
+    "1",
+]
 
 
 @pytest.mark.parametrize("how", ["oserror", "torch_runtime_error"])
@@ -409,18 +476,22 @@ def test_disk_full_during_a_checkpoint(how, tmp_path, capsys, monkeypatch):
                 f.write(b"PK\x03\x04 half a checkpoint")
                 if how == "oserror":
                     raise OSError(errno.ENOSPC, "No space left on device")
-                raise RuntimeError("[enforce fail at inline_container.cc:672] . "
-                                   "PytorchStreamWriter failed writing file data/7: file write "
-                                   "failed")
+                raise RuntimeError(
+                    "[enforce fail at inline_container.cc:672] . "
+                    "PytorchStreamWriter failed writing file data/7: file write "
+                    "failed"
+                )
         return real_save(obj, f, *a, **k)
 
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(torch, "save", save)
     monkeypatch.setattr(shutil, "disk_usage", lambda _p: usage(10 << 30, 10 << 30, 0))
     run = tmp_path / "run"
-    line = one_line_error(["train", "--output", run, *TRAIN_FAST], capsys,
-                          f"no space left on device while writing {run / 'last.pt'}; any "
-                          "previous last.pt is intact")
+    line = one_line_error(
+        ["train", "--output", run, *TRAIN_FAST],
+        capsys,
+        f"no space left on device while writing {run / 'last.pt'}; any previous last.pt is intact",
+    )
     assert "enforce fail" not in line
     assert not [p for p in run.iterdir() if ".tmp" in p.name]  # no temporary file left
     state = ck.load_training_checkpoint(run / "last.pt")  # epoch 1's checkpoint, readable
@@ -429,12 +500,27 @@ def test_disk_full_during_a_checkpoint(how, tmp_path, capsys, monkeypatch):
 
 # --------------------------------------------------------------------------- issue 9, item 10
 
+
 def test_unreadable_image_in_a_dataloader_worker_is_one_line(ckpt, tmp_path, capsys):
     root = tmp_path / "data"
     _image_folder(root / "val")
     (root / "val" / "b" / "9_bad.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    line = one_line_error(["eval", ckpt, "--data", root, "--check-images", "none",
-                           "--workers", "1", "--threads", "1"], capsys, "cannot read image")
+    line = one_line_error(
+        [
+            "eval",
+            ckpt,
+            "--data",
+            root,
+            "--check-images",
+            "none",
+            "--workers",
+            "1",
+            "--threads",
+            "1",
+        ],
+        capsys,
+        "cannot read image",
+    )
     assert "9_bad.png" in line and "Original Traceback" not in line
     assert "worker" not in line
 
@@ -443,15 +529,18 @@ def test_error_line_unwraps_worker_tracebacks():
     from fastvit.cli.main import error_line
     from fastvit.errors import DataError
 
-    wrapped = DataError("Caught DataError in DataLoader worker process 0.\nOriginal Traceback "
-                        "(most recent call last):\n  File \"x.py\", line 1, in f\n    raise "
-                        "DataError(msg)\nfastvit.errors.DataError: cannot read image a.png "
-                        "(OSError); remove it\n")
+    wrapped = DataError(
+        "Caught DataError in DataLoader worker process 0.\nOriginal Traceback "
+        '(most recent call last):\n  File "x.py", line 1, in f\n    raise '
+        "DataError(msg)\nfastvit.errors.DataError: cannot read image a.png "
+        "(OSError); remove it\n"
+    )
     assert error_line(wrapped) == "cannot read image a.png (OSError); remove it"
     assert error_line(DataError("plain: message")) == "plain: message"
 
 
 # --------------------------------------------------------------------------- issue 9, item 11
+
 
 def test_predict_decompression_bomb_and_partial_folder(ckpt, tmp_path, capsys, monkeypatch):
     from PIL import Image as PILImage
@@ -472,6 +561,7 @@ def test_predict_decompression_bomb_and_partial_folder(ckpt, tmp_path, capsys, m
 
 
 # --------------------------------------------------------------------------- issue 10, item 1
+
 
 def test_reparam_tolerance_is_relative_to_the_output_scale(tmp_path, capsys):
     """A trained model's logits reach hundreds: float32 fusion error ~1e-6 of that is fine,
@@ -514,6 +604,7 @@ def test_verify_still_fails_a_real_fusion_error():
 
 
 # --------------------------------------------------------------------------- issue 10, item 5
+
 
 def test_thread_choice_follows_cpus_and_load():
     from fastvit.threads import available_cpus, choose_threads
@@ -573,4 +664,6 @@ def test_info_table_is_cached_per_config(tmp_path, capsys, monkeypatch):
     (tmp_path / "fastvit" / "info.json").write_text("{not json")  # a damaged cache: recomputed
     monkeypatch.undo()
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    assert info.summaries(["fastvit_t8"], 64)[0]["gmacs"] == model_summary("fastvit_t8", 64)["gmacs"]
+    assert (
+        info.summaries(["fastvit_t8"], 64)[0]["gmacs"] == model_summary("fastvit_t8", 64)["gmacs"]
+    )

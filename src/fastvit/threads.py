@@ -55,6 +55,7 @@ def available_cpus() -> int:
 
 def _busy_cpus(interval: float = 0.1) -> float | None:
     """CPUs kept busy by other processes right now, sampled from /proc/stat over ``interval``."""
+
     def snapshot() -> tuple[int, int]:
         with open("/proc/stat") as f:
             fields = [int(v) for v in f.readline().split()[1:]]
@@ -117,14 +118,20 @@ class ThreadChoice:
         if not self.oversubscribed or (not timed and not self.requested):
             return None
         assert self.load is not None
-        hint = ("fewer --threads may be faster" if self.requested and self.threads > 1
-                else "timings will be slower and noisier than on an idle machine")
-        return (f"the machine is busy (load {self.load:.1f} on {self.cpus} CPUs) and this "
-                f"process uses {self.threads} thread{'s' if self.threads > 1 else ''}; {hint}")
+        hint = (
+            "fewer --threads may be faster"
+            if self.requested and self.threads > 1
+            else "timings will be slower and noisier than on an idle machine"
+        )
+        return (
+            f"the machine is busy (load {self.load:.1f} on {self.cpus} CPUs) and this "
+            f"process uses {self.threads} thread{'s' if self.threads > 1 else ''}; {hint}"
+        )
 
 
-def choose_threads(requested: int | None = None, *, cpus: int | None = None,
-                   load: float | None = None) -> ThreadChoice:
+def choose_threads(
+    requested: int | None = None, *, cpus: int | None = None, load: float | None = None
+) -> ThreadChoice:
     """The thread count for a command: ``requested`` if given, else the idle CPUs (at least 1).
 
     ``cpus``/``load`` default to :func:`available_cpus` / :func:`current_load` (tests pass them).

@@ -12,8 +12,11 @@ from fastvit.errors import CheckpointError
 
 def nonfinite_tensors(sd: Mapping[str, Tensor]) -> list[str]:
     """Names of floating-point tensors in ``sd`` holding NaN or Inf."""
-    return [k for k, v in sd.items()
-            if isinstance(v, Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    return [
+        k
+        for k, v in sd.items()
+        if isinstance(v, Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())
+    ]
 
 
 def check_finite(sd: Mapping[str, Tensor], where: str) -> None:
@@ -34,4 +37,5 @@ def check_finite(sd: Mapping[str, Tensor], where: str) -> None:
     more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
     raise CheckpointError(
         f"{where} holds non-finite weights ({'/'.join(kinds)} in {bad[0]}{more}); the run that "
-        "wrote it diverged: use an earlier checkpoint (e.g. best.pt) or retrain")
+        "wrote it diverged: use an earlier checkpoint (e.g. best.pt) or retrain"
+    )

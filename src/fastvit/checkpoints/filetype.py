@@ -70,8 +70,7 @@ def detect_file_type(path: str | os.PathLike) -> str:
         return HTML
     if text.startswith(b"version https://git-lfs"):
         return LFS_POINTER
-    if (len(head) >= 3 and head[0] == 0x08 and 1 <= head[1] <= 15
-            and head[2] in _ONNX_FIELD_TAGS):
+    if len(head) >= 3 and head[0] == 0x08 and 1 <= head[1] <= 15 and head[2] in _ONNX_FIELD_TAGS:
         return ONNX  # ModelProto: field 1 (ir_version, a small varint), then another field
     if path.suffix.lower() == ".bin" and path.with_suffix(".xml").is_file():
         return OPENVINO_BIN
@@ -87,21 +86,21 @@ def describe_kind(path: str | os.PathLike, kind: str) -> str:
     p = str(path)
     return {
         TORCHSCRIPT: f"{p} is a TorchScript model (an export), not a checkpoint; run it with "
-                     f"`fastvit predict {p} IMAGES`, or export again from the original checkpoint",
+        f"`fastvit predict {p} IMAGES`, or export again from the original checkpoint",
         ONNX: f"{p} is an ONNX model (an export), not a checkpoint; run it with "
-              f"`fastvit predict {p} IMAGES`, or export again from the original checkpoint",
+        f"`fastvit predict {p} IMAGES`, or export again from the original checkpoint",
         OPENVINO_XML: f"{p} is an OpenVINO model (an export), not a checkpoint; use the "
-                      "checkpoint it was exported from",
+        "checkpoint it was exported from",
         OPENVINO_BIN: f"{p} holds the weights of an OpenVINO model (an export), not a "
-                      "checkpoint; use the checkpoint it was exported from",
+        "checkpoint; use the checkpoint it was exported from",
         ZIP: f"{p} is a zip archive but not a torch checkpoint (no data.pkl inside); give a "
-             ".safetensors or .pth checkpoint",
+        ".safetensors or .pth checkpoint",
         HTML: f"{p} is an HTML page, not a checkpoint (a failed download?); download it again",
         LFS_POINTER: f"{p} is a Git LFS pointer, not the file itself; run `git lfs pull` to "
-                     "fetch the weights",
+        "fetch the weights",
         TEXT: f"{p} is a text file, not a checkpoint; give a .safetensors or .pth checkpoint",
         UNKNOWN: f"{p} is not a checkpoint: neither safetensors nor a torch file (it starts "
-                 f"with bytes {_first_bytes(path)}); give a .safetensors or .pth checkpoint",
+        f"with bytes {_first_bytes(path)}); give a .safetensors or .pth checkpoint",
     }.get(kind, f"{p} is not a checkpoint ({kind})")
 
 

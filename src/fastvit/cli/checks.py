@@ -15,8 +15,9 @@ MIN_SIZE = 32  # FastViT downsamples by 32
 def check_size(value: int | None, option: str = "--size") -> None:
     """Input sizes below 32 px leave nothing after the stem and four downsamplings."""
     if value is not None and value < MIN_SIZE:
-        raise ConfigError(f"{option} {value} is too small; FastViT downsamples by 32, "
-                          f"use {MIN_SIZE} or more")
+        raise ConfigError(
+            f"{option} {value} is too small; FastViT downsamples by 32, use {MIN_SIZE} or more"
+        )
 
 
 def check_min(value: int | float | None, option: str, minimum: int | float) -> None:
@@ -36,8 +37,10 @@ def check_mean_std(mean: Sequence[float] | None, std: Sequence[float] | None) ->
     if mean is not None and not all(math.isfinite(v) for v in mean):
         raise ConfigError(f"--mean must be finite numbers, got {' '.join(map(str, mean))}")
     if std is not None and not all(math.isfinite(v) and v > 0 for v in std):
-        raise ConfigError(f"--std must be positive numbers (images are divided by it), got "
-                          f"{' '.join(map(str, std))}")
+        raise ConfigError(
+            f"--std must be positive numbers (images are divided by it), got "
+            f"{' '.join(map(str, std))}"
+        )
 
 
 def check_crop_pct(value: float | None) -> None:
