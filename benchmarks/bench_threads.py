@@ -61,8 +61,8 @@ def run_job(threads: int | None, epochs: int, batches: int | None, out: Path) ->
     if proc.returncode != 0:
         raise SystemExit(f"job failed: {proc.stderr.strip()[-400:]}")
     setup = next((ln for ln in proc.stdout.splitlines() if ln.startswith("training ")), "")
-    threads = setup[setup.find(", threads") : setup.find(" -> ")] if ", threads" in setup else ""
-    print(f"    {seconds:.1f} s{threads}", flush=True)  # e.g. "287.0 s, threads 1 (auto; ...)"
+    choice = setup[setup.find(", threads") : setup.find(" -> ")] if ", threads" in setup else ""
+    print(f"    {seconds:.1f} s{choice}", flush=True)  # e.g. "287.0 s, threads 1 (auto; ...)"
     return seconds
 
 
