@@ -25,6 +25,15 @@ from torch import nn
 from fastvit.models.config import FastViTConfig
 
 
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Print the load average: on this shared 2-core machine durations mean little above 2."""
+    try:
+        load = " ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:  # not available on this platform
+        return
+    terminalreporter.write_line(f"load average at the end: {load} on {os.cpu_count()} cores")
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
     """One intra-op thread for every test module (library calls such as the bench or
