@@ -5,8 +5,10 @@ official implementation on two narrow configurations. The full-size ones
 (``../shared/fixtures/apple`` next to the repository, or ``$FASTVIT_APPLE_FIXTURES``) are an
 optional extra check: tests that take ``full_fixtures`` skip when the folder is absent.
 
-Markers: ``slow`` marks the longest end-to-end checks. They run by default (``.ci/run`` runs
-everything); ``pytest -m "not slow"`` is the quick mode.
+Markers: ``slow`` marks the longest end-to-end checks (DDP, torch.compile, learning runs,
+subprocess CLI runs). Plain ``pytest`` deselects them (pyproject addopts) so the default suite
+stays within its time budget; ``pytest -m slow`` runs them, ``pytest -m ""`` runs everything,
+and ``.ci/run`` runs both halves.
 """
 
 from __future__ import annotations
@@ -23,6 +25,15 @@ from safetensors.torch import load_file
 from torch import nn
 
 from fastvit.models.config import FastViTConfig
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Print the load average: on this shared 2-core machine durations mean little above 2."""
+    try:
+        load = " ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:  # not available on this platform
+        return
+    terminalreporter.write_line(f"load average at the end: {load} on {os.cpu_count()} cores")
 
 
 @pytest.fixture(scope="module", autouse=True)
