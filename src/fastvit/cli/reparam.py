@@ -14,6 +14,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="variant, when it cannot be detected from the checkpoint")
     p.add_argument("--size", type=int, default=128, help="verification input size (default 128)")
     p.add_argument("--atol", type=float, default=1e-4, help="verification tolerance")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,11 +43,21 @@ def run(args: argparse.Namespace) -> int:
                     p.copy_(torch.rand(p.shape, generator=g) * 0.5)
         out = Path(args.output) if args.output else None
     else:
+        from fastvit.checkpoints.api import PREPROCESS_KEYS, RESERVED_METADATA
+        from fastvit.checkpoints.io import read_checkpoint
+
         model = fastvit.load_model(args.checkpoint, name=args.model)
+        # the file's own metadata (a run's dataset, epoch, val_top1, ...) travels along
+        extra_meta = {k: v for k, v in read_checkpoint(args.checkpoint)[1].items()
+                      if k not in RESERVED_METADATA and k not in PREPROCESS_KEYS}
         if model.inference_mode:
             raise ConfigError(f"{args.checkpoint} is already reparameterized; nothing to do")
         out = Path(args.output) if args.output else Path(args.checkpoint).with_name(
             Path(args.checkpoint).name.split(".")[0] + "_reparam.safetensors")
+    if out is not None:
+        from fastvit.fileio import check_writable_target
+
+        check_writable_target(out, overwrite=args.overwrite)
     model.eval()
     t0 = time.perf_counter()
     fused = fastvit.reparameterize(model, verify=True, atol=args.atol,
@@ -59,6 +70,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"reparameterized in {seconds:.2f} s; max |fused - unfused| on random "
           f"{args.size}x{args.size} inputs: {diff:.2e} (tolerance {args.atol:g})")
     if out is not None:
-        fastvit.save_model(fused, out)
+        fastvit.save_model(fused, out, metadata=extra_meta)
         print(f"saved {out}")
     return 0

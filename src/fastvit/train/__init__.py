@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastvit.train.config import RECIPES, TrainConfig, recipe_config, validate_config
 from fastvit.train.engine import (
     TrainingDiverged,
+    TrainingTerminated,
     TrainResult,
     evaluate,
     train,
@@ -18,6 +19,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "TrainingDiverged",
+    "TrainingTerminated",
     "evaluate",
     "format_summary",
     "recipe_config",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,25 +18,16 @@ import torch
 
 from fastvit.checkpoints.io import RUN_FORMAT as FORMAT  # one tag, read by fastvit.load_model
 from fastvit.errors import CheckpointError
+from fastvit.fileio import atomic_path
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """Save to a temporary file in the same directory, then rename over ``path``.
-
-    A crash mid-write leaves the previous file intact; readers never see a partial file.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """``torch.save`` through :func:`fastvit.fileio.atomic_path`: a crash, a full disk or a
+    signal mid-write leaves the previous file intact and no temporary file behind."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def get_rng_state() -> dict[str, Any]:
@@ -116,13 +106,15 @@ def load_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return ckpt
 
 
-def is_training_checkpoint(path: str | os.PathLike) -> bool:
-    """True when ``path`` looks like a training checkpoint (a pickle with our format tag)."""
-    path = Path(path)
-    if not path.is_file() or path.suffix == ".safetensors":
-        return False
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        return False
-    return isinstance(ckpt, dict) and ckpt.get("format") == FORMAT
+def checkpoint_weights(
+    ckpt: dict[str, Any], use_ema: bool | None = None
+) -> tuple[dict[str, torch.Tensor], bool]:
+    """(state dict, whether it is the EMA copy) of a training checkpoint.
+
+    ``use_ema`` None picks the weights that scored best (the EMA copy when it did).
+    """
+    if use_ema is None:
+        use_ema = bool(ckpt["best"]["ema"]) and ckpt.get("ema") is not None
+    if use_ema and ckpt.get("ema") is None:
+        raise CheckpointError("this run was trained with --no-ema; it has no EMA weights")
+    return (ckpt["ema"] if use_ema else ckpt["model"]), use_ema

@@ -176,10 +176,14 @@ def _to_gloo_bn(module: nn.Module) -> nn.Module:
 
 
 def revert_sync_batchnorm(module: nn.Module) -> nn.Module:
-    """Replace every SyncBatchNorm (torch's or ours) with an equivalent BatchNorm2d.
+    """Replace every SyncBatchNorm (torch's or our :class:`GlooSyncBatchNorm2d`) with a plain
+    BatchNorm2d holding the same parameters and statistics: the inverse of
+    :func:`convert_sync_batchnorm`.
 
-    Reparameterization folds BatchNorm2d; a SyncBatchNorm left in the tree would be skipped.
-    The inverse of ``nn.SyncBatchNorm.convert_sync_batchnorm``.
+    Neither training nor reparameterization needs it: the end of a run loads the best
+    weights into a fresh model, and ``reparameterize`` folds any BatchNorm, SyncBatchNorm
+    included. It is for code that wants plain BatchNorm2d modules back, e.g. to train a
+    SyncBatchNorm model on CPU (torch's SyncBatchNorm trains on accelerators only).
     """
     out = module
     if isinstance(module, (nn.SyncBatchNorm, GlooSyncBatchNorm2d)):

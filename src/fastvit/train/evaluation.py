@@ -30,6 +30,12 @@ def load_for_eval(path: str | Path, use_ema: bool | None = None, *,
             raise ConfigError(f"{path} is an exported model; --ema/--no-ema apply to run files")
         module = PredictorModule(load_predictor(path, size=input_size))
         return module.eval(), module.card
+    if use_ema is not None and path.suffix == ".safetensors":
+        raise ConfigError(
+            f"--ema/--no-ema choose between the weights of a training checkpoint (last.pt, "
+            f"best.pt); {path} holds one set of weights (a run's model files already hold the "
+            "better of the two); drop the option"
+        )
     model = fastvit.load_model(path, use_ema=use_ema)
     return model.eval(), model.card
 
