@@ -43,13 +43,13 @@ def run(args: argparse.Namespace) -> int:
                     p.copy_(torch.rand(p.shape, generator=g) * 0.5)
         out = Path(args.output) if args.output else None
     else:
-        from fastvit.checkpoints.api import PREPROCESS_KEYS, RESERVED_METADATA
+        from fastvit.checkpoints.api import RESERVED_METADATA
         from fastvit.checkpoints.io import read_checkpoint
 
         model = fastvit.load_model(args.checkpoint, name=args.model)
         # the file's own metadata (a run's dataset, epoch, val_top1, ...) travels along
         extra_meta = {k: v for k, v in read_checkpoint(args.checkpoint)[1].items()
-                      if k not in RESERVED_METADATA and k not in PREPROCESS_KEYS}
+                      if k not in RESERVED_METADATA}
         if model.inference_mode:
             raise ConfigError(f"{args.checkpoint} is already reparameterized; nothing to do")
         out = Path(args.output) if args.output else Path(args.checkpoint).with_name(

@@ -60,13 +60,16 @@ class RunDir:
         self.checkpointed = False  # set once the run wrote a checkpoint here
         self.had_run = False
         self._lock_fd: int | None = None
+        self._created_top: Path | None = None
 
     # ----------------------------------------------------------------- enter / exit
     def __enter__(self) -> RunDir:
         try:
             if self.path.exists() and not self.path.is_dir():
                 raise ConfigError(f"output {self.path} is a file; --output must be a directory")
-            self.created = not self.path.exists()
+            missing = [d for d in (self.path, *self.path.parents) if not d.exists()]
+            self._created_top = missing[-1] if missing else None
+            self.created = bool(missing)
             self.path.mkdir(parents=True, exist_ok=True)
             self._lock()
             if not os.access(self.path, os.W_OK):
@@ -146,9 +149,15 @@ class RunDir:
                 os.unlink(self.lock_path)  # while still holding it (see _lock)
             os.close(self._lock_fd)
             self._lock_fd = None
-        if self.created:
-            with contextlib.suppress(OSError):
-                self.path.rmdir()  # only when empty: a run that failed before writing
+        if self.created:  # only empty folders go: those of a run that failed before writing
+            for d in (self.path, *self.path.parents):
+                try:
+                    d.rmdir()
+                except OSError:
+                    break
+                if d == self._created_top:
+                    break
+            self.created = False
 
     # ----------------------------------------------------------------- files
     def adopt_best(self) -> bool:
