@@ -647,6 +647,8 @@ def _run(cfg: TrainConfig, env: DistEnv, say: Callable[[str], None], t_start: fl
         f"classes, {cfg.input_size}px, batch {cfg.batch_size * env.world_size}, "
         f"{cfg.epochs} epochs, {env.world_size} process(es) on {env.device.type} -> {out_dir}")
     say(f"schedule: {plan.describe(cfg)}")
+    if rd is not None:
+        rd.begin()
     if rd is not None and rd.adopt_best():  # resumed into a new directory: make it a run
         save_epoch_checkpoints(state.state_dict(), out_dir, is_best=False)
         rd.checkpointed = True

@@ -1,10 +1,11 @@
 """The run directory: never replaced silently, never shared by two live trainings.
 
 A new run refuses a directory that already holds a run's files unless ``--overwrite`` is given
-(then exactly those files are removed; anything else in the folder is left alone). A lock file
-held for the whole run makes a second training into the same directory fail at once. On start
-the temporary files a killed process left behind are removed, and a run that fails before its
-first checkpoint removes what it created (the directory too, when it made it).
+(then exactly those files are removed, once the new run's setup succeeded; anything else in the
+folder is left alone). A lock file held for the whole run makes a second training into the same
+directory fail at once. On start the temporary files a killed process left behind are removed,
+and a run that fails before its first checkpoint removes what it created (the directory too,
+when it made it).
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ class RunDir:
         self.had_run = False
         self._lock_fd: int | None = None
         self._created_top: Path | None = None
+        self._replace: list[str] = []
 
     # ----------------------------------------------------------------- enter / exit
     def __enter__(self) -> RunDir:
@@ -111,9 +113,16 @@ class RunDir:
                 f"{self.path} already holds a run ({', '.join(present)}); {what}, or pass "
                 "--overwrite to replace it"
             )
-        for name in present:
+        self._replace = present  # removed by begin(), once the new run's setup succeeded
+
+    def begin(self) -> None:
+        """The run is set up and about to train: remove the files of the run it replaces
+        (``--overwrite``), so a setup error leaves the previous run untouched."""
+        for name in self._replace:
             _rm(self.path / name)
-        self.had_run = False
+        if self._replace:
+            self.had_run = False
+        self._replace = []
 
     # ----------------------------------------------------------------- lock
     @property
