@@ -269,7 +269,7 @@ def test_resume_with_changed_options(finished, tmp_path, capsys):
     assert rc == 0, err
     banner = next(ln for ln in out.splitlines() if ln.startswith("resumed from"))
     assert "at epoch 1/3" in banner and "--epochs 1 -> 3 (lr schedule re-planned" in banner
-    assert "--threads None -> 1" in banner
+    assert "--threads default -> 1" in banner
     assert "epoch   3/3" in out and "/1 " not in out
     ref = train(recipe_config("digits", output=str(tmp_path / "ref"), epochs=3, batch_size=8,
                               limit_train_batches=1, limit_val_batches=1, warmup_epochs=0,

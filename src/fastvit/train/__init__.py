@@ -12,10 +12,12 @@ from fastvit.train.engine import (
     train_one_epoch,
 )
 from fastvit.train.final import FinalReport
+from fastvit.train.state import RunState
 
 __all__ = [
     "RECIPES",
     "FinalReport",
+    "RunState",
     "TrainConfig",
     "TrainResult",
     "TrainingDiverged",

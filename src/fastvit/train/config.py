@@ -375,6 +375,14 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def _show(value: Any) -> str:
+    if value is None:
+        return "default"
+    if isinstance(value, tuple):
+        return " ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def resume_config(
     stored: TrainConfig, requested: TrainConfig, done_epochs: int
 ) -> tuple[TrainConfig, list[str]]:
@@ -398,7 +406,7 @@ def resume_config(
         if f.name in ("output", "resume", "overwrite", "extra", "progress", "init"):
             continue
         if f.name in RESUME_RUNTIME:
-            notes.append(f"{_flag(f.name)} {old} -> {new}")
+            notes.append(f"{_flag(f.name)} {_show(old)} -> {_show(new)}")
         elif f.name == "epochs":
             if new < done_epochs:
                 raise ConfigError(
@@ -413,8 +421,8 @@ def resume_config(
             )
         else:
             raise ConfigError(
-                f"cannot change {_flag(f.name)} ({old} -> {new}) when resuming: the run's first "
-                f"{done_epochs} epochs were trained with {old}; resume without it, or start a new "
-                "run from this one's weights with --init RUN/model.safetensors"
+                f"cannot change {_flag(f.name)} ({_show(old)} -> {_show(new)}) when resuming: the "
+                f"run's first {done_epochs} epochs were trained with {_show(old)}; resume without "
+                "it, or start a new run from this one's weights with --init RUN/model.safetensors"
             )
     return stored.replace(**changes), notes
