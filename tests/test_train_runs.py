@@ -99,6 +99,15 @@ def test_cli_options_are_derived_from_the_config():
     assert cfg.scale == (0.5, 1.0) and cfg.mean == (0.1, 0.2, 0.3) and cfg.ema is False
 
 
+def test_run_files_get_umask_permissions(finished):
+    """Issue 10 item 11: the files training writes are readable like any normal file (the
+    fileio helper, not mkstemp's 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for name in ("last.pt", "best.pt", "metrics.csv", "summary.json"):
+        assert (finished / name).stat().st_mode & 0o777 == 0o666 & ~mask, name
+
+
 def test_topk_correct_caps_k_at_the_number_of_classes():
     logits = torch.tensor([[0.1, 0.9, 0.0], [0.8, 0.1, 0.3], [0.2, 0.3, 0.5]])
     top1, top5 = topk_correct(logits, torch.tensor([1, 2, 0]))
