@@ -31,6 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from fastvit.errors import ConfigError, FastViTError
+from fastvit.models.complexity import count_params
 from fastvit.train.checkpoint import (
     atomic_torch_save,
     epoch_seed,
@@ -51,7 +52,6 @@ from fastvit.train.distributed import (
 from fastvit.train.metrics import topk_correct
 from fastvit.train.modeling import (
     InitReport,
-    count_params,
     create_train_model,
     freeze_stages,
     init_from_model,

@@ -21,9 +21,10 @@ from torch.utils.data import DataLoader
 from fastvit.card import Preprocessing
 from fastvit.errors import ReparamError
 from fastvit.fileio import write_text_atomic
+from fastvit.models.complexity import count_params
 from fastvit.train.checkpoint import checkpoint_weights, load_training_checkpoint
 from fastvit.train.metrics import topk_correct
-from fastvit.train.modeling import count_params, create_train_model
+from fastvit.train.modeling import create_train_model
 
 logger = logging.getLogger("fastvit")
 
