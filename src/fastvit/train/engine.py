@@ -655,10 +655,11 @@ def _run(cfg: TrainConfig, env: DistEnv, say: Callable[[str], None], t_start: fl
 
     metrics = MetricsLogger(out_dir, enabled=env.is_main, tensorboard=cfg.tensorboard,
                             plot=cfg.plot, history=state.history)
+    loop = EpochLoop(cfg, env, state, step, train_loader, val_loader, sampler, num_batches,
+                     metrics, say, rd)
     try:
         for epoch in range(start_epoch, cfg.epochs):
-            _train_epoch(epoch, cfg, env, state, step, train_loader, val_loader, sampler,
-                         num_batches, metrics, say, rd)
+            loop.run(epoch)
     finally:
         metrics.close()
 
@@ -673,43 +674,64 @@ def _run(cfg: TrainConfig, env: DistEnv, say: Callable[[str], None], t_start: fl
         model_state=model_state(model), init_report=init_report, frozen=frozen, final=final)
 
 
-def _train_epoch(epoch: int, cfg: TrainConfig, env: DistEnv, state: RunState, step: TrainStep,
-                 train_loader: DataLoader, val_loader: DataLoader, sampler: DistributedSampler,
-                 num_batches: int, metrics: Any, say: Callable[[str], None],
-                 rd: RunDir | None) -> None:
-    """Train one epoch, evaluate (model and EMA), log, and checkpoint the run state."""
-    seed_everything(epoch_seed(cfg.seed, epoch, env.rank))
-    sampler.set_epoch(epoch)
-    stats = train_one_epoch(step, train_loader, num_batches=num_batches,
-                            global_step=state.global_step, env=env,
-                            desc=f"epoch {epoch + 1}/{cfg.epochs}", progress=cfg.progress)
-    state.global_step = stats.global_step
-    if state.scheduler is not None:
-        state.scheduler.step(epoch + 1)
-    kw = {"device": env.device, "amp": cfg.amp, "channels_last": cfg.channels_last,
-          "num_batches": cfg.limit_val_batches, "env": env, "progress": cfg.progress}
-    ev = evaluate(state.model, val_loader, desc="val", **kw)
-    ev_ema = evaluate(state.ema.module, val_loader, desc="val ema", **kw) if state.ema else None
-    use_ema = ev_ema is not None and ev_ema["top1"] > ev["top1"]
-    row = {
-        "epoch": epoch + 1, "train_loss": stats.loss, "lr": stats.lr,
-        "val_loss": ev["loss"], "val_top1": ev["top1"], "val_top5": ev["top5"],
-        "ema_val_loss": ev_ema["loss"] if ev_ema else None,
-        "ema_top1": ev_ema["top1"] if ev_ema else None,
-        "ema_top5": ev_ema["top5"] if ev_ema else None,
-        "train_img_s": stats.img_s, "epoch_time_s": stats.time_s,
-    }
-    is_best = state.record(row, ev_ema if use_ema else ev, use_ema)
-    metrics.log(row)
-    if env.is_main:
-        save_epoch_checkpoints(state.state_dict(), Path(cfg.output), is_best)
-        if rd is not None:
-            rd.checkpointed = True
-    ema_txt = f"  ema top-1 {ev_ema['top1']:6.2f}" if ev_ema else ""
-    say(f"epoch {epoch + 1:>3}/{cfg.epochs}  loss {stats.loss:.4f}  lr {stats.lr:.2e}  "
-        f"val loss {ev['loss']:.4f}  top-1 {ev['top1']:6.2f}  top-5 {ev['top5']:6.2f}"
-        f"{ema_txt}  {stats.img_s:5.0f} img/s  {stats.time_s:5.1f}s" + ("  *" if is_best else ""))
-    barrier(env)
+@dataclass
+class EpochLoop:
+    """What every epoch of a run uses; :meth:`run` trains, evaluates, logs and checkpoints
+    one epoch."""
+
+    cfg: TrainConfig
+    env: DistEnv
+    state: RunState
+    step: TrainStep
+    train_loader: DataLoader
+    val_loader: DataLoader
+    sampler: DistributedSampler
+    num_batches: int
+    metrics: Any  # MetricsLogger
+    say: Callable[[str], None]
+    rd: RunDir | None = None
+
+    def evaluate(self) -> tuple[dict[str, float], dict[str, float] | None]:
+        """Val metrics of the model and of its EMA (None without EMA)."""
+        cfg, env = self.cfg, self.env
+        kw = {"device": env.device, "amp": cfg.amp, "channels_last": cfg.channels_last,
+              "num_batches": cfg.limit_val_batches, "env": env, "progress": cfg.progress}
+        ev = evaluate(self.state.model, self.val_loader, desc="val", **kw)
+        ema = self.state.ema
+        return ev, (evaluate(ema.module, self.val_loader, desc="val ema", **kw) if ema else None)
+
+    def run(self, epoch: int) -> None:
+        cfg, env, state = self.cfg, self.env, self.state
+        seed_everything(epoch_seed(cfg.seed, epoch, env.rank))
+        self.sampler.set_epoch(epoch)
+        stats = train_one_epoch(self.step, self.train_loader, num_batches=self.num_batches,
+                                global_step=state.global_step, env=env,
+                                desc=f"epoch {epoch + 1}/{cfg.epochs}", progress=cfg.progress)
+        state.global_step = stats.global_step
+        if state.scheduler is not None:
+            state.scheduler.step(epoch + 1)
+        ev, ev_ema = self.evaluate()
+        use_ema = ev_ema is not None and ev_ema["top1"] > ev["top1"]
+        row = {
+            "epoch": epoch + 1, "train_loss": stats.loss, "lr": stats.lr,
+            "val_loss": ev["loss"], "val_top1": ev["top1"], "val_top5": ev["top5"],
+            "ema_val_loss": ev_ema["loss"] if ev_ema else None,
+            "ema_top1": ev_ema["top1"] if ev_ema else None,
+            "ema_top5": ev_ema["top5"] if ev_ema else None,
+            "train_img_s": stats.img_s, "epoch_time_s": stats.time_s,
+        }
+        is_best = state.record(row, ev_ema if use_ema else ev, use_ema)
+        self.metrics.log(row)
+        if env.is_main:
+            save_epoch_checkpoints(state.state_dict(), Path(cfg.output), is_best)
+            if self.rd is not None:
+                self.rd.checkpointed = True
+        ema_txt = f"  ema top-1 {ev_ema['top1']:6.2f}" if ev_ema else ""
+        self.say(f"epoch {epoch + 1:>3}/{cfg.epochs}  loss {stats.loss:.4f}  lr {stats.lr:.2e}  "
+                 f"val loss {ev['loss']:.4f}  top-1 {ev['top1']:6.2f}  top-5 {ev['top5']:6.2f}"
+                 f"{ema_txt}  {stats.img_s:5.0f} img/s  {stats.time_s:5.1f}s"
+                 + ("  *" if is_best else ""))
+        barrier(env)
 
 
 def save_epoch_checkpoints(state: dict[str, Any], out_dir: Path, is_best: bool) -> None:
