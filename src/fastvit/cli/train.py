@@ -113,9 +113,9 @@ def config_from_args(args: argparse.Namespace):
     if args.resume:
         ckpt = load_training_checkpoint(args.resume)
         stored = TrainConfig.from_dict(ckpt["config"])
-        # the run continues where its checkpoint lies unless --output is given; a stored --init
-        # or --overwrite belonged to the run's start
-        cfg = stored.replace(**{"output": None, "init": None, "overwrite": False, **given})
+        # the run continues where its checkpoint lies unless --output is given; a stored
+        # --overwrite belonged to the run's start (a new --init is refused by train())
+        cfg = stored.replace(**{"output": None, "overwrite": False, **given})
         if explicit_no_aa:
             cfg = cfg.replace(auto_augment=None)
         return cfg, ckpt

@@ -282,9 +282,6 @@ def validate_config(cfg: TrainConfig) -> None:
         values = v if isinstance(v, tuple) else (v,)
         if any(isinstance(x, float) and not math.isfinite(x) for x in values):
             raise ConfigError(f"--{f.name.replace('_', '-')} must be a finite number, got {v}")
-    if cfg.resume and cfg.init:
-        raise ConfigError("--resume and --init are exclusive: --resume continues a run with its "
-                          "own weights, --init starts a new run from a model file; drop one")
     if cfg.input_size < 32:
         raise ConfigError(
             f"input size {cfg.input_size} is too small; FastViT downsamples by 32, use >= 32"

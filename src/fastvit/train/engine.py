@@ -566,7 +566,14 @@ def train(
         resume = resume_checkpoint
         if resume is None and cfg.resume:
             resume = load_training_checkpoint(cfg.resume)
-        init_src = load_init_model(cfg.init) if cfg.init else None
+        init_src = None
+        if resume is not None:
+            if cfg.init and cfg.init != resume["config"].get("init"):
+                raise ConfigError(
+                    "--resume and --init are exclusive: --resume continues a run with its own "
+                    "weights, --init starts a new run from a model file; drop one")
+        elif cfg.init:
+            init_src = load_init_model(cfg.init)
         cfg, notes = resolve_config(cfg, resume, init_src)
         out = Path(cfg.output)
         hint = f"resume with --resume {out / 'last.pt'}"
