@@ -27,9 +27,21 @@ from fastvit.train.checkpoint import load_training_checkpoint
 from fastvit.train.datasets import build_splits
 from fastvit.train.metrics import COLOURS, curves_figure, topk_correct
 
-TINY = ["--epochs", "1", "--batch-size", "8", "--limit-train-batches", "1",
-        "--limit-val-batches", "1", "--warmup-epochs", "0", "--no-tensorboard", "--no-plot",
-        "--no-progress"]
+TINY = [
+    "--epochs",
+    "1",
+    "--batch-size",
+    "8",
+    "--limit-train-batches",
+    "1",
+    "--limit-val-batches",
+    "1",
+    "--warmup-epochs",
+    "0",
+    "--no-tensorboard",
+    "--no-plot",
+    "--no-progress",
+]
 
 
 def cli(argv: list, capsys) -> tuple[int, str, str]:
@@ -87,12 +99,45 @@ def test_cli_options_are_derived_from_the_config():
         if f.name in dests:
             assert dests[f.name].help.startswith(f.metadata["help"]), f.name
     # the option names users know (aliases included) still parse, defaults stay None
-    args = parser.parse_args(["-m", "fastvit_sa12", "-b", "16", "--aa", "none", "--wd", "0.1",
-                              "-o", "x", "--no-ema", "--no-aug", "--scale", "0.5", "1",
-                              "--mean", "0.1", "0.2", "0.3", "--lr", "0.01", "--epochs", "4"])
-    assert (args.model, args.batch_size, args.auto_augment, args.weight_decay, args.output,
-            args.ema, args.no_aug, args.scale, args.lr, args.epochs) == (
-        "fastvit_sa12", 16, "none", 0.1, "x", False, True, [0.5, 1.0], 0.01, 4)
+    args = parser.parse_args(
+        [
+            "-m",
+            "fastvit_sa12",
+            "-b",
+            "16",
+            "--aa",
+            "none",
+            "--wd",
+            "0.1",
+            "-o",
+            "x",
+            "--no-ema",
+            "--no-aug",
+            "--scale",
+            "0.5",
+            "1",
+            "--mean",
+            "0.1",
+            "0.2",
+            "0.3",
+            "--lr",
+            "0.01",
+            "--epochs",
+            "4",
+        ]
+    )
+    assert (
+        args.model,
+        args.batch_size,
+        args.auto_augment,
+        args.weight_decay,
+        args.output,
+        args.ema,
+        args.no_aug,
+        args.scale,
+        args.lr,
+        args.epochs,
+    ) == ("fastvit_sa12", 16, "none", 0.1, "x", False, True, [0.5, 1.0], 0.01, 4)
     assert args.seed is None and args.tensorboard is None
     cfg, ckpt = cli_train.config_from_args(args)
     assert ckpt is None and cfg.recipe == "digits" and cfg.auto_augment is None
@@ -162,12 +207,17 @@ def test_second_concurrent_training_fails_in_one_line(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import fcntl, os, sys, time\n"
-         f"fd = os.open({str(run / '.fastvit-train.lock')!r}, os.O_RDWR | os.O_CREAT)\n"
-         "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, str(os.getpid()).encode())\n"
-         "print('locked', flush=True); time.sleep(60)\n"],
-        stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys, time\n"
+            f"fd = os.open({str(run / '.fastvit-train.lock')!r}, os.O_RDWR | os.O_CREAT)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, str(os.getpid()).encode())\n"
+            "print('locked', flush=True); time.sleep(60)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         err = one_line_error(["train", "--output", run, *TINY], capsys, "another training")
@@ -181,18 +231,21 @@ def test_second_concurrent_training_fails_in_one_line(tmp_path, capsys):
     assert hidden(run) == []
 
 
-def test_reparam_of_a_run_model_keeps_metadata_and_does_not_overwrite(finished, tmp_path,
-                                                                      capsys):
+def test_reparam_of_a_run_model_keeps_metadata_and_does_not_overwrite(finished, tmp_path, capsys):
     """Item 5."""
     run = tmp_path / "run"
     shutil.copytree(finished, run)
     before = (run / "model_reparam.safetensors").read_bytes()
-    one_line_error(["reparam", run / "model.safetensors", "--size", "32", "--atol", "1e-3"],
-                   capsys, "--overwrite")
+    one_line_error(
+        ["reparam", run / "model.safetensors", "--size", "32", "--atol", "1e-3"],
+        capsys,
+        "--overwrite",
+    )
     assert (run / "model_reparam.safetensors").read_bytes() == before
     new = tmp_path / "fused.safetensors"
-    rc, _out, err = cli(["reparam", run / "model.safetensors", "--size", "32", "--atol", "1e-3",
-                         "-o", new], capsys)
+    rc, _out, err = cli(
+        ["reparam", run / "model.safetensors", "--size", "32", "--atol", "1e-3", "-o", new], capsys
+    )
     assert rc == 0, err
     from safetensors import safe_open
 
@@ -200,8 +253,16 @@ def test_reparam_of_a_run_model_keeps_metadata_and_does_not_overwrite(finished, 
         ref = f.metadata()
     with safe_open(str(new), "pt") as f:
         meta = f.metadata()
-    for key in ("dataset", "epoch", "val_top1", "weights", "input_size", "crop_pct",
-                "class_names", "interpolation"):
+    for key in (
+        "dataset",
+        "epoch",
+        "val_top1",
+        "weights",
+        "input_size",
+        "crop_pct",
+        "class_names",
+        "interpolation",
+    ):
         assert meta[key] == ref[key], key
 
 
@@ -246,15 +307,19 @@ def test_failed_run_leaves_no_output_directory(tmp_path, capsys):
     """Item 6: a run that fails before its first checkpoint removes what it created."""
     data = class_folder(tmp_path / "one", classes=("only",))
     out = tmp_path / "new" / "run"
-    one_line_error(["train", "--data", data, "--output", out, *TINY], capsys,
-                   "needs at least 2 class folders")
+    one_line_error(
+        ["train", "--data", data, "--output", out, *TINY], capsys, "needs at least 2 class folders"
+    )
     assert not (tmp_path / "new").exists()
 
 
 def test_resume_and_init_are_exclusive(finished, capsys):
     """Item 9."""
-    one_line_error(["train", "--resume", finished / "last.pt", "--init",
-                    finished / "model.safetensors"], capsys, "exclusive")
+    one_line_error(
+        ["train", "--resume", finished / "last.pt", "--init", finished / "model.safetensors"],
+        capsys,
+        "exclusive",
+    )
 
 
 def test_resume_with_changed_options(finished, tmp_path, capsys):
@@ -263,32 +328,52 @@ def test_resume_with_changed_options(finished, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(finished, run)
     before = snapshot(run)
-    for option in (["--lr", "0.05"], ["--batch-size", "16"], ["--seed", "1"],
-                   ["--input-size", "64"]):
-        err = one_line_error(["train", "--resume", run / "last.pt", *option], capsys,
-                             f"cannot change {option[0]}")
+    for option in (
+        ["--lr", "0.05"],
+        ["--batch-size", "16"],
+        ["--seed", "1"],
+        ["--input-size", "64"],
+    ):
+        err = one_line_error(
+            ["train", "--resume", run / "last.pt", *option], capsys, f"cannot change {option[0]}"
+        )
         assert "resume without it" in err
-    one_line_error(["train", "--resume", run / "last.pt", "--epochs", "0"], capsys,
-                   "at least 1")
+    one_line_error(["train", "--resume", run / "last.pt", "--epochs", "0"], capsys, "at least 1")
     assert snapshot(run) == before
     # extending re-plans the cosine schedule over the new length: the lr of epoch 2 is that
     # of a run planned for 3 epochs from the start (the 1-epoch plan had reached min_lr)
-    rc, out, err = cli(["train", "--resume", run / "last.pt", "--epochs", "3", "--threads",
-                        "1"], capsys)
+    rc, out, err = cli(
+        ["train", "--resume", run / "last.pt", "--epochs", "3", "--threads", "1"], capsys
+    )
     assert rc == 0, err
     banner = next(ln for ln in out.splitlines() if ln.startswith("resumed from"))
     assert "at epoch 1/3" in banner and "--epochs 1 -> 3 (lr schedule re-planned" in banner
     assert "--threads default -> 1" in banner
     assert "epoch   3/3" in out and "/1 " not in out
-    ref = train(recipe_config("digits", output=str(tmp_path / "ref"), epochs=3, batch_size=8,
-                              limit_train_batches=1, limit_val_batches=1, warmup_epochs=0,
-                              tensorboard=False, plot=False, progress=False), echo=None)
+    ref = train(
+        recipe_config(
+            "digits",
+            output=str(tmp_path / "ref"),
+            epochs=3,
+            batch_size=8,
+            limit_train_batches=1,
+            limit_val_batches=1,
+            warmup_epochs=0,
+            tensorboard=False,
+            plot=False,
+            progress=False,
+        ),
+        echo=None,
+    )
     extended = load_training_checkpoint(run / "last.pt")["history"]
     assert [r["lr"] for r in extended[1:]] == [r["lr"] for r in ref.history[1:]]
     assert extended[1]["lr"] > 2 * recipe_config("digits").min_lr
     # the finished 3-epoch run cannot be "resumed" to fewer epochs ("epoch 4/3")
-    one_line_error(["train", "--resume", run / "last.pt", "--epochs", "2"], capsys,
-                   "already completed 3 epochs")
+    one_line_error(
+        ["train", "--resume", run / "last.pt", "--epochs", "2"],
+        capsys,
+        "already completed 3 epochs",
+    )
 
 
 def test_resume_reads_the_checkpoint_once(finished, tmp_path, capsys, monkeypatch):
@@ -316,8 +401,13 @@ def test_resume_a_finished_run_into_a_new_output(finished, tmp_path, capsys):
     rc, out, err = cli(["train", "--resume", src / "last.pt", "--output", new], capsys)
     assert rc == 0, err
     assert "all epochs done" in out
-    for name in ("last.pt", "best.pt", "model.safetensors", "model_reparam.safetensors",
-                 "summary.json"):
+    for name in (
+        "last.pt",
+        "best.pt",
+        "model.safetensors",
+        "model_reparam.safetensors",
+        "summary.json",
+    ):
         assert (new / name).is_file(), name
     assert snapshot(src) == before
     a = fastvit.load_model(src / "model_reparam.safetensors").state_dict()
@@ -332,22 +422,35 @@ def test_resume_a_finished_run_into_a_new_output(finished, tmp_path, capsys):
 def test_one_class_data_and_inverted_ranges_are_refused(tmp_path, capsys):
     """Item 19."""
     data = class_folder(tmp_path / "d", classes=("cat",))
-    one_line_error(["train", "--data", data, "--output", tmp_path / "o", *TINY], capsys,
-                   "only one class (cat); a classifier needs at least 2")
-    one_line_error(["train", "--scale", "1.0", "0.5", "--output", tmp_path / "o", *TINY],
-                   capsys, "--scale MIN MAX must satisfy")
-    one_line_error(["train", "--ratio", "0", "0", "--output", tmp_path / "o", *TINY], capsys,
-                   "--ratio MIN MAX must satisfy")
-    one_line_error(["train", "--lr", "nan", "--output", tmp_path / "o", *TINY], capsys,
-                   "--lr must be a finite number")
+    one_line_error(
+        ["train", "--data", data, "--output", tmp_path / "o", *TINY],
+        capsys,
+        "only one class (cat); a classifier needs at least 2",
+    )
+    one_line_error(
+        ["train", "--scale", "1.0", "0.5", "--output", tmp_path / "o", *TINY],
+        capsys,
+        "--scale MIN MAX must satisfy",
+    )
+    one_line_error(
+        ["train", "--ratio", "0", "0", "--output", tmp_path / "o", *TINY],
+        capsys,
+        "--ratio MIN MAX must satisfy",
+    )
+    one_line_error(
+        ["train", "--lr", "nan", "--output", tmp_path / "o", *TINY],
+        capsys,
+        "--lr must be a finite number",
+    )
     assert not (tmp_path / "o").exists()
 
 
 def test_warmup_longer_than_the_run_is_capped(tmp_path, capsys, caplog):
     """Item 19 / issue 10 item 6: --warmup-epochs 50 --epochs 1 says so and trains."""
     with caplog.at_level(logging.WARNING, logger="fastvit"):
-        rc, out, err = cli(["train", "--output", tmp_path / "o", *TINY, "--warmup-epochs", "50"],
-                           capsys)
+        rc, out, err = cli(
+            ["train", "--output", tmp_path / "o", *TINY, "--warmup-epochs", "50"], capsys
+        )
     assert rc == 0, err
     assert "--warmup-epochs 50 is not shorter than the run's 1 epochs" in caplog.text
     schedule = next(ln for ln in out.splitlines() if ln.startswith("schedule:"))
@@ -382,8 +485,11 @@ def test_tensorboard_purges_epochs_logged_after_the_resumed_checkpoint(tmp_path,
 
 def test_eval_ema_on_a_model_file_is_refused(finished, capsys):
     """Item 20: --ema only applies to training checkpoints."""
-    one_line_error(["eval", finished / "model.safetensors", "--ema", "--limit-batches", "1"],
-                   capsys, "--ema/--no-ema choose between the weights of a training checkpoint")
+    one_line_error(
+        ["eval", finished / "model.safetensors", "--ema", "--limit-batches", "1"],
+        capsys,
+        "--ema/--no-ema choose between the weights of a training checkpoint",
+    )
 
 
 # --------------------------------------------------------------------------- issue 10
@@ -393,10 +499,29 @@ def test_imagenet_recipe_on_a_small_single_folder(tmp_path, capsys, caplog):
     the setup prints the effective schedule."""
     data = class_folder(tmp_path / "flowers")
     with caplog.at_level(logging.WARNING, logger="fastvit"):
-        rc, out, err = cli(["train", "--data", data, "--output", tmp_path / "o", "--epochs",
-                            "3", "--batch-size", "4", "--input-size", "32", "--no-progress",
-                            "--no-tensorboard", "--no-plot", "--workers", "0", "--aa", "none"],
-                           capsys)
+        rc, out, err = cli(
+            [
+                "train",
+                "--data",
+                data,
+                "--output",
+                tmp_path / "o",
+                "--epochs",
+                "3",
+                "--batch-size",
+                "4",
+                "--input-size",
+                "32",
+                "--no-progress",
+                "--no-tensorboard",
+                "--no-plot",
+                "--workers",
+                "0",
+                "--aa",
+                "none",
+            ],
+            capsys,
+        )
     assert rc == 0, err
     assert "15 train / 3 val images, 3 classes" in out  # 6 per class, 20% (1.2 -> 1) each
     assert "--warmup-epochs 5 is not shorter than the run's 3 epochs" in caplog.text
@@ -410,8 +535,15 @@ def test_imagenet_recipe_on_a_small_single_folder(tmp_path, capsys, caplog):
 
 def test_single_folder_split_is_stratified_and_deterministic(tmp_path):
     data = class_folder(tmp_path / "d", classes=("a", "b"), n=10)
-    cfg = recipe_config("imagenet", data=str(data), input_size=32, val_split=0.3,
-                        mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop_pct=1.0)
+    cfg = recipe_config(
+        "imagenet",
+        data=str(data),
+        input_size=32,
+        val_split=0.3,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+        crop_pct=1.0,
+    )
     s1, s2 = build_splits(cfg), build_splits(cfg)
     assert s1.val.samples == s2.val.samples and s1.train.samples == s2.train.samples
     assert sorted(t for _, t in s1.val.samples) == [0, 0, 0, 1, 1, 1]
@@ -423,8 +555,17 @@ def test_single_folder_split_is_stratified_and_deterministic(tmp_path):
 
 def test_curves_have_integer_epochs_and_one_colour_per_series():
     """Item 12."""
-    history = [{"epoch": e, "train_loss": 1.0 / e, "val_loss": 1.1 / e, "val_top1": 50 + e,
-                "ema_val_loss": 1.2 / e, "ema_top1": 40 + e} for e in (1, 2, 3)]
+    history = [
+        {
+            "epoch": e,
+            "train_loss": 1.0 / e,
+            "val_loss": 1.1 / e,
+            "val_top1": 50 + e,
+            "ema_val_loss": 1.2 / e,
+            "ema_top1": 40 + e,
+        }
+        for e in (1, 2, 3)
+    ]
     fig = curves_figure(history)
     for ax in fig.axes:
         ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
@@ -476,17 +617,30 @@ def test_sigkill_and_resume_is_bit_identical(tmp_path, capsys):
     """SIGKILL a run mid-epoch, mid-checkpoint-write and mid-final-write; resuming each time
     ends with exactly the weights, EMA and optimizer state of an uninterrupted run, and no
     temporary file anywhere."""
-    args = ["--epochs", "3", "--batch-size", "16", "--limit-train-batches", "3",
-            "--limit-val-batches", "1", "--no-tensorboard", "--no-plot", "--no-progress",
-            "--threads", "1"]
+    args = [
+        "--epochs",
+        "3",
+        "--batch-size",
+        "16",
+        "--limit-train-batches",
+        "3",
+        "--limit-val-batches",
+        "1",
+        "--no-tensorboard",
+        "--no-plot",
+        "--no-progress",
+        "--threads",
+        "1",
+    ]
     ref = tmp_path / "ref"
     assert main(["train", "--output", str(ref), *args]) == 0
     run = tmp_path / "run"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
 
     def attempt(mode: str, argv: list[str]) -> int:
-        return subprocess.run([sys.executable, "-c", KILLER, mode, *argv], env=env,
-                              capture_output=True, timeout=300).returncode
+        return subprocess.run(
+            [sys.executable, "-c", KILLER, mode, *argv], env=env, capture_output=True, timeout=300
+        ).returncode
 
     resume = ["train", "--resume", str(run / "last.pt"), "--threads", "1", "--no-progress"]
     assert attempt("step:5", ["train", "--output", str(run), *args]) == -signal.SIGKILL
@@ -511,5 +665,7 @@ def test_sigkill_and_resume_is_bit_identical(tmp_path, capsys):
     fa = fastvit.load_model(ref / "model_reparam.safetensors").state_dict()
     fb = fastvit.load_model(run / "model_reparam.safetensors").state_dict()
     assert all(torch.equal(v, fb[k]) for k, v in fa.items())
-    assert json.loads((run / "summary.json").read_text())["top1"] == json.loads(
-        (ref / "summary.json").read_text())["top1"]
+    assert (
+        json.loads((run / "summary.json").read_text())["top1"]
+        == json.loads((ref / "summary.json").read_text())["top1"]
+    )

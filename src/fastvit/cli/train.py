@@ -77,8 +77,11 @@ def add_parser(p: argparse.ArgumentParser) -> None:
             continue
         flags = ["--" + f.name.replace("_", "-"), *meta["flags"]]
         elem, nargs = _value_type(f, hints)
-        kw: dict[str, Any] = {"dest": f.name, "default": None,
-                              "help": meta["help"] + _recipe_default(f)}
+        kw: dict[str, Any] = {
+            "dest": f.name,
+            "default": None,
+            "help": meta["help"] + _recipe_default(f),
+        }
         if meta["action"] == "store_true":
             kw["action"] = "store_true"
         elif elem is bool:
@@ -107,7 +110,8 @@ def config_from_args(args: argparse.Namespace):
         if key in given:
             given[key] = tuple(given[key])
     explicit_no_aa = isinstance(given.get("auto_augment"), str) and given[
-        "auto_augment"].lower() in ("none", "off", "")
+        "auto_augment"
+    ].lower() in ("none", "off", "")
     if explicit_no_aa:
         given.pop("auto_augment")
     if args.resume:
@@ -120,7 +124,8 @@ def config_from_args(args: argparse.Namespace):
             cfg = cfg.replace(auto_augment=None)
         return cfg, ckpt
     recipe = given.pop("recipe", None) or (
-        "digits" if not any(k in given for k in ("data", "train_dir", "val_dir")) else "imagenet")
+        "digits" if not any(k in given for k in ("data", "train_dir", "val_dir")) else "imagenet"
+    )
     cfg = recipe_config(recipe, **given)
     if explicit_no_aa:
         cfg = cfg.replace(auto_augment=None)

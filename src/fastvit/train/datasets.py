@@ -74,11 +74,25 @@ def build_splits(cfg: TrainConfig) -> Any:
     from fastvit.data.folder import report_skipped
 
     train_tf = create_train_transform(
-        cfg.input_size, scale=cfg.scale, ratio=cfg.ratio, hflip=cfg.hflip,
-        auto_augment=cfg.auto_augment, color_jitter=cfg.color_jitter, re_prob=cfg.reprob,
-        interpolation=cfg.interpolation, mean=cfg.mean, std=cfg.std, no_aug=cfg.no_aug)
-    val_tf = create_eval_transform(cfg.input_size, crop_pct=cfg.crop_pct,
-                                   interpolation=cfg.interpolation, mean=cfg.mean, std=cfg.std)
+        cfg.input_size,
+        scale=cfg.scale,
+        ratio=cfg.ratio,
+        hflip=cfg.hflip,
+        auto_augment=cfg.auto_augment,
+        color_jitter=cfg.color_jitter,
+        re_prob=cfg.reprob,
+        interpolation=cfg.interpolation,
+        mean=cfg.mean,
+        std=cfg.std,
+        no_aug=cfg.no_aug,
+    )
+    val_tf = create_eval_transform(
+        cfg.input_size,
+        crop_pct=cfg.crop_pct,
+        interpolation=cfg.interpolation,
+        mean=cfg.mean,
+        std=cfg.std,
+    )
     if cfg.data is not None and cfg.train_dir is None and is_single_folder(cfg.data):
         root = Path(cfg.data)
         scan = scan_image_folder(root, None, cfg.check_images, cfg.max_bad_share)
@@ -87,12 +101,20 @@ def build_splits(cfg: TrainConfig) -> Any:
         splits = DataSplits(
             ImageFolderDataset(ScanReport(root, scan.classes, train), train_tf),
             ImageFolderDataset(ScanReport(root, scan.classes, val), val_tf),
-            list(scan.classes), str(root))
+            list(scan.classes),
+            str(root),
+        )
     else:
-        splits = build_datasets(cfg.data, train_dir=cfg.train_dir, val_dir=cfg.val_dir,
-                                input_size=cfg.input_size, train_transform=train_tf,
-                                val_transform=val_tf, check_images=cfg.check_images,
-                                max_bad_share=cfg.max_bad_share)
+        splits = build_datasets(
+            cfg.data,
+            train_dir=cfg.train_dir,
+            val_dir=cfg.val_dir,
+            input_size=cfg.input_size,
+            train_transform=train_tf,
+            val_transform=val_tf,
+            check_images=cfg.check_images,
+            max_bad_share=cfg.max_bad_share,
+        )
     if splits.num_classes < 2:
         raise DataError(
             f"{splits.name} has only one class ({splits.classes[0]}); a classifier needs at "

@@ -103,8 +103,14 @@ def _progress(total: int, desc: str, enabled: bool):
     """tqdm bar on a TTY only (hidden in CI, pipes and on ranks other than 0)."""
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True,
-                disable=not (enabled and sys.stderr.isatty()), file=sys.stderr)
+    return tqdm(
+        total=total,
+        desc=desc,
+        leave=False,
+        dynamic_ncols=True,
+        disable=not (enabled and sys.stderr.isatty()),
+        file=sys.stderr,
+    )
 
 
 @contextlib.contextmanager
@@ -155,8 +161,9 @@ class TrainStep:
     channels_last: bool = False
     frozen_modules: list[str] | tuple[str, ...] = ()
 
-    def __call__(self, images: torch.Tensor, targets: torch.Tensor, params: list,
-                 global_step: int) -> torch.Tensor:
+    def __call__(
+        self, images: torch.Tensor, targets: torch.Tensor, params: list, global_step: int
+    ) -> torch.Tensor:
         """One update on one batch; returns the (detached) loss."""
         from timm.utils import dispatch_clip_grad
 
@@ -168,8 +175,11 @@ class TrainStep:
             images, targets = self.mixup(images, targets)
         with autocast(self.device, self.amp):
             outputs = self.model(images)
-            loss = (self.distill(images, outputs, targets) if self.distill is not None
-                    else self.loss_fn(outputs, targets))
+            loss = (
+                self.distill(images, outputs, targets)
+                if self.distill is not None
+                else self.loss_fn(outputs, targets)
+            )
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
@@ -222,20 +232,26 @@ def train_one_epoch(
                 raise TrainingDiverged(
                     f"loss is {current} at step {global_step}; lower --lr or set --clip-grad"
                 )
-            bar.set_postfix(loss=f"{current:.4f}",
-                            lr=f"{step.optimizer.param_groups[0]['lr']:.2e}")
+            bar.set_postfix(loss=f"{current:.4f}", lr=f"{step.optimizer.param_groups[0]['lr']:.2e}")
         bar.update(1)
         if i >= num_batches:
             break
     bar.close()
     elapsed = time.perf_counter() - start
     total_loss, total_steps, total_seen = all_reduce_sum(
-        [float(loss_sum), float(i), float(seen)], env)
+        [float(loss_sum), float(i), float(seen)], env
+    )
     mean_loss = total_loss / max(total_steps, 1)
     if not math.isfinite(mean_loss):
         raise TrainingDiverged(f"mean training loss is {mean_loss}; lower --lr or set --clip-grad")
-    return EpochStats(mean_loss, float(step.optimizer.param_groups[-1]["lr"]),
-                      total_seen / elapsed, elapsed, i, global_step)
+    return EpochStats(
+        mean_loss,
+        float(step.optimizer.param_groups[-1]["lr"]),
+        total_seen / elapsed,
+        elapsed,
+        i,
+        global_step,
+    )
 
 
 @torch.no_grad()
@@ -266,11 +282,14 @@ def evaluate(
             logits = model(images)
         logits = logits.float()
         top1, top5 = topk_correct(logits, targets)
-        sums += torch.stack([
-            F.cross_entropy(logits, targets, reduction="sum").double(), top1.double(),
-            top5.double(),
-            torch.tensor(float(targets.numel()), dtype=torch.float64, device=device),
-        ])
+        sums += torch.stack(
+            [
+                F.cross_entropy(logits, targets, reduction="sum").double(),
+                top1.double(),
+                top5.double(),
+                torch.tensor(float(targets.numel()), dtype=torch.float64, device=device),
+            ]
+        )
         bar.update(1)
         if i >= total:
             break
@@ -278,8 +297,13 @@ def evaluate(
     elapsed = time.perf_counter() - start
     loss, top1, top5, n = all_reduce_sum(sums.tolist(), env)
     n = max(n, 1.0)
-    return {"loss": loss / n, "top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n,
-            "n": int(n), "img_s": n / max(elapsed, 1e-9)}
+    return {
+        "loss": loss / n,
+        "top1": 100.0 * top1 / n,
+        "top5": 100.0 * top5 / n,
+        "n": int(n),
+        "img_s": n / max(elapsed, 1e-9),
+    }
 
 
 # --------------------------------------------------------------------------- setup
@@ -349,13 +373,30 @@ def build_loaders(
     """Train loader (shuffled per epoch, sharded over ranks, full batches) and val loader."""
     workers = resolve_workers(cfg, env)
     pin = env.device.type == "cuda"
-    sampler = DistributedSampler(splits.train, num_replicas=env.world_size, rank=env.rank,
-                                 shuffle=True, seed=cfg.seed, drop_last=False)
-    train_loader = DataLoader(splits.train, batch_size=cfg.batch_size, sampler=sampler,
-                              num_workers=workers, pin_memory=pin, drop_last=True)
-    val_loader = DataLoader(splits.val, batch_size=cfg.batch_size,
-                            sampler=ShardSampler(len(splits.val), env.rank, env.world_size),
-                            num_workers=workers, pin_memory=pin, drop_last=False)
+    sampler = DistributedSampler(
+        splits.train,
+        num_replicas=env.world_size,
+        rank=env.rank,
+        shuffle=True,
+        seed=cfg.seed,
+        drop_last=False,
+    )
+    train_loader = DataLoader(
+        splits.train,
+        batch_size=cfg.batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=pin,
+        drop_last=True,
+    )
+    val_loader = DataLoader(
+        splits.val,
+        batch_size=cfg.batch_size,
+        sampler=ShardSampler(len(splits.val), env.rank, env.world_size),
+        num_workers=workers,
+        pin_memory=pin,
+        drop_last=False,
+    )
     return train_loader, val_loader, sampler
 
 
@@ -363,9 +404,14 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, lr: float) -> torch.opti
     """timm optimizer; no weight decay on norms, biases and layer scales."""
     from timm.optim import create_optimizer_v2
 
-    return create_optimizer_v2(param_groups(model, cfg.weight_decay), opt=cfg.opt, lr=lr,
-                               weight_decay=cfg.weight_decay, momentum=cfg.momentum,
-                               eps=cfg.opt_eps)
+    return create_optimizer_v2(
+        param_groups(model, cfg.weight_decay),
+        opt=cfg.opt,
+        lr=lr,
+        weight_decay=cfg.weight_decay,
+        momentum=cfg.momentum,
+        eps=cfg.opt_eps,
+    )
 
 
 @dataclass
@@ -397,21 +443,24 @@ class Plan:
                 warnings.append(
                     f"lr {lr:.2g} is the recipe's {cfg.base_lr:g} scaled by batch {global_batch}/"
                     f"{cfg.lr_base_size}, {1 / factor:.0f}x lower; a small run may barely move: "
-                    f"pass --lr (e.g. {cfg.base_lr:g}) or --lr-base-size {global_batch}")
+                    f"pass --lr (e.g. {cfg.base_lr:g}) or --lr-base-size {global_batch}"
+                )
         warmup = cfg.warmup_epochs
         if cfg.sched != "none" and warmup > 0 and warmup >= cfg.epochs:
             warmup = cfg.epochs // 5
             warnings.append(
                 f"--warmup-epochs {cfg.warmup_epochs} is not shorter than the run's "
-                f"{cfg.epochs} epochs (the lr would never leave the warmup); using {warmup}")
+                f"{cfg.epochs} epochs (the lr would never leave the warmup); using {warmup}"
+            )
         updates = cfg.epochs * updates_per_epoch
         decay = cfg.ema_decay
-        if cfg.ema and not cfg.ema_warmup and decay > 0 and decay ** updates > 0.01:
+        if cfg.ema and not cfg.ema_warmup and decay > 0 and decay**updates > 0.01:
             faster = max(0.0, 1.0 - 10.0 / updates)
             warnings.append(
                 f"--ema-decay {decay:g} is too slow for a run of {updates} updates (the EMA would "
-                f"still be {100 * decay ** updates:.0f}% the initial weights); using {faster:.4g} "
-                "(set --ema-decay or --ema-warmup to choose)")
+                f"still be {100 * decay**updates:.0f}% the initial weights); using {faster:.4g} "
+                "(set --ema-decay or --ema-warmup to choose)"
+            )
             decay = faster
         return cls(lr, warmup, decay, updates, warnings)
 
@@ -419,25 +468,38 @@ class Plan:
         """The schedule in a few words, for the setup line."""
         if cfg.sched == "none":
             return f"lr {self.lr:.3g} constant"
-        warm = (f", warmup {self.warmup_epochs} epoch(s) from {cfg.warmup_lr:.2g}"
-                if self.warmup_epochs else "")
+        warm = (
+            f", warmup {self.warmup_epochs} epoch(s) from {cfg.warmup_lr:.2g}"
+            if self.warmup_epochs
+            else ""
+        )
         every = "update" if cfg.sched_on_updates else "epoch"
         ema = f", EMA decay {self.ema_decay:.4g}" if cfg.ema else ""
-        return (f"lr {self.lr:.3g} {cfg.sched} -> {cfg.min_lr:.2g} over {cfg.epochs} epochs"
-                f"{warm}, stepped per {every}{ema}")
+        return (
+            f"lr {self.lr:.3g} {cfg.sched} -> {cfg.min_lr:.2g} over {cfg.epochs} epochs"
+            f"{warm}, stepped per {every}{ema}"
+        )
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, plan: Plan,
-                    updates_per_epoch: int):
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig, plan: Plan, updates_per_epoch: int
+):
     """timm scheduler (cosine with warmup by default); None for --sched none."""
     from timm.scheduler import create_scheduler_v2
 
     if cfg.sched == "none":
         return None
     scheduler, _ = create_scheduler_v2(
-        optimizer, sched=cfg.sched, num_epochs=cfg.epochs, warmup_epochs=plan.warmup_epochs,
-        warmup_lr=cfg.warmup_lr, min_lr=cfg.min_lr, cooldown_epochs=cfg.cooldown_epochs,
-        step_on_epochs=not cfg.sched_on_updates, updates_per_epoch=updates_per_epoch)
+        optimizer,
+        sched=cfg.sched,
+        num_epochs=cfg.epochs,
+        warmup_epochs=plan.warmup_epochs,
+        warmup_lr=cfg.warmup_lr,
+        min_lr=cfg.min_lr,
+        cooldown_epochs=cfg.cooldown_epochs,
+        step_on_epochs=not cfg.sched_on_updates,
+        updates_per_epoch=updates_per_epoch,
+    )
     return scheduler
 
 
@@ -474,9 +536,15 @@ def build_step(
     from fastvit.data import create_mixup
     from fastvit.train.distill import DistillationLoss, load_teacher
 
-    mixup = create_mixup(cfg.mixup, cfg.cutmix, num_classes=num_classes,
-                         label_smoothing=cfg.smoothing, prob=cfg.mixup_prob,
-                         switch_prob=cfg.mixup_switch_prob, mode=cfg.mixup_mode)
+    mixup = create_mixup(
+        cfg.mixup,
+        cfg.cutmix,
+        num_classes=num_classes,
+        label_smoothing=cfg.smoothing,
+        prob=cfg.mixup_prob,
+        switch_prob=cfg.mixup_switch_prob,
+        mode=cfg.mixup_mode,
+    )
     loss_fn = build_loss(cfg, mixup is not None)
     distill = None
     if cfg.distill != "none":
@@ -484,19 +552,39 @@ def build_step(
         teacher.to(env.device)
         if cfg.channels_last:
             teacher.to(memory_format=torch.channels_last)
-        distill = DistillationLoss(loss_fn, teacher, cfg.distill, cfg.distill_alpha,
-                                   cfg.distill_tau)
+        distill = DistillationLoss(
+            loss_fn, teacher, cfg.distill, cfg.distill_alpha, cfg.distill_tau
+        )
     model: nn.Module = state.model
     if env.distributed:
         ids = [env.device.index] if env.device.type == "cuda" else None
         model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    return TrainStep(model, state.optimizer, loss_fn, env.device, state.scheduler, state.ema,
-                     mixup, distill, cfg.amp, state.scaler, cfg.clip_grad, cfg.clip_mode,
-                     cfg.channels_last, frozen)
+    return TrainStep(
+        model,
+        state.optimizer,
+        loss_fn,
+        env.device,
+        state.scheduler,
+        state.ema,
+        mixup,
+        distill,
+        cfg.amp,
+        state.scaler,
+        cfg.clip_grad,
+        cfg.clip_mode,
+        cfg.channels_last,
+        frozen,
+    )
 
 
-def build_state(cfg: TrainConfig, env: DistEnv, model: nn.Module, classes: list[str],
-                plan: Plan, updates_per_epoch: int) -> RunState:
+def build_state(
+    cfg: TrainConfig,
+    env: DistEnv,
+    model: nn.Module,
+    classes: list[str],
+    plan: Plan,
+    updates_per_epoch: int,
+) -> RunState:
     """A fresh run state: optimizer, scheduler, EMA and grad scaler around ``model``."""
     from timm.utils import ModelEmaV3
 
@@ -504,12 +592,20 @@ def build_state(cfg: TrainConfig, env: DistEnv, model: nn.Module, classes: list[
         raise ConfigError("--amp fp16 needs CUDA; use --amp bf16 on CPU")
     optimizer = build_optimizer(model, cfg, plan.lr)
     return RunState(
-        config=cfg, classes=list(classes), model=model, optimizer=optimizer,
+        config=cfg,
+        classes=list(classes),
+        model=model,
+        optimizer=optimizer,
         scheduler=build_scheduler(optimizer, cfg, plan, updates_per_epoch),
-        ema=(ModelEmaV3(model, decay=plan.ema_decay, use_warmup=cfg.ema_warmup)
-             if cfg.ema else None),
-        scaler=(torch.amp.GradScaler("cuda")
-                if cfg.amp == "fp16" and env.device.type == "cuda" else None))
+        ema=(
+            ModelEmaV3(model, decay=plan.ema_decay, use_warmup=cfg.ema_warmup) if cfg.ema else None
+        ),
+        scaler=(
+            torch.amp.GradScaler("cuda")
+            if cfg.amp == "fp16" and env.device.type == "cuda"
+            else None
+        ),
+    )
 
 
 def _check_resume_data(cfg: TrainConfig, resume: dict[str, Any], classes: list[str]) -> None:
@@ -571,7 +667,8 @@ def train(
             if cfg.init and cfg.init != resume["config"].get("init"):
                 raise ConfigError(
                     "--resume and --init are exclusive: --resume continues a run with its own "
-                    "weights, --init starts a new run from a model file; drop one")
+                    "weights, --init starts a new run from a model file; drop one"
+                )
         elif cfg.init:
             init_src = load_init_model(cfg.init)
         cfg, notes = resolve_config(cfg, resume, init_src)
@@ -588,8 +685,11 @@ def _run_dir(cfg: TrainConfig, env: DistEnv) -> Iterator[RunDir | None]:
     """The locked run directory on rank 0 (None elsewhere); errors reach every rank."""
     rd, error = None, None
     if env.is_main:
-        rd = RunDir(cfg.output, overwrite=cfg.overwrite,
-                    resume_from=resume_dir(cfg.resume) if cfg.resume else None)
+        rd = RunDir(
+            cfg.output,
+            overwrite=cfg.overwrite,
+            resume_from=resume_dir(cfg.resume) if cfg.resume else None,
+        )
         try:
             rd.__enter__()
         except ConfigError as e:
@@ -608,9 +708,16 @@ def _run_dir(cfg: TrainConfig, env: DistEnv) -> Iterator[RunDir | None]:
     rd.__exit__(None, None, None)
 
 
-def _run(cfg: TrainConfig, env: DistEnv, say: Callable[[str], None], t_start: float,
-         resume: dict[str, Any] | None, init_src: nn.Module | None, notes: list[str],
-         rd: RunDir | None) -> TrainResult:
+def _run(
+    cfg: TrainConfig,
+    env: DistEnv,
+    say: Callable[[str], None],
+    t_start: float,
+    resume: dict[str, Any] | None,
+    init_src: nn.Module | None,
+    notes: list[str],
+    rd: RunDir | None,
+) -> TrainResult:
     from fastvit.train.datasets import build_splits
     from fastvit.train.final import finalize
     from fastvit.train.metrics import MetricsLogger
@@ -649,10 +756,12 @@ def _run(cfg: TrainConfig, env: DistEnv, say: Callable[[str], None], t_start: fl
         changed = f"; changed: {', '.join(notes)}" if notes else ""
         done = "; all epochs done, writing the final model" if state.finished else ""
         say(f"resumed from {cfg.resume} at epoch {start_epoch}/{cfg.epochs}{changed}{done}")
-    say(f"training {cfg.model} ({count_params(model) / 1e6:.2f}M params) on {splits.name}: "
+    say(
+        f"training {cfg.model} ({count_params(model) / 1e6:.2f}M params) on {splits.name}: "
         f"{len(splits.train)} train / {len(splits.val)} val images, {splits.num_classes} "
         f"classes, {cfg.input_size}px, batch {cfg.batch_size * env.world_size}, "
-        f"{cfg.epochs} epochs, {env.world_size} process(es) on {env.device.type} -> {out_dir}")
+        f"{cfg.epochs} epochs, {env.world_size} process(es) on {env.device.type} -> {out_dir}"
+    )
     say(f"schedule: {plan.describe(cfg)}")
     if rd is not None:
         rd.begin()
@@ -660,10 +769,16 @@ def _run(cfg: TrainConfig, env: DistEnv, say: Callable[[str], None], t_start: fl
         save_epoch_checkpoints(state.state_dict(), out_dir, is_best=False)
         rd.checkpointed = True
 
-    metrics = MetricsLogger(out_dir, enabled=env.is_main, tensorboard=cfg.tensorboard,
-                            plot=cfg.plot, history=state.history)
-    loop = EpochLoop(cfg, env, state, step, train_loader, val_loader, sampler, num_batches,
-                     metrics, say, rd)
+    metrics = MetricsLogger(
+        out_dir,
+        enabled=env.is_main,
+        tensorboard=cfg.tensorboard,
+        plot=cfg.plot,
+        history=state.history,
+    )
+    loop = EpochLoop(
+        cfg, env, state, step, train_loader, val_loader, sampler, num_batches, metrics, say, rd
+    )
     try:
         for epoch in range(start_epoch, cfg.epochs):
             loop.run(epoch)
@@ -673,12 +788,23 @@ def _run(cfg: TrainConfig, env: DistEnv, say: Callable[[str], None], t_start: fl
     final = finalize(out_dir, splits, cfg, env.device) if env.is_main else None
     barrier(env)
     return TrainResult(
-        output_dir=out_dir, config=cfg, classes=splits.classes, num_train=len(splits.train),
-        num_val=len(splits.val), epochs_run=cfg.epochs - start_epoch,
-        best_top1=state.best["top1"], best_top5=state.best["top5"],
-        best_epoch=state.best["epoch"], best_is_ema=bool(state.best["ema"]),
-        wall_time_s=time.perf_counter() - t_start, history=state.history,
-        model_state=model_state(model), init_report=init_report, frozen=frozen, final=final)
+        output_dir=out_dir,
+        config=cfg,
+        classes=splits.classes,
+        num_train=len(splits.train),
+        num_val=len(splits.val),
+        epochs_run=cfg.epochs - start_epoch,
+        best_top1=state.best["top1"],
+        best_top5=state.best["top5"],
+        best_epoch=state.best["epoch"],
+        best_is_ema=bool(state.best["ema"]),
+        wall_time_s=time.perf_counter() - t_start,
+        history=state.history,
+        model_state=model_state(model),
+        init_report=init_report,
+        frozen=frozen,
+        final=final,
+    )
 
 
 @dataclass
@@ -701,8 +827,14 @@ class EpochLoop:
     def evaluate(self) -> tuple[dict[str, float], dict[str, float] | None]:
         """Val metrics of the model and of its EMA (None without EMA)."""
         cfg, env = self.cfg, self.env
-        kw = {"device": env.device, "amp": cfg.amp, "channels_last": cfg.channels_last,
-              "num_batches": cfg.limit_val_batches, "env": env, "progress": cfg.progress}
+        kw = {
+            "device": env.device,
+            "amp": cfg.amp,
+            "channels_last": cfg.channels_last,
+            "num_batches": cfg.limit_val_batches,
+            "env": env,
+            "progress": cfg.progress,
+        }
         ev = evaluate(self.state.model, self.val_loader, desc="val", **kw)
         ema = self.state.ema
         return ev, (evaluate(ema.module, self.val_loader, desc="val ema", **kw) if ema else None)
@@ -711,21 +843,32 @@ class EpochLoop:
         cfg, env, state = self.cfg, self.env, self.state
         seed_everything(epoch_seed(cfg.seed, epoch, env.rank))
         self.sampler.set_epoch(epoch)
-        stats = train_one_epoch(self.step, self.train_loader, num_batches=self.num_batches,
-                                global_step=state.global_step, env=env,
-                                desc=f"epoch {epoch + 1}/{cfg.epochs}", progress=cfg.progress)
+        stats = train_one_epoch(
+            self.step,
+            self.train_loader,
+            num_batches=self.num_batches,
+            global_step=state.global_step,
+            env=env,
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            progress=cfg.progress,
+        )
         state.global_step = stats.global_step
         if state.scheduler is not None:
             state.scheduler.step(epoch + 1)
         ev, ev_ema = self.evaluate()
         use_ema = ev_ema is not None and ev_ema["top1"] > ev["top1"]
         row = {
-            "epoch": epoch + 1, "train_loss": stats.loss, "lr": stats.lr,
-            "val_loss": ev["loss"], "val_top1": ev["top1"], "val_top5": ev["top5"],
+            "epoch": epoch + 1,
+            "train_loss": stats.loss,
+            "lr": stats.lr,
+            "val_loss": ev["loss"],
+            "val_top1": ev["top1"],
+            "val_top5": ev["top5"],
             "ema_val_loss": ev_ema["loss"] if ev_ema else None,
             "ema_top1": ev_ema["top1"] if ev_ema else None,
             "ema_top5": ev_ema["top5"] if ev_ema else None,
-            "train_img_s": stats.img_s, "epoch_time_s": stats.time_s,
+            "train_img_s": stats.img_s,
+            "epoch_time_s": stats.time_s,
         }
         is_best = state.record(row, ev_ema if use_ema else ev, use_ema)
         self.metrics.log(row)
@@ -734,10 +877,12 @@ class EpochLoop:
             if self.rd is not None:
                 self.rd.checkpointed = True
         ema_txt = f"  ema top-1 {ev_ema['top1']:6.2f}" if ev_ema else ""
-        self.say(f"epoch {epoch + 1:>3}/{cfg.epochs}  loss {stats.loss:.4f}  lr {stats.lr:.2e}  "
-                 f"val loss {ev['loss']:.4f}  top-1 {ev['top1']:6.2f}  top-5 {ev['top5']:6.2f}"
-                 f"{ema_txt}  {stats.img_s:5.0f} img/s  {stats.time_s:5.1f}s"
-                 + ("  *" if is_best else ""))
+        self.say(
+            f"epoch {epoch + 1:>3}/{cfg.epochs}  loss {stats.loss:.4f}  lr {stats.lr:.2e}  "
+            f"val loss {ev['loss']:.4f}  top-1 {ev['top1']:6.2f}  top-5 {ev['top5']:6.2f}"
+            f"{ema_txt}  {stats.img_s:5.0f} img/s  {stats.time_s:5.1f}s"
+            + ("  *" if is_best else "")
+        )
         barrier(env)
 
 

@@ -86,8 +86,13 @@ def run_preprocessing(cfg: Any) -> Preprocessing:
     """How inputs must be prepared for the run's model (its eval transform; stored in the
     saved model's card). A 'random' training interpolation evaluates bicubic."""
     interpolation = "bicubic" if cfg.interpolation == "random" else str(cfg.interpolation)
-    return Preprocessing((3, int(cfg.input_size), int(cfg.input_size)), float(cfg.crop_pct),
-                         interpolation=interpolation, mean=cfg.mean, std=cfg.std)
+    return Preprocessing(
+        (3, int(cfg.input_size), int(cfg.input_size)),
+        float(cfg.crop_pct),
+        interpolation=interpolation,
+        mean=cfg.mean,
+        std=cfg.std,
+    )
 
 
 def finalize(out_dir: Path, splits: Any, cfg: Any, device: torch.device) -> FinalReport:
@@ -101,10 +106,14 @@ def finalize(out_dir: Path, splits: Any, cfg: Any, device: torch.device) -> Fina
     else:  # resumed from a lone last.pt: the last weights are all we have
         ckpt = load_training_checkpoint(out_dir / "last.pt")
         last = ckpt["history"][-1]
-        use_ema = (ckpt.get("ema") is not None and last.get("ema_top1") is not None
-                   and last["ema_top1"] > last["val_top1"])
-        logger.warning("warning: %s has no best.pt; reparameterizing the last epoch's weights",
-                       out_dir)
+        use_ema = (
+            ckpt.get("ema") is not None
+            and last.get("ema_top1") is not None
+            and last["ema_top1"] > last["val_top1"]
+        )
+        logger.warning(
+            "warning: %s has no best.pt; reparameterizing the last epoch's weights", out_dir
+        )
     state, use_ema = checkpoint_weights(ckpt, use_ema)
     model = create_train_model(cfg.model, len(splits.classes))
     model.load_state_dict(state, strict=True)
@@ -124,17 +133,34 @@ def finalize(out_dir: Path, splits: Any, cfg: Any, device: torch.device) -> Fina
             f"{max_diff:.3g}); the training-form checkpoint best.pt is kept for inspection"
         )
     top1, top5 = _topk(fused_logits, targets)
-    meta = dict(val_top1=round(top1, 4), dataset=splits.name, epoch=int(ckpt["epoch"]),
-                weights="ema" if use_ema else "model")
-    model_path = fastvit.save_model(model.cpu(), out_dir / "model.safetensors",
-                                    class_names=splits.classes, metadata=meta)
-    reparam_path = fastvit.save_model(fused.cpu(), out_dir / "model_reparam.safetensors",
-                                      class_names=splits.classes, metadata=meta)
+    meta = dict(
+        val_top1=round(top1, 4),
+        dataset=splits.name,
+        epoch=int(ckpt["epoch"]),
+        weights="ema" if use_ema else "model",
+    )
+    model_path = fastvit.save_model(
+        model.cpu(), out_dir / "model.safetensors", class_names=splits.classes, metadata=meta
+    )
+    reparam_path = fastvit.save_model(
+        fused.cpu(),
+        out_dir / "model_reparam.safetensors",
+        class_names=splits.classes,
+        metadata=meta,
+    )
     report = FinalReport(
-        source="ema" if use_ema else "model", epoch=int(ckpt["epoch"]), top1=top1,
-        top5=top5, num_val=len(targets), mismatches=mismatches, max_logit_diff=max_diff,
-        params_unfused=count_params(model), params_fused=count_params(fused),
-        model_path=str(model_path), reparam_path=str(reparam_path),
-        summary_path=str(out_dir / "summary.json"))
+        source="ema" if use_ema else "model",
+        epoch=int(ckpt["epoch"]),
+        top1=top1,
+        top5=top5,
+        num_val=len(targets),
+        mismatches=mismatches,
+        max_logit_diff=max_diff,
+        params_unfused=count_params(model),
+        params_fused=count_params(fused),
+        model_path=str(model_path),
+        reparam_path=str(reparam_path),
+        summary_path=str(out_dir / "summary.json"),
+    )
     write_text_atomic(out_dir / "summary.json", json.dumps(asdict(report), indent=2))
     return report

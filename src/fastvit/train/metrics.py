@@ -17,8 +17,17 @@ import torch
 from fastvit.fileio import write_bytes_atomic
 
 COLUMNS = (
-    "epoch", "train_loss", "lr", "val_loss", "val_top1", "val_top5",
-    "ema_val_loss", "ema_top1", "ema_top5", "train_img_s", "epoch_time_s",
+    "epoch",
+    "train_loss",
+    "lr",
+    "val_loss",
+    "val_top1",
+    "val_top5",
+    "ema_val_loss",
+    "ema_top1",
+    "ema_top5",
+    "train_img_s",
+    "epoch_time_s",
 )
 
 
@@ -29,7 +38,7 @@ def topk_correct(
     the number of classes). The one top-k accuracy helper of training and evaluation."""
     kmax = min(max(ks), logits.shape[1])
     hits = logits.topk(kmax, dim=1).indices == targets[:, None]
-    return [hits[:, :min(k, kmax)].any(dim=1).sum() for k in ks]
+    return [hits[:, : min(k, kmax)].any(dim=1).sum() for k in ks]
 
 
 class MetricsLogger:
@@ -58,8 +67,10 @@ class MetricsLogger:
         if self._tb is None and self.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(log_dir=str(self.output_dir / "tensorboard"),
-                                     purge_step=epoch if epoch > 1 else None)
+            self._tb = SummaryWriter(
+                log_dir=str(self.output_dir / "tensorboard"),
+                purge_step=epoch if epoch > 1 else None,
+            )
         return self._tb
 
     @property
@@ -125,17 +136,18 @@ def curves_figure(history: list[dict[str, Any]]):
 
     fig = Figure(figsize=(10, 4))
     ax_loss, ax_acc = fig.subplots(1, 2)
-    ax_loss.plot(epochs, series("train_loss"), marker="o", color=COLOURS["train"],
-                 label="train")
+    ax_loss.plot(epochs, series("train_loss"), marker="o", color=COLOURS["train"], label="train")
     ax_loss.plot(epochs, series("val_loss"), marker="o", color=COLOURS["val"], label="val")
     if has_ema:
-        ax_loss.plot(epochs, series("ema_val_loss"), marker="o", color=COLOURS["ema"],
-                     label="val (EMA)")
+        ax_loss.plot(
+            epochs, series("ema_val_loss"), marker="o", color=COLOURS["ema"], label="val (EMA)"
+        )
     ax_loss.set_ylabel("loss")
     ax_acc.plot(epochs, series("val_top1"), marker="o", color=COLOURS["val"], label="val top-1")
     if has_ema:
-        ax_acc.plot(epochs, series("ema_top1"), marker="o", color=COLOURS["ema"],
-                    label="val top-1 (EMA)")
+        ax_acc.plot(
+            epochs, series("ema_top1"), marker="o", color=COLOURS["ema"], label="val top-1 (EMA)"
+        )
     ax_acc.set_ylabel("accuracy (%)")
     for ax in (ax_loss, ax_acc):
         ax.set_xlabel("epoch")

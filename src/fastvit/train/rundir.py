@@ -20,8 +20,16 @@ from fastvit.errors import ConfigError
 from fastvit.fileio import atomic_path, clean_stale_temps
 
 #: files and folders a training run writes into its directory
-RUN_FILES = ("last.pt", "best.pt", "metrics.csv", "curves.png", "summary.json",
-             "model.safetensors", "model_reparam.safetensors", "tensorboard")
+RUN_FILES = (
+    "last.pt",
+    "best.pt",
+    "metrics.csv",
+    "curves.png",
+    "summary.json",
+    "model.safetensors",
+    "model_reparam.safetensors",
+    "tensorboard",
+)
 LOCK_NAME = ".fastvit-train.lock"
 
 try:
@@ -52,8 +60,9 @@ class RunDir:
     writing a checkpoint, removes what it created.
     """
 
-    def __init__(self, path: str | os.PathLike, *, overwrite: bool = False,
-                 resume_from: Path | None = None) -> None:
+    def __init__(
+        self, path: str | os.PathLike, *, overwrite: bool = False, resume_from: Path | None = None
+    ) -> None:
         self.path = Path(path)
         self.overwrite = overwrite
         self.resume_from = resume_from
@@ -75,12 +84,15 @@ class RunDir:
             self.path.mkdir(parents=True, exist_ok=True)
             self._lock()
             if not os.access(self.path, os.W_OK):
-                raise ConfigError(f"output directory {self.path} is not writable; choose "
-                                  "another --output")
+                raise ConfigError(
+                    f"output directory {self.path} is not writable; choose another --output"
+                )
         except OSError as e:
             self._release()
-            raise ConfigError(f"output directory {self.path} is not writable "
-                              f"({e.strerror or e}); choose another --output") from None
+            raise ConfigError(
+                f"output directory {self.path} is not writable "
+                f"({e.strerror or e}); choose another --output"
+            ) from None
         except BaseException:
             self._release()
             raise
@@ -92,8 +104,12 @@ class RunDir:
             raise
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         if exc_type is not None and not self.checkpointed and not self.had_run:
             for name in RUN_FILES:  # a run that never got to a checkpoint leaves nothing
                 _rm(self.path / name)
@@ -101,14 +117,18 @@ class RunDir:
 
     def _check_existing(self) -> None:
         same_run = self.resume_from is not None and (
-            self.resume_from.resolve() == self.path.resolve())
+            self.resume_from.resolve() == self.path.resolve()
+        )
         present = run_files(self.path)
         self.had_run = bool(present)
         if not present or same_run:
             return
         if not self.overwrite:
-            what = "resume it with --resume " + str(self.path / "last.pt") if (
-                "last.pt" in present) else "pick another --output"
+            what = (
+                "resume it with --resume " + str(self.path / "last.pt")
+                if ("last.pt" in present)
+                else "pick another --output"
+            )
             raise ConfigError(
                 f"{self.path} already holds a run ({', '.join(present)}); {what}, or pass "
                 "--overwrite to replace it"
@@ -144,8 +164,10 @@ class RunDir:
                     "to finish or choose another --output"
                 ) from None
             # the previous holder may have removed the file between our open and flock
-            if os.path.exists(self.lock_path) and os.stat(self.lock_path).st_ino == os.fstat(
-                    fd).st_ino:
+            if (
+                os.path.exists(self.lock_path)
+                and os.stat(self.lock_path).st_ino == os.fstat(fd).st_ino
+            ):
                 break
             os.close(fd)
         os.ftruncate(fd, 0)

@@ -48,8 +48,12 @@ class RunState:
         self.epoch = int(row["epoch"])
         self.history = [r for r in self.history if r["epoch"] < row["epoch"]] + [row]
         if top["top1"] > self.best["top1"]:
-            self.best = {"top1": top["top1"], "top5": top["top5"], "epoch": self.epoch,
-                         "ema": use_ema}
+            self.best = {
+                "top1": top["top1"],
+                "top5": top["top5"],
+                "epoch": self.epoch,
+                "ema": use_ema,
+            }
             return True
         return False
 
