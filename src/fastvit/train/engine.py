@@ -114,7 +114,7 @@ def _progress(total: int, desc: str, enabled: bool):
 
 
 @contextlib.contextmanager
-def sigterm_as_interrupt(message: str) -> Iterator[None]:
+def sigterm_as_interrupt(message: Callable[[], str]) -> Iterator[None]:
     """Turn SIGTERM into :class:`TrainingTerminated` while the block runs (main thread only),
     so a terminated run unwinds like Ctrl-C: temporary files removed, checkpoints intact."""
     if threading.current_thread() is not threading.main_thread():
@@ -122,7 +122,7 @@ def sigterm_as_interrupt(message: str) -> Iterator[None]:
         return
 
     def handler(signum: int, frame: Any) -> None:
-        raise TrainingTerminated(message)
+        raise TrainingTerminated(message())
 
     previous = signal.signal(signal.SIGTERM, handler)
     try:
@@ -673,8 +673,13 @@ def train(
             init_src = load_init_model(cfg.init)
         cfg, notes = resolve_config(cfg, resume, init_src)
         out = Path(cfg.output)
-        hint = f"resume with --resume {out / 'last.pt'}"
-        with sigterm_as_interrupt(f"terminated (SIGTERM); {hint}"), _run_dir(cfg, env) as rd:
+        last = out / "last.pt"
+
+        def stopped() -> str:
+            hint = f"resume with --resume {last}" if last.is_file() else "no epoch was saved"
+            return f"terminated (SIGTERM); {hint}"
+
+        with sigterm_as_interrupt(stopped), _run_dir(cfg, env) as rd:
             return _run(cfg, env, say, t_start, resume, init_src, notes, rd)
     finally:
         cleanup_distributed(env)
