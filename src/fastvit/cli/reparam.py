@@ -65,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"-o {out}: reparameterized checkpoints are saved as safetensors; "
                               "use a name ending in .safetensors")
         check_writable_target(out, overwrite=args.overwrite)
+    extra_meta: dict[str, str] = {}
     if args.checkpoint == "demo":
         model = fastvit.create_model(args.model or "fastvit_t8")
         # Non-trivial statistics, as after training, so the check is meaningful.
@@ -78,7 +79,13 @@ def run(args: argparse.Namespace) -> int:
                 if "layer_scale" in n:
                     p.copy_(torch.rand(p.shape, generator=g) * 0.5)
     else:
+        from fastvit.checkpoints.api import RESERVED_METADATA
+        from fastvit.checkpoints.io import read_checkpoint
+
         model = fastvit.load_model(args.checkpoint, name=args.model)
+        # the file's own metadata (a run's dataset, epoch, val_top1, ...) travels along
+        extra_meta = {k: v for k, v in read_checkpoint(args.checkpoint)[1].items()
+                      if k not in RESERVED_METADATA}
         if model.inference_mode:
             raise ConfigError(f"{args.checkpoint} is already reparameterized; nothing to do")
     model.eval()
@@ -96,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"reparameterized in {seconds:.2f} s; fused vs unfused on image-like "
           f"{args.size}x{args.size} inputs: {diff.describe(rtol, args.atol)}")
     if out is not None:
-        fastvit.save_model(fused, out)
+        fastvit.save_model(fused, out, metadata=extra_meta)
         print(f"saved {out}")
     warn_threads("reparam", threads)
     return 0

@@ -1,126 +1,106 @@
 """`fastvit train`: train or fine-tune a FastViT (single process or under torchrun).
 
 With no data argument it trains on the embedded scikit-learn digits with the 'digits' recipe;
-with ``--data ROOT`` (``ROOT/train/<class>/``, ``ROOT/val/<class>/``) the default recipe is
-the official ImageNet one. Every option overrides the recipe; ``--resume RUN/last.pt``
-continues a run with its stored config (options given again override it).
+with ``--data ROOT`` (``ROOT/train/<class>/`` and ``ROOT/val/<class>/``, or ``ROOT/<class>/``
+split with ``--val-split``) the default recipe is the official ImageNet one. Every option
+overrides the recipe. The options are derived from :class:`~fastvit.train.TrainConfig`: one
+per field, help text from the field's metadata.
+
+Run directories are never replaced silently: a new run into a directory that holds one is
+refused unless ``--overwrite`` is given, and ``--resume RUN/last.pt`` continues in ``RUN`` (or
+``--output``) with the stored config (changed options are applied or refused, see
+:func:`~fastvit.train.config.resume_config`).
 """
 
 from __future__ import annotations
 
 import argparse
+import types
+import typing
+from dataclasses import MISSING, Field, fields
+from typing import Any
+
+#: exit status of a run stopped by SIGTERM (128 + 15, like a shell reports it)
+EXIT_SIGTERM = 143
+
+
+def _value_type(f: Field, hints: dict[str, Any]) -> tuple[type | None, int | None]:
+    """(element type, nargs) of a config field's annotation; nargs None for scalars."""
+    tp = hints[f.name]
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        tp = args[0] if len(args) == 1 else str
+    if typing.get_origin(tp) is tuple:
+        args = typing.get_args(tp)
+        return args[0], len(args)
+    if tp in (int, float, str, bool):
+        return tp, None
+    return None, None
+
+
+def _recipe_default(f: Field) -> str:
+    """'(default X)' or '(default X; digits recipe Y)' for the help text."""
+    from fastvit.train.config import RECIPES
+
+    base = f.default if f.default is not MISSING else None
+    digits = RECIPES["digits"].get(f.name, base)
+
+    def show(v: Any) -> str:
+        if isinstance(v, bool):
+            return "on" if v else "off"
+        if isinstance(v, tuple):
+            return " ".join(f"{x:g}" if isinstance(x, float) else str(x) for x in v)
+        return "none" if v is None else (f"{v:g}" if isinstance(v, float) else str(v))
+
+    if digits is None and (base is None or "default" in f.metadata["help"]):
+        return ""
+    if base is None or "default" in f.metadata["help"]:
+        return "" if digits == base else f" (digits recipe {show(digits)})"
+    if digits == base:
+        return f" (default {show(base)})"
+    return f" (default {show(base)}; digits recipe {show(digits)})"
 
 
 def add_parser(p: argparse.ArgumentParser) -> None:
-    # every default is None, so that only the options actually given override the recipe
-    g = p.add_argument_group("data (default: the embedded scikit-learn digits)")
-    g.add_argument("--data", metavar="ROOT", help="ImageFolder root with train/ and val/ "
-                   "(or validation/) class folders")
-    g.add_argument("--train-dir", metavar="DIR", help="training class folders (with --val-dir)")
-    g.add_argument("--val-dir", metavar="DIR", help="validation class folders")
-    g.add_argument("--input-size", type=int, metavar="PX", help="square input size (>= 32)")
-    g.add_argument("--crop-pct", type=float, help="eval center-crop fraction (variant default)")
-    g.add_argument("--interpolation", choices=("bilinear", "bicubic", "nearest", "random"))
-    g.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"))
-    g.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"))
-    g.add_argument("--check-images", choices=("auto", "full", "header", "none"),
-                   help="decode every image (full), headers only, or none; auto: full up to "
-                   "10k files")
-    g.add_argument("--max-bad-share", type=float, metavar="F",
-                   help="stop when more than this share of files is unreadable (default 0.01)")
-    g.add_argument("--workers", type=int, help="data loader processes")
+    """One option per :class:`TrainConfig` field, grouped and documented by its metadata.
 
-    g = p.add_argument_group("model")
-    g.add_argument("--model", "-m", metavar="NAME", help="variant (default fastvit_t8; see "
-                   "`fastvit info`)")
-    g.add_argument("--init", metavar="CKPT", help="fine-tune from an unfused checkpoint "
-                   "(official, timm or ours); the head is re-initialised for new classes")
-    g.add_argument("--freeze-stages", type=int, metavar="N",
-                   help="freeze the stem and the first N stages")
-    g.add_argument("--drop-path", type=float, help="stochastic depth (variant default)")
-    g.add_argument("--drop", type=float, help="dropout before the classifier")
-    g.add_argument("--grad-checkpointing", action=argparse.BooleanOptionalAction, default=None)
+    Every default is None, so that only the options actually given override the recipe (or,
+    with ``--resume``, the run's stored config).
+    """
+    from fastvit.train.config import GROUPS, TrainConfig
 
-    g = p.add_argument_group("recipe and augmentation")
-    g.add_argument("--recipe", choices=("imagenet", "digits"),
-                   help="preset (default: digits without data, imagenet with --data)")
-    g.add_argument("--no-aug", action="store_true", default=None,
-                   help="no training augmentation (resize + crop only)")
-    g.add_argument("--scale", type=float, nargs=2, metavar=("MIN", "MAX"),
-                   help="random-resized-crop area range")
-    g.add_argument("--ratio", type=float, nargs=2, metavar=("MIN", "MAX"),
-                   help="random-resized-crop aspect range")
-    g.add_argument("--hflip", type=float, help="horizontal flip probability")
-    g.add_argument("--auto-augment", "--aa", dest="auto_augment", metavar="SPEC",
-                   help="timm auto-augment spec, e.g. rand-m9-mstd0.5-inc1, or 'none'")
-    g.add_argument("--color-jitter", type=float)
-    g.add_argument("--reprob", type=float, help="random erasing probability")
-    g.add_argument("--mixup", type=float, help="mixup alpha (0 = off)")
-    g.add_argument("--cutmix", type=float, help="cutmix alpha (0 = off)")
-    g.add_argument("--mixup-prob", type=float)
-    g.add_argument("--mixup-switch-prob", type=float)
-    g.add_argument("--mixup-mode", choices=("batch", "pair", "elem"))
-    g.add_argument("--smoothing", type=float, help="label smoothing")
-
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int)
-    g.add_argument("--batch-size", "-b", type=int, help="per process")
-    g.add_argument("--opt", metavar="NAME", help="timm optimizer (default adamw)")
-    g.add_argument("--lr", type=float, help="absolute learning rate (overrides scaling)")
-    g.add_argument("--base-lr", type=float, help="lr at --lr-base-size images per step")
-    g.add_argument("--lr-base-size", type=int, help="global batch the base lr refers to")
-    g.add_argument("--weight-decay", "--wd", dest="weight_decay", type=float)
-    g.add_argument("--momentum", type=float)
-    g.add_argument("--opt-eps", type=float)
-    g.add_argument("--clip-grad", type=float, help="gradient clipping value (off by default)")
-    g.add_argument("--clip-mode", choices=("norm", "value", "agc"))
-    g.add_argument("--sched", choices=("cosine", "tanh", "step", "multistep", "poly",
-                                       "constant", "none"))
-    g.add_argument("--warmup-epochs", type=int)
-    g.add_argument("--warmup-lr", type=float)
-    g.add_argument("--min-lr", type=float)
-    g.add_argument("--cooldown-epochs", type=int)
-    g.add_argument("--sched-on-updates", action=argparse.BooleanOptionalAction, default=None,
-                   help="step the lr schedule every update instead of every epoch")
-    g.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None,
-                   help="keep an EMA of the weights")
-    g.add_argument("--ema-decay", type=float)
-    g.add_argument("--ema-warmup", action=argparse.BooleanOptionalAction, default=None)
-
-    g = p.add_argument_group("distillation")
-    g.add_argument("--distill", choices=("none", "soft", "hard"))
-    g.add_argument("--teacher", metavar="CKPT|NAME",
-                   help="fastvit checkpoint, or a timm/torchvision model name")
-    g.add_argument("--teacher-weights", metavar="FILE", help="weights for a named teacher")
-    g.add_argument("--distill-alpha", type=float)
-    g.add_argument("--distill-tau", type=float)
-
-    g = p.add_argument_group("run")
-    g.add_argument("--output", "-o", metavar="DIR", help="run directory (default "
-                   "runs/<model>_<dataset>)")
-    g.add_argument("--resume", metavar="CKPT", help="continue from a run's last.pt")
-    g.add_argument("--amp", choices=("none", "bf16", "fp16"), help="mixed precision")
-    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
-    g.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    g.add_argument("--threads", type=int, metavar="N",
-                   help="CPU threads per process (default: torch's; 1 helps on a busy machine)")
-    g.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=None,
-                   help="SyncBatchNorm under torchrun")
-    g.add_argument("--seed", type=int)
-    g.add_argument("--limit-train-batches", type=int, metavar="N",
-                   help="at most N batches per epoch (quick runs)")
-    g.add_argument("--limit-val-batches", type=int, metavar="N")
-    g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="progress bars (shown only on a terminal)")
-    g.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=None)
-    g.add_argument("--plot", action=argparse.BooleanOptionalAction, default=None,
-                   help="write curves.png each epoch")
+    hints = typing.get_type_hints(TrainConfig)
+    groups = {key: p.add_argument_group(title) for key, title in GROUPS.items()}
+    for f in fields(TrainConfig):
+        meta = f.metadata
+        if not meta.get("cli", False):
+            continue
+        flags = ["--" + f.name.replace("_", "-"), *meta["flags"]]
+        elem, nargs = _value_type(f, hints)
+        kw: dict[str, Any] = {
+            "dest": f.name,
+            "default": None,
+            "help": meta["help"] + _recipe_default(f),
+        }
+        if meta["action"] == "store_true":
+            kw["action"] = "store_true"
+        elif elem is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        else:
+            if elem in (int, float):
+                kw["type"] = elem
+            if nargs is not None:
+                kw["nargs"] = nargs
+            if meta["choices"]:
+                kw["choices"] = meta["choices"]
+            if meta["metavar"]:
+                kw["metavar"] = meta["metavar"]
+        groups[meta["group"]].add_argument(*flags, **kw)
 
 
 def config_from_args(args: argparse.Namespace):
-    """TrainConfig from the recipe (or the resumed run's config) plus the given options."""
-    from dataclasses import fields
-
+    """(TrainConfig, loaded resume checkpoint or None) from the recipe, or from the resumed
+    run's stored config, plus the options given. The checkpoint is read here, once."""
     from fastvit.train.checkpoint import load_training_checkpoint
     from fastvit.train.config import TrainConfig, recipe_config
 
@@ -129,33 +109,40 @@ def config_from_args(args: argparse.Namespace):
     for key in ("mean", "std", "scale", "ratio"):
         if key in given:
             given[key] = tuple(given[key])
-    if isinstance(given.get("auto_augment"), str) and given["auto_augment"].lower() in (
-            "none", "off", ""):
-        given["auto_augment"] = None
-        explicit_no_aa = True
-    else:
-        explicit_no_aa = False
+    explicit_no_aa = isinstance(given.get("auto_augment"), str) and given[
+        "auto_augment"
+    ].lower() in ("none", "off", "")
+    if explicit_no_aa:
+        given.pop("auto_augment")
     if args.resume:
         ckpt = load_training_checkpoint(args.resume)
-        base = TrainConfig.from_dict(ckpt["config"])
-        # a different --model is reported by train() as a variant mismatch
-        cfg = base.replace(init=None, **given)
+        stored = TrainConfig.from_dict(ckpt["config"])
+        # the run continues where its checkpoint lies unless --output is given; a stored
+        # --overwrite belonged to the run's start (a new --init is refused by train())
+        cfg = stored.replace(**{"output": None, "overwrite": False, **given})
         if explicit_no_aa:
             cfg = cfg.replace(auto_augment=None)
-        return cfg
+        return cfg, ckpt
     recipe = given.pop("recipe", None) or (
-        "digits" if not any(k in given for k in ("data", "train_dir", "val_dir")) else "imagenet")
+        "digits" if not any(k in given for k in ("data", "train_dir", "val_dir")) else "imagenet"
+    )
     cfg = recipe_config(recipe, **given)
     if explicit_no_aa:
         cfg = cfg.replace(auto_augment=None)
-    return cfg
+    return cfg, None
 
 
 def run(args: argparse.Namespace) -> int:
-    from fastvit.train import format_summary, train
+    import sys
 
-    cfg = config_from_args(args)
-    result = train(cfg)
+    from fastvit.train import TrainingTerminated, format_summary, train
+
+    cfg, ckpt = config_from_args(args)
+    try:
+        result = train(cfg, resume_checkpoint=ckpt)
+    except TrainingTerminated as e:
+        print(f"fastvit train: {e}", file=sys.stderr)
+        return EXIT_SIGTERM
     if result.final is not None:
         print(format_summary(result))
     return 0

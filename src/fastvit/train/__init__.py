@@ -5,19 +5,23 @@ from __future__ import annotations
 from fastvit.train.config import RECIPES, TrainConfig, recipe_config, validate_config
 from fastvit.train.engine import (
     TrainingDiverged,
+    TrainingTerminated,
     TrainResult,
     evaluate,
     train,
     train_one_epoch,
 )
 from fastvit.train.final import FinalReport
+from fastvit.train.state import RunState
 
 __all__ = [
     "RECIPES",
     "FinalReport",
+    "RunState",
     "TrainConfig",
     "TrainResult",
     "TrainingDiverged",
+    "TrainingTerminated",
     "evaluate",
     "format_summary",
     "recipe_config",

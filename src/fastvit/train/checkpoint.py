@@ -77,8 +77,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
     np.random.set_state(
-        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-         n["cached_gaussian"])
+        (
+            "MT19937",
+            n["keys"].numpy().astype(np.uint32),
+            n["pos"],
+            n["has_gauss"],
+            n["cached_gaussian"],
+        )
     )
     random.setstate(_python_state_from_plain(state["python"]))
     if "cuda" in state and torch.cuda.is_available():
@@ -87,8 +92,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def _python_state_to_plain(st: tuple) -> dict[str, Any]:
     version, internal, gauss = st
-    return {"version": version, "internal": torch.tensor(internal, dtype=torch.int64),
-            "gauss": gauss}
+    return {
+        "version": version,
+        "internal": torch.tensor(internal, dtype=torch.int64),
+        "gauss": gauss,
+    }
 
 
 def _python_state_from_plain(d: dict[str, Any]) -> tuple:
@@ -130,13 +138,15 @@ def load_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return ckpt
 
 
-def is_training_checkpoint(path: str | os.PathLike) -> bool:
-    """True when ``path`` looks like a training checkpoint (a pickle with our format tag)."""
-    path = Path(path)
-    if not path.is_file() or path.suffix == ".safetensors":
-        return False
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        return False
-    return isinstance(ckpt, dict) and ckpt.get("format") == FORMAT
+def checkpoint_weights(
+    ckpt: dict[str, Any], use_ema: bool | None = None
+) -> tuple[dict[str, torch.Tensor], bool]:
+    """(state dict, whether it is the EMA copy) of a training checkpoint.
+
+    ``use_ema`` None picks the weights that scored best (the EMA copy when it did).
+    """
+    if use_ema is None:
+        use_ema = bool(ckpt["best"]["ema"]) and ckpt.get("ema") is not None
+    if use_ema and ckpt.get("ema") is None:
+        raise CheckpointError("this run was trained with --no-ema; it has no EMA weights")
+    return (ckpt["ema"] if use_ema else ckpt["model"]), use_ema

@@ -4,7 +4,9 @@ The dataclass defaults are the official FastViT ImageNet recipe (Vasu et al., 20
 lr 1e-3 per 1024 images, weight decay 0.05, 300 epochs of cosine with 5 warmup epochs,
 RandAugment, random erasing, mixup/cutmix, label smoothing, EMA). ``RECIPES['digits']`` is the
 small recipe for the embedded digits dataset that ``fastvit train`` uses with no data argument.
-Every field can be overridden; the whole config is stored in each checkpoint.
+Every field can be overridden; the whole config is stored in each checkpoint. Each field's
+metadata (help text, option group, extra flags, choices) is what ``fastvit train`` builds its
+command-line options from, so the CLI and the config cannot drift apart.
 """
 
 from __future__ import annotations
@@ -22,7 +24,43 @@ CLIP_MODES = ("norm", "value", "agc")
 SCHED_CHOICES = ("cosine", "tanh", "step", "multistep", "poly", "constant", "none")
 CHECK_IMAGES_CHOICES = ("auto", "full", "header", "none")
 MIXUP_MODES = ("batch", "pair", "elem")
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "random")
+RECIPE_NAMES = ("imagenet", "digits")
 DEFAULT_MODEL = "fastvit_t8"
+
+# option groups of `fastvit train --help`, in order
+GROUPS = {
+    "data": "data (default: the embedded scikit-learn digits)",
+    "model": "model",
+    "aug": "recipe and augmentation",
+    "optim": "optimisation",
+    "distill": "distillation",
+    "run": "run",
+}
+
+
+def option(
+    default: Any = None,
+    help: str = "",
+    *,
+    group: str,
+    flags: tuple[str, ...] = (),
+    choices: tuple[str, ...] | None = None,
+    metavar: str | tuple[str, ...] | None = None,
+    action: str | None = None,
+    cli: bool = True,
+) -> Any:
+    """A config field whose metadata describes its command-line option."""
+    meta = {
+        "help": help,
+        "group": group,
+        "flags": flags,
+        "choices": choices,
+        "metavar": metavar,
+        "action": action,
+        "cli": cli,
+    }
+    return field(default=default, metadata=meta)
 
 
 @dataclass
@@ -30,81 +68,216 @@ class TrainConfig:
     """Everything a training run depends on. Defaults: the official ImageNet recipe."""
 
     # model
-    model: str | None = None  # None: taken from --init/--resume, else fastvit_t8
-    drop_path: float | None = None  # None: the variant's recipe value (e.g. SA36 0.2, MA36 0.35)
-    drop: float = 0.0
-    init: str | None = None  # fine-tune from this checkpoint (head re-initialised if needed)
-    freeze_stages: int = 0
-    grad_checkpointing: bool = False
+    model: str | None = option(
+        None,
+        "variant (default fastvit_t8; see `fastvit info`)",
+        group="model",
+        flags=("-m",),
+        metavar="NAME",
+    )
+    drop_path: float | None = option(
+        None, "stochastic depth (default: the variant's, e.g. SA36 0.2, MA36 0.35)", group="model"
+    )
+    drop: float = option(0.0, "dropout before the classifier", group="model")
+    init: str | None = option(
+        None,
+        "fine-tune from an unfused checkpoint (official, timm or ours); "
+        "the head is re-initialised for new classes",
+        group="model",
+        metavar="CKPT",
+    )
+    freeze_stages: int = option(
+        0, "freeze the stem and the first N stages", group="model", metavar="N"
+    )
+    grad_checkpointing: bool = option(
+        False, "recompute activations in the backward pass (less memory, slower)", group="model"
+    )
     # data (None everywhere: the embedded digits)
-    data: str | None = None
-    train_dir: str | None = None
-    val_dir: str | None = None
-    input_size: int = 256
-    crop_pct: float | None = None  # None: the variant's (0.9)
-    interpolation: str = "bicubic"
-    mean: tuple[float, float, float] | None = None
-    std: tuple[float, float, float] | None = None
-    check_images: str = "auto"
-    max_bad_share: float = 0.01
-    workers: int | None = None  # None: 0 for digits / CPU-only, else min(8, cores)
+    data: str | None = option(
+        None,
+        "ImageFolder root with train/ and val/ (or validation/) class "
+        "folders, or a folder of class folders (split with --val-split)",
+        group="data",
+        metavar="ROOT",
+    )
+    train_dir: str | None = option(
+        None, "training class folders (with --val-dir)", group="data", metavar="DIR"
+    )
+    val_dir: str | None = option(None, "validation class folders", group="data", metavar="DIR")
+    val_split: float = option(
+        0.2,
+        "share of each class held out for validation when --data is one "
+        "folder of class folders (a stratified split drawn with --seed)",
+        group="data",
+        metavar="F",
+    )
+    input_size: int = option(256, "square input size (>= 32)", group="data", metavar="PX")
+    crop_pct: float | None = option(
+        None, "eval center-crop fraction (default: the variant's)", group="data"
+    )
+    interpolation: str = option(
+        "bicubic", "resize interpolation", group="data", choices=INTERPOLATIONS
+    )
+    mean: tuple[float, float, float] | None = option(
+        None, "normalisation mean (default: the variant's)", group="data", metavar=("R", "G", "B")
+    )
+    std: tuple[float, float, float] | None = option(
+        None, "normalisation std (default: the variant's)", group="data", metavar=("R", "G", "B")
+    )
+    check_images: str = option(
+        "auto",
+        "decode every image (full), headers only, or none; auto: full up to 10k files",
+        group="data",
+        choices=CHECK_IMAGES_CHOICES,
+    )
+    max_bad_share: float = option(
+        0.01, "stop when more than this share of files is unreadable", group="data", metavar="F"
+    )
+    workers: int | None = option(
+        None, "data loader processes (default: 0 for digits, else min(8, cores - 1))", group="data"
+    )
     # augmentation
-    no_aug: bool = False
-    scale: tuple[float, float] = (0.08, 1.0)
-    ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    hflip: float = 0.5
-    auto_augment: str | None = "rand-m9-mstd0.5-inc1"
-    color_jitter: float = 0.4
-    reprob: float = 0.25
-    mixup: float = 0.8
-    cutmix: float = 1.0
-    mixup_prob: float = 1.0
-    mixup_switch_prob: float = 0.5
-    mixup_mode: str = "batch"
-    smoothing: float = 0.1
+    no_aug: bool = option(
+        False, "no training augmentation (resize + crop only)", group="aug", action="store_true"
+    )
+    scale: tuple[float, float] = option(
+        (0.08, 1.0), "random-resized-crop area range", group="aug", metavar=("MIN", "MAX")
+    )
+    ratio: tuple[float, float] = option(
+        (3 / 4, 4 / 3), "random-resized-crop aspect range", group="aug", metavar=("MIN", "MAX")
+    )
+    hflip: float = option(0.5, "horizontal flip probability", group="aug")
+    auto_augment: str | None = option(
+        "rand-m9-mstd0.5-inc1",
+        "timm auto-augment spec, e.g. rand-m9-mstd0.5-inc1, or 'none'",
+        group="aug",
+        flags=("--aa",),
+        metavar="SPEC",
+    )
+    color_jitter: float = option(0.4, "color jitter strength", group="aug")
+    reprob: float = option(0.25, "random erasing probability", group="aug")
+    mixup: float = option(0.8, "mixup alpha (0 = off)", group="aug")
+    cutmix: float = option(1.0, "cutmix alpha (0 = off)", group="aug")
+    mixup_prob: float = option(
+        1.0, "probability of applying mixup or cutmix to a batch", group="aug"
+    )
+    mixup_switch_prob: float = option(
+        0.5, "probability of cutmix instead of mixup when both are on", group="aug"
+    )
+    mixup_mode: str = option(
+        "batch", "mix per batch, pair or element", group="aug", choices=MIXUP_MODES
+    )
+    smoothing: float = option(0.1, "label smoothing", group="aug")
     # optimisation
-    batch_size: int = 128  # per process; the official global batch is 1024 (8 x 128)
-    opt: str = "adamw"
-    lr: float | None = None  # None: base_lr * global_batch / lr_base_size
-    base_lr: float = 1e-3
-    lr_base_size: int = 1024
-    weight_decay: float = 0.05
-    momentum: float = 0.9
-    opt_eps: float = 1e-8
-    clip_grad: float | None = None
-    clip_mode: str = "norm"
-    sched: str = "cosine"
-    epochs: int = 300
-    warmup_epochs: int = 5
-    warmup_lr: float = 1e-6
-    min_lr: float = 1e-5
-    cooldown_epochs: int = 0
-    sched_on_updates: bool = False  # step the lr every update instead of every epoch
-    ema: bool = True
-    ema_decay: float = 0.9995
-    ema_warmup: bool = False
+    batch_size: int = option(
+        128,
+        "batch size per process (the official global batch is 1024 = 8 x 128)",
+        group="optim",
+        flags=("-b",),
+    )
+    opt: str = option("adamw", "timm optimizer name", group="optim", metavar="NAME")
+    lr: float | None = option(
+        None,
+        "absolute learning rate (default: --base-lr scaled by the global batch / --lr-base-size)",
+        group="optim",
+    )
+    base_lr: float = option(1e-3, "lr at --lr-base-size images per step", group="optim")
+    lr_base_size: int = option(1024, "global batch the base lr refers to", group="optim")
+    weight_decay: float = option(
+        0.05, "weight decay (not on norms, biases, layer scales)", group="optim", flags=("--wd",)
+    )
+    momentum: float = option(0.9, "optimizer momentum", group="optim")
+    opt_eps: float = option(1e-8, "optimizer epsilon", group="optim")
+    clip_grad: float | None = option(
+        None, "gradient clipping value (off by default)", group="optim"
+    )
+    clip_mode: str = option("norm", "gradient clipping mode", group="optim", choices=CLIP_MODES)
+    sched: str = option("cosine", "lr schedule", group="optim", choices=SCHED_CHOICES)
+    epochs: int = option(
+        300,
+        "training epochs (on --resume: a larger value extends the run and re-plans the schedule)",
+        group="optim",
+    )
+    warmup_epochs: int = option(5, "linear lr warmup epochs (capped below --epochs)", group="optim")
+    warmup_lr: float = option(1e-6, "lr at the start of the warmup", group="optim")
+    min_lr: float = option(1e-5, "lr at the end of the schedule", group="optim")
+    cooldown_epochs: int = option(0, "epochs at --min-lr after the schedule", group="optim")
+    sched_on_updates: bool = option(
+        False, "step the lr schedule every update instead of every epoch", group="optim"
+    )
+    ema: bool = option(True, "keep an EMA of the weights", group="optim")
+    ema_decay: float = option(
+        0.9995,
+        "EMA decay per update (made faster, with a warning, when the run is too short for it)",
+        group="optim",
+    )
+    ema_warmup: bool = option(False, "timm's EMA decay warmup (fast at first)", group="optim")
     # distillation
-    distill: str = "none"
-    teacher: str | None = None  # fastvit checkpoint, or a timm/torchvision model name
-    teacher_weights: str | None = None  # weights file for a timm/torchvision teacher name
-    distill_alpha: float = 0.5
-    distill_tau: float = 1.0
+    distill: str = option(
+        "none", "knowledge distillation mode", group="distill", choices=DISTILL_CHOICES
+    )
+    teacher: str | None = option(
+        None,
+        "fastvit checkpoint, or a timm/torchvision model name",
+        group="distill",
+        metavar="CKPT|NAME",
+    )
+    teacher_weights: str | None = option(
+        None, "weights file for a named teacher", group="distill", metavar="FILE"
+    )
+    distill_alpha: float = option(0.5, "weight of the distillation term", group="distill")
+    distill_tau: float = option(1.0, "softmax temperature of soft distillation", group="distill")
     # runtime
-    amp: str = "none"
-    channels_last: bool = False
-    device: str = "auto"
-    threads: int | None = None  # CPU threads per process (None: torch's default)
-    sync_bn: bool = False
-    seed: int = 42
-    output: str | None = None  # None: runs/<model>_<dataset>
-    resume: str | None = None
-    limit_train_batches: int | None = None
-    limit_val_batches: int | None = None
-    progress: bool = True
-    tensorboard: bool = True
-    plot: bool = True
-    recipe: str = "imagenet"
-    extra: dict[str, Any] = field(default_factory=dict)  # free-form notes stored with the run
+    amp: str = option("none", "mixed precision", group="run", choices=AMP_CHOICES)
+    channels_last: bool = option(False, "train in NHWC memory format", group="run")
+    device: str = option("auto", "auto, cpu, cuda or cuda:N", group="run")
+    threads: int | None = option(
+        None,
+        "CPU threads per process (default: torch's; 1 helps on a busy machine)",
+        group="run",
+        metavar="N",
+    )
+    sync_bn: bool = option(False, "synchronised BatchNorm under torchrun", group="run")
+    seed: int = option(
+        42, "seed of the run (initial weights, data order, augmentation, split)", group="run"
+    )
+    output: str | None = option(
+        None,
+        "run directory (default runs/<model>_<dataset>; on --resume the checkpoint's directory)",
+        group="run",
+        flags=("-o",),
+        metavar="DIR",
+    )
+    overwrite: bool = option(
+        False,
+        "start a new run in an --output that holds a previous run "
+        "(its run files are removed first)",
+        group="run",
+        action="store_true",
+    )
+    resume: str | None = option(
+        None,
+        "continue a run from its last.pt (in the same directory unless --output is given)",
+        group="run",
+        metavar="CKPT",
+    )
+    limit_train_batches: int | None = option(
+        None, "at most N batches per epoch (quick runs)", group="run", metavar="N"
+    )
+    limit_val_batches: int | None = option(
+        None, "at most N val batches per evaluation", group="run", metavar="N"
+    )
+    progress: bool = option(True, "progress bars (shown only on a terminal)", group="run")
+    tensorboard: bool = option(True, "write TensorBoard logs", group="run")
+    plot: bool = option(True, "write curves.png each epoch", group="run")
+    recipe: str = option(
+        "imagenet",
+        "preset (default: digits without data, imagenet with --data)",
+        group="aug",
+        choices=RECIPE_NAMES,
+    )
+    # free-form notes stored with the run (library only, no option)
+    extra: dict[str, Any] = field(default_factory=dict, metadata={"cli": False})
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON/pickle-safe dict (tuples become lists)."""
@@ -182,8 +355,9 @@ def recipe_config(name: str, **overrides: Any) -> TrainConfig:
 
 def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise ConfigError(f"unknown --{name.replace('_', '-')} value {value!r}; use one of: "
-                          f"{', '.join(choices)}")
+        raise ConfigError(
+            f"unknown --{name.replace('_', '-')} value {value!r}; use one of: {', '.join(choices)}"
+        )
 
 
 def validate_config(cfg: TrainConfig) -> None:
@@ -229,14 +403,19 @@ def validate_config(cfg: TrainConfig) -> None:
         raise ConfigError(f"mixup/cutmix need an even batch size, got {cfg.batch_size}")
     lo, hi = cfg.scale
     if not 0.0 < lo <= hi <= 1.0:
-        raise ConfigError(f"--scale MIN MAX must satisfy 0 < MIN <= MAX <= 1 (area fractions), "
-                          f"got {lo:g} {hi:g}")
+        raise ConfigError(
+            f"--scale MIN MAX must satisfy 0 < MIN <= MAX <= 1 (area fractions), got {lo:g} {hi:g}"
+        )
     lo, hi = cfg.ratio
     if not 0.0 < lo <= hi:
         raise ConfigError(f"--ratio MIN MAX must satisfy 0 < MIN <= MAX, got {lo:g} {hi:g}")
     if cfg.std is not None and min(cfg.std) <= 0:
-        raise ConfigError(f"--std values must be positive (inputs are divided by them), got "
-                          f"{' '.join(f'{v:g}' for v in cfg.std)}")
+        raise ConfigError(
+            f"--std values must be positive (inputs are divided by them), got "
+            f"{' '.join(f'{v:g}' for v in cfg.std)}"
+        )
+    if not 0.0 < cfg.val_split < 1.0:
+        raise ConfigError(f"--val-split must be in (0, 1), got {cfg.val_split}")
     if not 0.0 <= cfg.ema_decay < 1.0:
         raise ConfigError(f"--ema-decay must be in [0, 1), got {cfg.ema_decay}")
     if cfg.crop_pct is not None and not 0.0 < cfg.crop_pct <= 1.0:
@@ -284,3 +463,92 @@ def check_train_memory(cfg: TrainConfig) -> None:
     variant = cfg.model if cfg.model in list_models() else DEFAULT_MODEL
     check_activation_memory(variant, cfg.input_size, cfg.batch_size, training=True,
                             device=cfg.device)
+
+
+# --------------------------------------------------------------------------- resume policy
+# Options that only say where and how a run executes: a resumed run may change them freely
+# (they are applied from the next epoch on and listed in the banner).
+RESUME_RUNTIME = frozenset(
+    {
+        "output",
+        "resume",
+        "overwrite",
+        "init",
+        "workers",
+        "threads",
+        "progress",
+        "tensorboard",
+        "plot",
+        "device",
+        "limit_val_batches",
+        "check_images",
+        "max_bad_share",
+        "data",
+        "train_dir",
+        "val_dir",
+        "amp",
+        "channels_last",
+        "grad_checkpointing",
+        "sync_bn",
+        "extra",
+    }
+)
+# Optional fields whose None means "the variant's / the run's value".
+_UNSET_MEANS_STORED = frozenset({"model", "drop_path", "crop_pct", "mean", "std"})
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "default"
+    if isinstance(value, tuple):
+        return " ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def resume_config(
+    stored: TrainConfig, requested: TrainConfig, done_epochs: int
+) -> tuple[TrainConfig, list[str]]:
+    """The config a resumed run continues with, and one note per option that changed.
+
+    Runtime options (:data:`RESUME_RUNTIME`) are applied; a different ``--epochs`` (not below the
+    epochs already run) extends or shortens the run and re-plans the lr schedule over the new
+    length. Any other change (lr, batch size, seed, input size, augmentation, ...) would make the
+    resumed run differ from what its first epochs were trained for, so it is refused with a
+    one-line reason.
+    """
+    changes: dict[str, Any] = {}
+    notes: list[str] = []
+    for f in fields(TrainConfig):
+        old, new = getattr(stored, f.name), getattr(requested, f.name)
+        if f.name in _UNSET_MEANS_STORED and new is None:
+            continue
+        if new == old:
+            continue
+        changes[f.name] = new
+        if f.name in ("output", "resume", "overwrite", "extra", "progress", "init"):
+            continue
+        if f.name in RESUME_RUNTIME:
+            notes.append(f"{_flag(f.name)} {_show(old)} -> {_show(new)}")
+        elif f.name == "epochs":
+            if new < done_epochs:
+                raise ConfigError(
+                    f"cannot resume with --epochs {new}: the run already completed {done_epochs} "
+                    f"epochs; pass --epochs {done_epochs} or more"
+                )
+            notes.append(f"--epochs {old} -> {new} (lr schedule re-planned over {new} epochs)")
+        elif f.name == "model":
+            raise ConfigError(
+                f"cannot resume: the checkpoint is a {old} run but --model is {new}; drop --model "
+                "or start a new run with another --output"
+            )
+        else:
+            raise ConfigError(
+                f"cannot change {_flag(f.name)} ({_show(old)} -> {_show(new)}) when resuming: the "
+                f"run's first {done_epochs} epochs were trained with {_show(old)}; resume without "
+                "it, or start a new run from this one's weights with --init RUN/model.safetensors"
+            )
+    return stored.replace(**changes), notes

@@ -85,9 +85,7 @@ def _output_classes(model: nn.Module, input_size: int) -> int:
         return int(model(torch.zeros(1, 3, input_size, input_size)).shape[-1])
 
 
-def load_teacher(
-    teacher: str, weights: str | None, num_classes: int, input_size: int
-) -> nn.Module:
+def load_teacher(teacher: str, weights: str | None, num_classes: int, input_size: int) -> nn.Module:
     """A teacher in eval mode with frozen weights; its class count must match the data."""
     path = Path(teacher)
     if path.is_file():

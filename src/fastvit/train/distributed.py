@@ -41,7 +41,9 @@ SINGLE_PROCESS = DistEnv()
 def resolve_device(device: str, local_rank: int = 0) -> torch.device:
     """'auto' -> this rank's CUDA device if there is one, else CPU."""
     if device == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+        return (
+            torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+        )
     dev = torch.device(device)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
@@ -126,8 +128,12 @@ class GlooSyncBatchNorm2d(nn.BatchNorm2d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.training and dist.is_available() and dist.is_initialized()
-                and dist.get_world_size() > 1):
+        if not (
+            self.training
+            and dist.is_available()
+            and dist.is_initialized()
+            and dist.get_world_size() > 1
+        ):
             return super().forward(x)
         all_reduce = _AllReduceSum.apply
         c = x.shape[1]
@@ -140,8 +146,11 @@ class GlooSyncBatchNorm2d(nn.BatchNorm2d):
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
-                m = (1.0 / float(self.num_batches_tracked) if self.momentum is None
-                     else self.momentum)
+                m = (
+                    1.0 / float(self.num_batches_tracked)
+                    if self.momentum is None
+                    else self.momentum
+                )
                 unbiased = var.detach() * (n / (n - 1)).clamp(min=0)
                 self.running_mean.lerp_(mean.detach(), m)
                 self.running_var.lerp_(unbiased, m)
@@ -162,8 +171,13 @@ def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module
 def _to_gloo_bn(module: nn.Module) -> nn.Module:
     out = module
     if type(module) is nn.BatchNorm2d:
-        out = GlooSyncBatchNorm2d(module.num_features, module.eps, module.momentum,
-                                  module.affine, module.track_running_stats)
+        out = GlooSyncBatchNorm2d(
+            module.num_features,
+            module.eps,
+            module.momentum,
+            module.affine,
+            module.track_running_stats,
+        )
         out.load_state_dict(module.state_dict())
         out.to(next(iter(module.state_dict().values())).device)
         if module.affine:
@@ -176,15 +190,22 @@ def _to_gloo_bn(module: nn.Module) -> nn.Module:
 
 
 def revert_sync_batchnorm(module: nn.Module) -> nn.Module:
-    """Replace every SyncBatchNorm (torch's or ours) with an equivalent BatchNorm2d.
+    """Replace every SyncBatchNorm (torch's or our :class:`GlooSyncBatchNorm2d`) with a plain
+    BatchNorm2d holding the same parameters and statistics: the inverse of
+    :func:`convert_sync_batchnorm`.
 
-    Reparameterization folds BatchNorm2d; a SyncBatchNorm left in the tree would be skipped.
-    The inverse of ``nn.SyncBatchNorm.convert_sync_batchnorm``.
+    Neither training nor reparameterization needs it: the end of a run loads the best
+    weights into a fresh model, and ``reparameterize`` folds any BatchNorm, SyncBatchNorm
+    included. It is for code that wants plain BatchNorm2d modules back, e.g. to train a
+    SyncBatchNorm model on CPU (torch's SyncBatchNorm trains on accelerators only).
     """
     out = module
     if isinstance(module, (nn.SyncBatchNorm, GlooSyncBatchNorm2d)):
         out = nn.BatchNorm2d(
-            module.num_features, module.eps, module.momentum, module.affine,
+            module.num_features,
+            module.eps,
+            module.momentum,
+            module.affine,
             module.track_running_stats,
         )
         with torch.no_grad():

@@ -13,8 +13,9 @@ from fastvit.card import ModelCard, Preprocessing
 from fastvit.errors import CheckpointError, ConfigError, DataError
 
 
-def load_for_eval(path: str | Path, use_ema: bool | None = None, *,
-                  input_size: int | None = None) -> tuple[nn.Module, ModelCard]:
+def load_for_eval(
+    path: str | Path, use_ema: bool | None = None, *, input_size: int | None = None
+) -> tuple[nn.Module, ModelCard]:
     """Model in eval mode plus its card, for any model file: a checkpoint or a training run's
     ``best.pt``/``last.pt`` (both through :func:`fastvit.load_model`, the one loader; ``use_ema``
     applies to run files, None picks the weights that scored best), or an ONNX/TorchScript
@@ -30,6 +31,12 @@ def load_for_eval(path: str | Path, use_ema: bool | None = None, *,
             raise ConfigError(f"{path} is an exported model; --ema/--no-ema apply to run files")
         module = PredictorModule(load_predictor(path, size=input_size))
         return module.eval(), module.card
+    if use_ema is not None and path.suffix == ".safetensors":
+        raise ConfigError(
+            f"--ema/--no-ema choose between the weights of a training checkpoint (last.pt, "
+            f"best.pt); {path} holds one set of weights (a run's model files already hold the "
+            "better of the two); drop the option"
+        )
     model = fastvit.load_model(path, use_ema=use_ema)
     return model.eval(), model.card
 
@@ -69,17 +76,24 @@ def evaluate_checkpoint(
     model, card = load_for_eval(checkpoint, use_ema, input_size=input_size)
     exported = not isinstance(model, fastvit.FastViT)
     prep: Preprocessing = card.preprocessing.with_input_size(input_size).replace(
-        crop_pct=crop_pct, interpolation=interpolation, mean=mean, std=std)
+        crop_pct=crop_pct, interpolation=interpolation, mean=mean, std=std
+    )
     dev = resolve_device(device)
     if exported and (amp != "none" or dev.type != "cpu" or channels_last):
-        raise ConfigError("an exported model runs as fastvit predict runs it (CPU, float32); "
-                          "drop --amp/--device/--channels-last")
+        raise ConfigError(
+            "an exported model runs as fastvit predict runs it (CPU, float32); "
+            "drop --amp/--device/--channels-last"
+        )
     if amp == "fp16" and dev.type != "cuda":
         raise ConfigError("--amp fp16 needs CUDA; use --amp bf16 on CPU")
     transform = eval_transform(prep)
     dataset, classes, data_name = build_eval_dataset(
-        data, input_size=prep.input_size[-1], transform=transform, check_images=check_images,
-        in_chans=prep.in_chans)
+        data,
+        input_size=prep.input_size[-1],
+        transform=transform,
+        check_images=check_images,
+        in_chans=prep.in_chans,
+    )
     num_classes = card.num_classes
     if num_classes != len(classes):
         raise DataError(
@@ -95,10 +109,16 @@ def evaluate_checkpoint(
     model.to(dev)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                        pin_memory=dev.type == "cuda")
-    stats = evaluate(model, loader, device=dev, amp=amp, channels_last=channels_last,
-                     num_batches=limit_batches)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=dev.type == "cuda",
+    )
+    stats = evaluate(
+        model, loader, device=dev, amp=amp, channels_last=channels_last, num_batches=limit_batches
+    )
     return {
         "checkpoint": str(checkpoint),
         "variant": card.variant,

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -22,8 +20,11 @@ from torch.utils.data import DataLoader
 
 from fastvit.card import Preprocessing
 from fastvit.errors import ReparamError
-from fastvit.train.checkpoint import load_training_checkpoint
-from fastvit.train.modeling import count_params, create_train_model
+from fastvit.fileio import write_text_atomic
+from fastvit.models.complexity import count_params
+from fastvit.train.checkpoint import checkpoint_weights, load_training_checkpoint
+from fastvit.train.metrics import topk_correct
+from fastvit.train.modeling import create_train_model
 
 logger = logging.getLogger("fastvit")
 
@@ -76,18 +77,22 @@ def compare_predictions(ref: torch.Tensor, fused: torch.Tensor) -> tuple[int, in
 
 
 def _topk(logits: torch.Tensor, targets: torch.Tensor) -> tuple[float, float]:
-    k = min(5, logits.shape[1])
-    hits = logits.topk(k, dim=1).indices == targets[:, None]
     n = max(len(targets), 1)
-    return 100.0 * float(hits[:, 0].sum()) / n, 100.0 * float(hits.any(1).sum()) / n
+    top1, top5 = topk_correct(logits, targets)
+    return 100.0 * float(top1) / n, 100.0 * float(top5) / n
 
 
 def run_preprocessing(cfg: Any) -> Preprocessing:
     """How inputs must be prepared for the run's model (its eval transform; stored in the
     saved model's card). A 'random' training interpolation evaluates bicubic."""
     interpolation = "bicubic" if cfg.interpolation == "random" else str(cfg.interpolation)
-    return Preprocessing((3, int(cfg.input_size), int(cfg.input_size)), float(cfg.crop_pct),
-                         interpolation=interpolation, mean=cfg.mean, std=cfg.std)
+    return Preprocessing(
+        (3, int(cfg.input_size), int(cfg.input_size)),
+        float(cfg.crop_pct),
+        interpolation=interpolation,
+        mean=cfg.mean,
+        std=cfg.std,
+    )
 
 
 def finalize(out_dir: Path, splits: Any, cfg: Any, device: torch.device) -> FinalReport:
@@ -97,15 +102,19 @@ def finalize(out_dir: Path, splits: Any, cfg: Any, device: torch.device) -> Fina
     best_path = out_dir / "best.pt"
     if best_path.is_file():
         ckpt = load_training_checkpoint(best_path)
-        use_ema = bool(ckpt["best"]["ema"])
-    else:  # resumed into a new directory after the best epoch: the last weights are all we have
+        use_ema = None  # the weights that scored best
+    else:  # resumed from a lone last.pt: the last weights are all we have
         ckpt = load_training_checkpoint(out_dir / "last.pt")
         last = ckpt["history"][-1]
-        use_ema = last.get("ema_top1") is not None and last["ema_top1"] > last["val_top1"]
-        logger.warning("warning: %s has no best.pt; reparameterizing the last epoch's weights",
-                       out_dir)
-    use_ema = use_ema and ckpt.get("ema") is not None
-    state = ckpt["ema"] if use_ema else ckpt["model"]
+        use_ema = (
+            ckpt.get("ema") is not None
+            and last.get("ema_top1") is not None
+            and last["ema_top1"] > last["val_top1"]
+        )
+        logger.warning(
+            "warning: %s has no best.pt; reparameterizing the last epoch's weights", out_dir
+        )
+    state, use_ema = checkpoint_weights(ckpt, use_ema)
     model = create_train_model(cfg.model, len(splits.classes))
     model.load_state_dict(state, strict=True)
     model.eval()
@@ -124,29 +133,34 @@ def finalize(out_dir: Path, splits: Any, cfg: Any, device: torch.device) -> Fina
             f"{max_diff:.3g}); the training-form checkpoint best.pt is kept for inspection"
         )
     top1, top5 = _topk(fused_logits, targets)
-    meta = dict(val_top1=round(top1, 4), dataset=splits.name, epoch=int(ckpt["epoch"]),
-                weights="ema" if use_ema else "model")
-    model_path = fastvit.save_model(model.cpu(), out_dir / "model.safetensors",
-                                    class_names=splits.classes, metadata=meta)
-    reparam_path = fastvit.save_model(fused.cpu(), out_dir / "model_reparam.safetensors",
-                                      class_names=splits.classes, metadata=meta)
+    meta = dict(
+        val_top1=round(top1, 4),
+        dataset=splits.name,
+        epoch=int(ckpt["epoch"]),
+        weights="ema" if use_ema else "model",
+    )
+    model_path = fastvit.save_model(
+        model.cpu(), out_dir / "model.safetensors", class_names=splits.classes, metadata=meta
+    )
+    reparam_path = fastvit.save_model(
+        fused.cpu(),
+        out_dir / "model_reparam.safetensors",
+        class_names=splits.classes,
+        metadata=meta,
+    )
     report = FinalReport(
-        source="ema" if use_ema else "model", epoch=int(ckpt["epoch"]), top1=top1,
-        top5=top5, num_val=len(targets), mismatches=mismatches, max_logit_diff=max_diff,
-        params_unfused=count_params(model), params_fused=count_params(fused),
-        model_path=str(model_path), reparam_path=str(reparam_path),
-        summary_path=str(out_dir / "summary.json"))
-    _write_json(out_dir / "summary.json", asdict(report))
+        source="ema" if use_ema else "model",
+        epoch=int(ckpt["epoch"]),
+        top1=top1,
+        top5=top5,
+        num_val=len(targets),
+        mismatches=mismatches,
+        max_logit_diff=max_diff,
+        params_unfused=count_params(model),
+        params_fused=count_params(fused),
+        model_path=str(model_path),
+        reparam_path=str(reparam_path),
+        summary_path=str(out_dir / "summary.json"),
+    )
+    write_text_atomic(out_dir / "summary.json", json.dumps(asdict(report), indent=2))
     return report
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -1,34 +1,44 @@
 """Per-epoch metrics: ``metrics.csv``, TensorBoard scalars and a PNG of the curves.
 
 Only rank 0 writes. The history lives in the training checkpoint too, so a resumed run
-rewrites the same ``metrics.csv`` rows instead of appending duplicates.
+rewrites the same ``metrics.csv`` rows instead of appending duplicates, and its TensorBoard
+writer purges the events logged after the resumed epoch (by the interrupted process).
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from fastvit.fileio import write_bytes_atomic
+
 COLUMNS = (
-    "epoch", "train_loss", "lr", "val_loss", "val_top1", "val_top5",
-    "ema_val_loss", "ema_top1", "ema_top5", "train_img_s", "epoch_time_s",
+    "epoch",
+    "train_loss",
+    "lr",
+    "val_loss",
+    "val_top1",
+    "val_top5",
+    "ema_val_loss",
+    "ema_top1",
+    "ema_top5",
+    "train_img_s",
+    "epoch_time_s",
 )
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def topk_correct(
+    logits: torch.Tensor, targets: torch.Tensor, ks: tuple[int, ...] = (1, 5)
+) -> list[torch.Tensor]:
+    """Number of samples whose target is among the top-k logits, for each k (k is capped at
+    the number of classes). The one top-k accuracy helper of training and evaluation."""
+    kmax = min(max(ks), logits.shape[1])
+    hits = logits.topk(kmax, dim=1).indices == targets[:, None]
+    return [hits[:, : min(k, kmax)].any(dim=1).sum() for k in ks]
 
 
 class MetricsLogger:
@@ -47,11 +57,21 @@ class MetricsLogger:
         self.enabled = enabled
         self.plot = plot
         self.history: list[dict[str, Any]] = list(history or [])
+        self.tensorboard = enabled and tensorboard
         self._tb = None
-        if enabled and tensorboard:
+
+    def _writer(self, epoch: int):
+        """The TensorBoard writer, created at the first logged epoch (a run that fails before
+        leaves no log folder). Events at or after the first epoch this process logs are purged,
+        so the epochs an interrupted process logged after its last checkpoint do not repeat."""
+        if self._tb is None and self.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(log_dir=str(self.output_dir / "tensorboard"))
+            self._tb = SummaryWriter(
+                log_dir=str(self.output_dir / "tensorboard"),
+                purge_step=epoch if epoch > 1 else None,
+            )
+        return self._tb
 
     @property
     def csv_path(self) -> Path:
@@ -67,11 +87,12 @@ class MetricsLogger:
         if not self.enabled:
             return
         self._write_csv()
-        if self._tb is not None:
+        tb = self._writer(row["epoch"])
+        if tb is not None:
             for k, v in row.items():
                 if k != "epoch" and v is not None:
-                    self._tb.add_scalar(k, v, row["epoch"])
-            self._tb.flush()
+                    tb.add_scalar(k, v, row["epoch"])
+            tb.flush()
         if self.plot:
             plot_curves(self.history, self.png_path)
 
@@ -81,7 +102,7 @@ class MetricsLogger:
         writer.writeheader()
         for r in self.history:
             writer.writerow({k: _fmt(r.get(k)) for k in COLUMNS})
-        _atomic_write_bytes(self.csv_path, buf.getvalue().encode())
+        write_bytes_atomic(self.csv_path, buf.getvalue().encode())
 
     def close(self) -> None:
         if self._tb is not None:
@@ -95,33 +116,50 @@ def _fmt(v: Any) -> Any:
     return "" if v is None else v
 
 
-def plot_curves(history: list[dict[str, Any]], path: str | Path) -> None:
-    """Loss (train/val) and top-1 (model/EMA) against epoch, side by side, as a PNG."""
+# one colour per series, the same in both panels
+COLOURS = {"train": "C0", "val": "C1", "ema": "C2"}
+
+
+def curves_figure(history: list[dict[str, Any]]):
+    """Loss (train/val/EMA val) and top-1 (val/EMA val) against epoch, side by side.
+
+    The val and EMA series have the same colour in both panels, and epochs are integer ticks.
+    """
     from matplotlib.figure import Figure  # no pyplot: leaves the user's backend alone
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [r["epoch"] for r in history]
+    has_ema = any(r.get("ema_top1") is not None for r in history)
 
     def series(key: str) -> list[float]:
         return [r.get(key) if r.get(key) is not None else float("nan") for r in history]
 
     fig = Figure(figsize=(10, 4))
     ax_loss, ax_acc = fig.subplots(1, 2)
-    ax_loss.plot(epochs, series("train_loss"), marker="o", label="train")
-    ax_loss.plot(epochs, series("val_loss"), marker="o", label="val")
-    if any(r.get("ema_val_loss") is not None for r in history):
-        ax_loss.plot(epochs, series("ema_val_loss"), marker="o", label="val (EMA)")
-    ax_loss.set_xlabel("epoch")
+    ax_loss.plot(epochs, series("train_loss"), marker="o", color=COLOURS["train"], label="train")
+    ax_loss.plot(epochs, series("val_loss"), marker="o", color=COLOURS["val"], label="val")
+    if has_ema:
+        ax_loss.plot(
+            epochs, series("ema_val_loss"), marker="o", color=COLOURS["ema"], label="val (EMA)"
+        )
     ax_loss.set_ylabel("loss")
-    ax_loss.legend()
-    ax_loss.grid(alpha=0.3)
-    ax_acc.plot(epochs, series("val_top1"), marker="o", label="val top-1")
-    if any(r.get("ema_top1") is not None for r in history):
-        ax_acc.plot(epochs, series("ema_top1"), marker="o", label="val top-1 (EMA)")
-    ax_acc.set_xlabel("epoch")
+    ax_acc.plot(epochs, series("val_top1"), marker="o", color=COLOURS["val"], label="val top-1")
+    if has_ema:
+        ax_acc.plot(
+            epochs, series("ema_top1"), marker="o", color=COLOURS["ema"], label="val top-1 (EMA)"
+        )
     ax_acc.set_ylabel("accuracy (%)")
-    ax_acc.legend()
-    ax_acc.grid(alpha=0.3)
+    for ax in (ax_loss, ax_acc):
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend()
+        ax.grid(alpha=0.3)
     fig.tight_layout()
+    return fig
+
+
+def plot_curves(history: list[dict[str, Any]], path: str | Path) -> None:
+    """Write :func:`curves_figure` as a PNG (atomically)."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    _atomic_write_bytes(Path(path), buf.getvalue())
+    curves_figure(history).savefig(buf, format="png", dpi=90)
+    write_bytes_atomic(Path(path), buf.getvalue())

@@ -14,17 +14,11 @@ from fastvit.errors import CheckpointError, ConfigError
 logger = logging.getLogger("fastvit")
 
 
-def check_variant(name: str) -> None:
-    """Raise ConfigError for a model name fastvit does not know."""
-    import fastvit
-
-    known = fastvit.list_models()
-    if name not in known:
-        raise ConfigError(f"unknown model variant {name!r}; choose one of: {', '.join(known)}")
-
-
 def variant_defaults(name: str) -> dict[str, Any]:
-    """Preprocessing and regularisation defaults of a variant (crop_pct, mean, std, ...)."""
+    """Preprocessing and regularisation defaults of a variant (crop_pct, mean, std, ...).
+
+    An unknown name raises the one "unknown model" :class:`ConfigError` of ``get_config``.
+    """
     import fastvit
 
     c = fastvit.get_config(name)
@@ -44,7 +38,6 @@ def create_train_model(
     """A FastViT in its training (multi-branch) form."""
     import fastvit
 
-    check_variant(name)
     return fastvit.create_model(
         name, num_classes=num_classes, drop_path_rate=drop_path, drop_rate=drop
     )
@@ -178,12 +171,11 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
             no_decay.append(p)
         else:
             decay.append(p)
-    groups = [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
+    groups = [
+        {"params": no_decay, "weight_decay": 0.0},
+        {"params": decay, "weight_decay": weight_decay},
+    ]
     return [g for g in groups if g["params"]]
-
-
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def unwrap(model: nn.Module) -> nn.Module:
