@@ -176,3 +176,73 @@ def onnx_latency(paths: Sequence[str | os.PathLike], input_shape: Sequence[int],
         fns.append(lambda s=sess, f=feed: s.run(None, f))
     timings = time_interleaved(fns, warmup=3, rounds=rounds, round_time=0.2)
     return [t.median_ms for t in timings]
+
+
+def _callable_memory_child(build: Callable[..., Callable[[], Any]], args: tuple,
+                           prime: tuple | None, warmup: int, calls: int, conn: Any) -> None:
+    try:
+        import gc
+
+        import timm  # noqa: F401  (import cost is not the model's)
+
+        import fastvit  # noqa: F401
+
+        if prime is not None:  # one-time costs (lazy imports, kernel set-up) are not either
+            prime_fn = build(*prime)
+            prime_fn()
+            del prime_fn
+            gc.collect()
+        base = _rss_bytes()
+        peak = [base]
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.is_set():
+                peak[0] = max(peak[0], _rss_bytes())
+                time.sleep(0.001)
+
+        t = threading.Thread(target=sample, daemon=True)
+        t.start()
+        fn = build(*args)
+        for _ in range(max(1, warmup) + max(1, calls)):
+            fn()
+        stop.set()
+        t.join()
+        peak[0] = max(peak[0], _rss_bytes())
+        conn.send(("ok", (peak[0] - base) / 2**20))
+    except Exception as e:  # report, never hang the parent
+        conn.send(("error", f"{type(e).__name__}: {e}"))
+    finally:
+        conn.close()
+
+
+def peak_memory_of(
+    build: Callable[..., Callable[[], Any]],
+    *args: Any,
+    prime: tuple | None = None,
+    warmup: int = 1,
+    calls: int = 2,
+    timeout: float = 600.0,
+) -> float | None:
+    """Peak RSS increase (MiB) of ``fn = build(*args)`` plus ``warmup + calls`` calls of
+    ``fn()``, in a fresh process (same method as :func:`peak_memory_mb`; ``build`` must be a
+    module-level function so it can be sent to the child). ``prime``: arguments of a small
+    instance built and run once before the baseline is taken, so one-time costs are excluded.
+    ``None`` if the child failed."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_callable_memory_child, args=(build, args, prime, warmup, calls, child),
+                       daemon=True)
+    proc.start()
+    child.close()
+    result = None
+    if parent.poll(timeout):
+        status, value = parent.recv()
+        result = value if status == "ok" else None
+    proc.join(timeout=10)
+    if proc.is_alive():
+        proc.kill()
+        proc.join()
+    return result

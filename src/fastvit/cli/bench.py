@@ -1,6 +1,8 @@
 """`fastvit bench [variants]`: interleaved latency / throughput / memory / roofline table.
 
-Writes ``bench.json`` and ``bench.png`` (latency vs GMACs) to ``--out``.
+Writes ``bench.json`` and ``bench.png`` (latency vs GMACs) to ``--out``. With ``--mixers``:
+one attention vs one RepMixer vs one fused RepMixer ViT block over token counts, written to
+``mixers.json`` and ``mixers.png`` (log-log latency and memory vs tokens).
 """
 
 from __future__ import annotations
@@ -21,14 +23,24 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                    help="CPU threads (default: chosen from the CPUs available and the load)")
     p.add_argument("--compare-timm", action="store_true",
                    help="also time timm's reparameterized model, interleaved, and print ratios")
-    p.add_argument("--warmup", type=int, default=5, help="warm-up calls per runner")
-    p.add_argument("--rounds", type=int, default=10, help="interleaved timing rounds")
+    p.add_argument("--warmup", type=int, default=None,
+                   help="warm-up calls per runner (default 5; 1 with --mixers)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="interleaved timing rounds (default 10; 3 with --mixers)")
     p.add_argument("--round-time", type=float, default=0.25,
                    help="seconds per runner per round (default 0.25)")
     p.add_argument("--no-memory", action="store_true",
                    help="skip peak-memory measurement (one child process per runner)")
     p.add_argument("--out", default="runs/bench", help="folder for bench.json and bench.png")
     p.add_argument("--quiet", action="store_true", help="no progress messages")
+    p.add_argument("--mixers", action="store_true",
+                   help="instead of models: latency/peak memory of one attention vs one RepMixer "
+                        "vs one fused RepMixer ViT block over token counts, batch 1")
+    p.add_argument("--mixer-grids", default="14,20,28,40,56,80,128",
+                   help="--mixers: comma-separated token grid sides (default 14..128, i.e. "
+                        "196..16384 tokens)")
+    p.add_argument("--mixer-dim", type=int, default=192,
+                   help="--mixers: block width (default 192, ViT-Tiny; heads = dim / 64)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -78,13 +90,46 @@ def run(args: argparse.Namespace) -> int:
 
     log(threads.describe())
 
+    if args.mixers:
+        return _run_mixers(args, threads.threads, log)
+
     result = run_benchmark(
         variants, batches=batches, size=args.size, backends=backends, threads=threads.threads,
-        compare_timm=args.compare_timm, warmup=args.warmup, rounds=args.rounds,
+        compare_timm=args.compare_timm, warmup=5 if args.warmup is None else args.warmup,
+        rounds=10 if args.rounds is None else args.rounds,
         round_time=args.round_time, memory=not args.no_memory, log=log)
     print(format_table(result))
     j = write_json(result, out / "bench.json")
     p = write_png(result, out / "bench.png")
     print(f"wrote {j} and {p}")
     warn_threads("bench", threads, timed=True)
+    return 0
+
+
+def _run_mixers(args: argparse.Namespace, threads: int | None, log) -> int:
+    from pathlib import Path
+
+    from fastvit.bench.mixers import (
+        format_mixer_table,
+        run_mixer_benchmark,
+        write_mixer_json,
+        write_mixer_png,
+    )
+    from fastvit.errors import ConfigError
+
+    try:
+        grids = [int(g) for g in args.mixer_grids.split(",") if g.strip()]
+    except ValueError:
+        raise ConfigError("--mixer-grids must be comma-separated integers, "
+                          f"got {args.mixer_grids!r}") from None
+    result = run_mixer_benchmark(
+        grids, dim=args.mixer_dim, num_heads=max(1, args.mixer_dim // 64), threads=threads,
+        warmup=1 if args.warmup is None else args.warmup,
+        rounds=3 if args.rounds is None else args.rounds, round_time=args.round_time,
+        memory=not args.no_memory, log=log)
+    print(format_mixer_table(result))
+    out = Path(args.out)
+    j = write_mixer_json(result, out / "mixers.json")
+    p = write_mixer_png(result, out / "mixers.png")
+    print(f"wrote {j} and {p}")
     return 0

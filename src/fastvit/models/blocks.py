@@ -21,6 +21,7 @@ from fastvit.layers.inference.conv import FusedConv2d
 from fastvit.layers.inference.ffn import FusedConvFFN
 from fastvit.layers.large_kernel import ReparamLargeKernelConv
 from fastvit.layers.mobileone import MobileOneBlock
+from fastvit.layers.repmixer import RepMixer
 from fastvit.reparam.base import Reparameterizable, new_linear
 from fastvit.reparam.fuse import (
     fold_affine_into_linear_input,
@@ -59,69 +60,6 @@ def residual_norm(norm: nn.Module) -> nn.Module | None:
         if hasattr(rest, flag):
             setattr(rest, flag, False)
     return rest
-
-
-class RepMixer(Reparameterizable):
-    """Reparameterizable token mixer: ``x + gamma * (mixer(x) - norm(x))``.
-
-    ``mixer`` is a depthwise MobileOne block, ``norm`` a BN-only one; the whole expression is
-    a depthwise conv plus identity, so it fuses into one depthwise conv ``reparam_conv``.
-    """
-
-    def __init__(
-        self,
-        dim: int,
-        kernel_size: int = 3,
-        use_layer_scale: bool = True,
-        layer_scale_init_value: float = 1e-5,
-        inference_mode: bool = False,
-    ) -> None:
-        super().__init__()
-        self.dim, self.kernel_size = dim, kernel_size
-        self.inference_mode = inference_mode
-        self.use_layer_scale = use_layer_scale
-        pad = kernel_size // 2
-        if inference_mode:
-            self.reparam_conv = FusedConv2d(dim, dim, kernel_size, 1, pad, groups=dim, bias=True)
-            self.norm = None
-            self.mixer = None
-            self.register_parameter("layer_scale", None)
-        else:
-            self.reparam_conv = None
-            self.norm = MobileOneBlock(dim, dim, kernel_size, padding=pad, groups=dim,
-                                       use_act=False, use_scale_branch=False,
-                                       num_conv_branches=0)
-            self.mixer = MobileOneBlock(dim, dim, kernel_size, padding=pad, groups=dim,
-                                        use_act=False)
-            if use_layer_scale:
-                self.layer_scale = _layer_scale(dim, layer_scale_init_value)
-            else:
-                self.register_parameter("layer_scale", None)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.reparam_conv is not None:
-            return self.reparam_conv(x)
-        assert self.mixer is not None and self.norm is not None
-        mixed = self.mixer(x) - self.norm(x)
-        if self.layer_scale is not None:
-            mixed = self.layer_scale * mixed
-        return x + mixed
-
-    def _reparameterize(self) -> None:
-        assert self.mixer is not None and self.norm is not None
-        k_mix, b_mix = self.mixer._get_kernel_bias()
-        k_norm, b_norm = self.norm._get_kernel_bias()
-        k, b = k_mix - k_norm, b_mix - b_norm
-        if self.layer_scale is not None:
-            k, b = scale_output(k, b, self.layer_scale)
-        # x + conv(x) = (I + K) * x: add the depthwise identity kernel.
-        k = k + identity_kernel(self.dim, self.dim, self.kernel_size, dtype=k.dtype,
-                                device=k.device)
-        self.reparam_conv = FusedConv2d.from_kernel(k, b, padding=self.kernel_size // 2,
-                                                    groups=self.dim)
-        self.mixer = None
-        self.norm = None
-        self.layer_scale = None
 
 
 class RepCPE(Reparameterizable):
