@@ -61,8 +61,9 @@ def augment(x: Tensor, g: torch.Generator) -> Tensor:
     scale = 0.9 + 0.2 * torch.rand(n, generator=g)
     shift = (torch.rand(n, 2, generator=g) * 2 - 1) * 0.2  # grid units: 0.2 = 10% of width
     cos, sin = torch.cos(ang) / scale, torch.sin(ang) / scale
-    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1),
-                         torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    theta = torch.stack(
+        [torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1
+    )
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     bg = x.amin(dim=(1, 2, 3), keepdim=True)
     return F.grid_sample(x - bg, grid, align_corners=False, padding_mode="zeros") + bg
@@ -71,17 +72,28 @@ def augment(x: Tensor, g: torch.Generator) -> Tensor:
 def build(form: str, args: argparse.Namespace) -> nn.Module:
     from fastvit.models import repmixer_vit
 
-    mixers = {"attention": "none", "repmixer": "all",
-              "hybrid": range(args.depth - args.attention_blocks)}[form]
-    return repmixer_vit(mixers, img_size=args.size, patch_size=args.patch, embed_dim=args.dim,
-                        depth=args.depth, num_heads=args.heads, mlp_ratio=args.mlp_ratio,
-                        num_classes=10, drop_path_rate=0.0)
+    mixers = {
+        "attention": "none",
+        "repmixer": "all",
+        "hybrid": range(args.depth - args.attention_blocks),
+    }[form]
+    return repmixer_vit(
+        mixers,
+        img_size=args.size,
+        patch_size=args.patch,
+        embed_dim=args.dim,
+        depth=args.depth,
+        num_heads=args.heads,
+        mlp_ratio=args.mlp_ratio,
+        num_classes=10,
+        drop_path_rate=0.0,
+    )
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch: int = 256) -> tuple[float, Tensor]:
     model.eval()
-    logits = torch.cat([model(x[i:i + batch]) for i in range(0, len(x), batch)])
+    logits = torch.cat([model(x[i : i + batch]) for i in range(0, len(x), batch)])
     return (logits.argmax(1) == y).float().mean().item() * 100, logits
 
 
@@ -96,11 +108,17 @@ class Run:
         self.form, self.data, self.batch = form, data, args.batch
         self.model = build(form, args)
         self.steps_per_epoch = math.ceil(len(data["train"][0]) / args.batch)
-        self.opt = create_optimizer_v2(self.model, "adamw", lr=args.lr,
-                                       weight_decay=args.weight_decay)
+        self.opt = create_optimizer_v2(
+            self.model, "adamw", lr=args.lr, weight_decay=args.weight_decay
+        )
         self.sched = CosineLRScheduler(
-            self.opt, t_initial=args.epochs * self.steps_per_epoch, lr_min=args.lr / 100,
-            warmup_t=self.steps_per_epoch, warmup_lr_init=args.lr / 100, t_in_epochs=False)
+            self.opt,
+            t_initial=args.epochs * self.steps_per_epoch,
+            lr_min=args.lr / 100,
+            warmup_t=self.steps_per_epoch,
+            warmup_lr_init=args.lr / 100,
+            t_in_epochs=False,
+        )
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
         self.g = torch.Generator().manual_seed(args.seed)  # same data order and augmentation
         self.history: list[float] = []
@@ -112,7 +130,7 @@ class Run:
         t0 = time.perf_counter()
         perm = torch.randperm(len(xtr), generator=self.g)
         for i in range(0, len(xtr), self.batch):
-            idx = perm[i:i + self.batch]
+            idx = perm[i : i + self.batch]
             loss = self.loss_fn(self.model(augment(xtr[idx], self.g)), ytr[idx])
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -130,13 +148,19 @@ class Run:
         acc, logits = evaluate(self.model, xva, yva)
         fused = fastvit.reparameterize(self.model)
         fused_acc, fused_logits = evaluate(fused, xva, yva)
-        return {"form": self.form, "model": self.model, "fused": fused,
-                "params": sum(p.numel() for p in self.model.parameters()),
-                "fused_params": sum(p.numel() for p in fused.parameters()),
-                "val_top1_last": acc, "val_top1_best": max(self.history),
-                "history": self.history, "fused_val_top1": fused_acc,
-                "fused_max_logit_diff": (fused_logits - logits).abs().max().item(),
-                "train_s": self.train_s}
+        return {
+            "form": self.form,
+            "model": self.model,
+            "fused": fused,
+            "params": sum(p.numel() for p in self.model.parameters()),
+            "fused_params": sum(p.numel() for p in fused.parameters()),
+            "val_top1_last": acc,
+            "val_top1_best": max(self.history),
+            "history": self.history,
+            "fused_val_top1": fused_acc,
+            "fused_max_logit_diff": (fused_logits - logits).abs().max().item(),
+            "train_s": self.train_s,
+        }
 
 
 def main() -> None:
@@ -151,8 +175,12 @@ def main() -> None:
     p.add_argument("--depth", type=int, default=6)
     p.add_argument("--heads", type=int, default=2)
     p.add_argument("--mlp-ratio", type=float, default=2.0)
-    p.add_argument("--attention-blocks", type=int, default=2,
-                   help="hybrid: number of attention blocks at the end (default 2)")
+    p.add_argument(
+        "--attention-blocks",
+        type=int,
+        default=2,
+        help="hybrid: number of attention blocks at the end (default 2)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--forms", default=",".join(FORMS))
@@ -163,8 +191,10 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     forms = [f for f in args.forms.split(",") if f]
-    print(f"load average before: {os.getloadavg()[0]:.2f} (1 min) on {os.cpu_count()} cores; "
-          f"{args.threads} thread(s)")
+    print(
+        f"load average before: {os.getloadavg()[0]:.2f} (1 min) on {os.cpu_count()} cores; "
+        f"{args.threads} thread(s)"
+    )
     data = {s: load_split(s, args.size) for s in ("train", "val")}
     runs = [Run(f, args, data) for f in forms]
     for epoch in range(args.epochs):
@@ -172,8 +202,11 @@ def main() -> None:
         for j in range(len(runs)):
             r = runs[(j + epoch) % len(runs)]
             r.epoch()
-        print(f"epoch {epoch + 1:>3}/{args.epochs}  " + "  ".join(
-            f"{r.form} {r.history[-1]:5.1f}% ({r.train_s:.0f} s)" for r in runs), flush=True)
+        print(
+            f"epoch {epoch + 1:>3}/{args.epochs}  "
+            + "  ".join(f"{r.form} {r.history[-1]:5.1f}% ({r.train_s:.0f} s)" for r in runs),
+            flush=True,
+        )
     results = [r.result() for r in runs]
 
     # Batch-1 latency of the fused models (and the unfused ones for reference), interleaved.
@@ -195,33 +228,43 @@ def main() -> None:
     load_after = os.getloadavg()[0]
 
     print()
-    print(f"ViT {args.size}px patch {args.patch} ({(args.size // args.patch) ** 2} tokens), "
-          f"dim {args.dim}, depth {args.depth}, {args.heads} heads, MLP x{args.mlp_ratio:g}; "
-          f"{args.epochs} epochs, batch {args.batch}, AdamW lr {args.lr:g}, seed {args.seed}")
-    hdr = (f"{'form':<10} {'params':>8} {'val top-1 last':>15} {'best':>6} {'fused top-1':>12} "
-           f"{'train s':>8} {'fused b1 ms':>12} {'(p10)':>6} {'unfused b1 ms':>14} "
-           f"{'fused diff':>11}")
+    print(
+        f"ViT {args.size}px patch {args.patch} ({(args.size // args.patch) ** 2} tokens), "
+        f"dim {args.dim}, depth {args.depth}, {args.heads} heads, MLP x{args.mlp_ratio:g}; "
+        f"{args.epochs} epochs, batch {args.batch}, AdamW lr {args.lr:g}, seed {args.seed}"
+    )
+    hdr = (
+        f"{'form':<10} {'params':>8} {'val top-1 last':>15} {'best':>6} {'fused top-1':>12} "
+        f"{'train s':>8} {'fused b1 ms':>12} {'(p10)':>6} {'unfused b1 ms':>14} "
+        f"{'fused diff':>11}"
+    )
     print(hdr)
     print("-" * len(hdr))
     for r in results:
-        print(f"{r['form']:<10} {r['params']:>8} {r['val_top1_last']:>14.1f}% "
-              f"{r['val_top1_best']:>5.1f}% {r['fused_val_top1']:>11.1f}% {r['train_s']:>8.1f} "
-              f"{r['fused_ms']:>12.3f} {r['fused_p10_ms']:>6.2f} {r['unfused_ms']:>14.3f} "
-              f"{r['fused_max_logit_diff']:>11.1e}")
+        print(
+            f"{r['form']:<10} {r['params']:>8} {r['val_top1_last']:>14.1f}% "
+            f"{r['val_top1_best']:>5.1f}% {r['fused_val_top1']:>11.1f}% {r['train_s']:>8.1f} "
+            f"{r['fused_ms']:>12.3f} {r['fused_p10_ms']:>6.2f} {r['unfused_ms']:>14.3f} "
+            f"{r['fused_max_logit_diff']:>11.1e}"
+        )
     base = next((r for r in results if r["form"] == "attention"), None)
     if base is not None:
         for r in results:
             if r is not base:
-                print(f"{r['form']} / attention: train time {r['train_s'] / base['train_s']:.2f}x,"
-                      f" fused latency {r['fused_ms'] / base['fused_ms']:.2f}x (median), "
-                      f"{r['fused_p10_ms'] / base['fused_p10_ms']:.2f}x (p10)")
+                print(
+                    f"{r['form']} / attention: train time {r['train_s'] / base['train_s']:.2f}x,"
+                    f" fused latency {r['fused_ms'] / base['fused_ms']:.2f}x (median), "
+                    f"{r['fused_p10_ms'] / base['fused_p10_ms']:.2f}x (p10)"
+                )
     print(f"load average after: {load_after:.2f} (1 min)")
     if args.json:
         from fastvit.fileio import write_text_atomic
 
         keep = [{k: v for k, v in r.items() if k not in ("model", "fused")} for r in results]
-        write_text_atomic(args.json, json.dumps({"config": vars(args), "results": keep,
-                                                 "load_after": load_after}, indent=2))
+        write_text_atomic(
+            args.json,
+            json.dumps({"config": vars(args), "results": keep, "load_after": load_after}, indent=2),
+        )
 
 
 if __name__ == "__main__":

@@ -44,8 +44,14 @@ def _rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 # (grid, prefix tokens, kernel): square, odd and non-square grids, 1xN, class/register tokens.
-CASES = [((8, 8), 0, 3), ((5, 7), 1, 3), ((7, 5), 3, 5), ((1, 9), 0, 3), ((3, 3), 2, 7),
-         ((1, 1), 1, 3)]
+CASES = [
+    ((8, 8), 0, 3),
+    ((5, 7), 1, 3),
+    ((7, 5), 3, 5),
+    ((1, 9), 0, 3),
+    ((3, 3), 2, 7),
+    ((1, 1), 1, 3),
+]
 
 
 @pytest.mark.parametrize("dtype,atol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
@@ -106,8 +112,11 @@ def test_inference_form_built_directly_and_idempotent():
     fused = fastvit.reparameterize(m)
     direct = TokenRepMixer(8, (3, 5), num_prefix_tokens=2, inference_mode=True).double()
     assert direct.inference_mode
-    assert set(direct.state_dict()) == set(fused.state_dict()) == {
-        "repmixer.reparam_conv.weight", "repmixer.reparam_conv.bias"}
+    assert (
+        set(direct.state_dict())
+        == set(fused.state_dict())
+        == {"repmixer.reparam_conv.weight", "repmixer.reparam_conv.bias"}
+    )
     direct.load_state_dict(fused.state_dict())
     x = _tokens(2, 2, 3, 5, 8)
     before = fused(x)
@@ -146,8 +155,12 @@ def test_scriptable_and_fx_traceable():
     for form in (m, fastvit.reparameterize(m)):
         scripted = torch.jit.script(form)
         assert _rel_diff(scripted(x), ref) <= 1e-10
-        assert _rel_diff(scripted(_tokens(1, 1, 2, 6, 8), (2, 6)),
-                         form(_tokens(1, 1, 2, 6, 8), (2, 6))) <= 1e-12
+        assert (
+            _rel_diff(
+                scripted(_tokens(1, 1, 2, 6, 8), (2, 6)), form(_tokens(1, 1, 2, 6, 8), (2, 6))
+            )
+            <= 1e-12
+        )
         traced = torch.fx.symbolic_trace(form, concrete_args={"grid_size": None})
         assert _rel_diff(traced(x), ref) <= 1e-10
         with pytest.raises(ValueError, match="tokens"):  # the check survives tracing
@@ -168,6 +181,7 @@ def test_token_view_needs_no_copy():
 
 # ---------------------------------------------------------------------------- RepMixer-ViT
 
+
 def _vit(mixers, **kw) -> VisionTransformer:
     args = dict(img_size=16, patch_size=4, embed_dim=16, depth=4, num_heads=2, num_classes=5)
     args.update(kw)
@@ -175,8 +189,9 @@ def _vit(mixers, **kw) -> VisionTransformer:
     return repmixer_vit(mixers, **args)
 
 
-@pytest.mark.parametrize("mixers,kinds", [("all", "RRRR"), ([0, 1], "RRAA"), ("none", "AAAA"),
-                                          ([-1], "AAAR")])
+@pytest.mark.parametrize(
+    "mixers,kinds", [("all", "RRRR"), ([0, 1], "RRAA"), ("none", "AAAA"), ([-1], "AAAR")]
+)
 def test_repmixer_vit_layout_and_exact_reparameterization(mixers, kinds):
     model = _vit(mixers).double()
     assert isinstance(model, VisionTransformer)
@@ -244,13 +259,16 @@ def test_repmixer_vit_inference_mode_loads_fused_weights():
         assert _rel_diff(direct.eval()(x), fused(x)) <= 1e-6
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(mixers="all", class_token=True, global_pool="token"), "class token"),
-    (dict(mixers=[4]), "out of range"),
-    (dict(mixers="some"), "'all', 'none'"),
-    (dict(mixers="all", dynamic_img_size=True), "dynamic_img_size"),
-    (dict(mixers="all", img_size=18), "multiple of patch_size"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(mixers="all", class_token=True, global_pool="token"), "class token"),
+        (dict(mixers=[4]), "out of range"),
+        (dict(mixers="some"), "'all', 'none'"),
+        (dict(mixers="all", dynamic_img_size=True), "dynamic_img_size"),
+        (dict(mixers="all", img_size=18), "multiple of patch_size"),
+    ],
+)
 def test_repmixer_vit_rejects_bad_configs(kwargs, match):
     mixers = kwargs.pop("mixers")
     with pytest.raises(ConfigError, match=match):
@@ -258,6 +276,7 @@ def test_repmixer_vit_rejects_bad_configs(kwargs, match):
 
 
 # ---------------------------------------------------------------------------- bench --mixers
+
 
 def test_loglog_slope():
     xs = [196, 784, 3136, 16384]
@@ -267,10 +286,12 @@ def test_loglog_slope():
 
 
 def test_bench_mixers_smoke(tmp_path: Path):
-    result = run_mixer_benchmark([2, 3], dim=16, num_heads=2, threads=1, warmup=1, rounds=1,
-                                 round_time=0.001, memory=False)
+    result = run_mixer_benchmark(
+        [2, 3], dim=16, num_heads=2, threads=1, warmup=1, rounds=1, round_time=0.001, memory=False
+    )
     assert [(r.kind, r.tokens) for r in result.rows] == [
-        (k, n) for n in (4, 9) for k in MIXER_KINDS]
+        (k, n) for n in (4, 9) for k in MIXER_KINDS
+    ]
     assert all(r.median_ms > 0 and r.samples >= 1 for r in result.rows)
     assert set(result.slopes) == set(MIXER_KINDS)
     assert all(s["all"] is not None and s["large_n"] is None for s in result.slopes.values())
@@ -285,8 +306,24 @@ def test_bench_mixers_smoke(tmp_path: Path):
 
 def test_bench_mixers_cli(tmp_path: Path, capsys):
     out = tmp_path / "out"
-    argv = ["bench", "--mixers", "--mixer-grids", "2,3", "--mixer-dim", "16", "--threads", "1",
-            "--rounds", "1", "--warmup", "1", "--round-time", "0.001", "--no-memory", "--quiet"]
+    argv = [
+        "bench",
+        "--mixers",
+        "--mixer-grids",
+        "2,3",
+        "--mixer-dim",
+        "16",
+        "--threads",
+        "1",
+        "--rounds",
+        "1",
+        "--warmup",
+        "1",
+        "--round-time",
+        "0.001",
+        "--no-memory",
+        "--quiet",
+    ]
     assert main([*argv, "--out", str(out)]) == 0
     assert "slope" in capsys.readouterr().out
     assert (out / "mixers.json").is_file() and (out / "mixers.png").is_file()

@@ -58,8 +58,12 @@ class MixerResult:
     slopes: dict[str, dict[str, float | None]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"config": self.config, "machine": self.machine, "slopes": self.slopes,
-                "rows": [asdict(r) for r in self.rows]}
+        return {
+            "config": self.config,
+            "machine": self.machine,
+            "slopes": self.slopes,
+            "rows": [asdict(r) for r in self.rows],
+        }
 
 
 def build_block(kind: str, dim: int, num_heads: int, grid: int, seed: int = 0) -> nn.Module:
@@ -78,8 +82,9 @@ def build_block(kind: str, dim: int, num_heads: int, grid: int, seed: int = 0) -
     return reparameterize(block) if kind == "repmixer_fused" else block
 
 
-def block_runner(kind: str, dim: int, num_heads: int, grid: int,
-                 threads: int | None = None) -> Callable[[], Any]:
+def block_runner(
+    kind: str, dim: int, num_heads: int, grid: int, threads: int | None = None
+) -> Callable[[], Any]:
     """A no-argument callable running one batch-1 forward of the block (module level so the
     memory child process can rebuild it)."""
     if threads:
@@ -125,8 +130,9 @@ def run_mixer_benchmark(
     if not grids or any(g < 1 for g in grids):
         raise ConfigError(f"mixer grids must be positive ints, got {list(grids)}")
     if dim < 1 or num_heads < 1 or dim % num_heads:
-        raise ConfigError(f"--mixer-dim ({dim}) must be a positive multiple of the number of "
-                          f"heads ({num_heads})")
+        raise ConfigError(
+            f"--mixer-dim ({dim}) must be a positive multiple of the number of heads ({num_heads})"
+        )
     if rounds < 1 or round_time <= 0:
         raise ConfigError("--rounds must be >= 1 and --round-time > 0")
     threads = int(threads or torch.get_num_threads())
@@ -141,13 +147,29 @@ def run_mixer_benchmark(
             mem = None
             if memory:
                 log(f"{g}x{g}: peak memory of {kind} (fresh process)")
-                mem = peak_memory_of(block_runner, kind, dim, num_heads, g, threads,
-                                     prime=(kind, dim, num_heads, 2, threads))
-            rows.append(MixerRow(kind, g, g * g, t.median_ms, t.p10_ms, t.p90_ms,
-                                 len(t.samples), mem))
-    config = {"grids": list(grids), "dim": dim, "num_heads": num_heads, "mlp_ratio": 4.0,
-              "batch": 1, "threads": threads, "warmup": warmup, "rounds": rounds,
-              "round_time": round_time}
+                mem = peak_memory_of(
+                    block_runner,
+                    kind,
+                    dim,
+                    num_heads,
+                    g,
+                    threads,
+                    prime=(kind, dim, num_heads, 2, threads),
+                )
+            rows.append(
+                MixerRow(kind, g, g * g, t.median_ms, t.p10_ms, t.p90_ms, len(t.samples), mem)
+            )
+    config = {
+        "grids": list(grids),
+        "dim": dim,
+        "num_heads": num_heads,
+        "mlp_ratio": 4.0,
+        "batch": 1,
+        "threads": threads,
+        "warmup": warmup,
+        "rounds": rounds,
+        "round_time": round_time,
+    }
     result = MixerResult(rows, config, machine_info(threads))
     for kind in MIXER_KINDS:
         rs = [r for r in rows if r.kind == kind]
@@ -155,8 +177,10 @@ def run_mixer_benchmark(
         result.slopes[kind] = {
             "all": loglog_slope([r.tokens for r in rs], [r.median_ms for r in rs]),
             "large_n": loglog_slope([r.tokens for r in big], [r.median_ms for r in big]),
-            "memory": loglog_slope([r.tokens for r in rs if r.peak_mem_mb],
-                                   [r.peak_mem_mb for r in rs if r.peak_mem_mb]),
+            "memory": loglog_slope(
+                [r.tokens for r in rs if r.peak_mem_mb],
+                [r.peak_mem_mb for r in rs if r.peak_mem_mb],
+            ),
         }
     return result
 
@@ -168,30 +192,50 @@ def _fmt(v: float | None, spec: str = ".2f") -> str:
 def format_mixer_table(result: MixerResult) -> str:
     """Latency/memory per token count, ratios to attention, and each curve's slope."""
     by = {(r.kind, r.grid): r for r in result.rows}
-    hdr = ("tokens", "grid", *(f"{k} ms" for k in MIXER_KINDS),
-           *(f"{k} MiB" for k in MIXER_KINDS), "attn/rep", "attn/fused", "rep/fused")
+    hdr = (
+        "tokens",
+        "grid",
+        *(f"{k} ms" for k in MIXER_KINDS),
+        *(f"{k} MiB" for k in MIXER_KINDS),
+        "attn/rep",
+        "attn/fused",
+        "rep/fused",
+    )
     lines = []
     for g in result.config["grids"]:
         a, r, f = (by[(k, g)] for k in MIXER_KINDS)
-        lines.append((str(g * g), f"{g}x{g}", *(_fmt(x.median_ms) for x in (a, r, f)),
-                      *(_fmt(x.peak_mem_mb, ".1f") for x in (a, r, f)),
-                      f"{a.median_ms / r.median_ms:.2f}", f"{a.median_ms / f.median_ms:.2f}",
-                      f"{r.median_ms / f.median_ms:.2f}"))
+        lines.append(
+            (
+                str(g * g),
+                f"{g}x{g}",
+                *(_fmt(x.median_ms) for x in (a, r, f)),
+                *(_fmt(x.peak_mem_mb, ".1f") for x in (a, r, f)),
+                f"{a.median_ms / r.median_ms:.2f}",
+                f"{a.median_ms / f.median_ms:.2f}",
+                f"{r.median_ms / f.median_ms:.2f}",
+            )
+        )
     widths = [max(len(h), *(len(x[i]) for x in lines)) for i, h in enumerate(hdr)]
     fmt = "  ".join(f"{{:>{w}}}" for w in widths)
     out = [fmt.format(*hdr), fmt.format(*("-" * w for w in widths))]
     out += [fmt.format(*x) for x in lines]
     c = result.config
     out.append("")
-    out.append(f"one ViT block (dim {c['dim']}, {c['num_heads']} heads, MLP x4), batch 1, "
-               f"{c['threads']} threads, median latency, interleaved over {c['rounds']} rounds")
+    out.append(
+        f"one ViT block (dim {c['dim']}, {c['num_heads']} heads, MLP x4), batch 1, "
+        f"{c['threads']} threads, median latency, interleaved over {c['rounds']} rounds"
+    )
     for kind, s in result.slopes.items():
-        out.append(f"slope d log(latency) / d log(N) {kind:<15} all N: {_fmt(s['all'])}   "
-                   f"N >= {LARGE_N}: {_fmt(s['large_n'])}   memory: {_fmt(s['memory'])}")
+        out.append(
+            f"slope d log(latency) / d log(N) {kind:<15} all N: {_fmt(s['all'])}   "
+            f"N >= {LARGE_N}: {_fmt(s['large_n'])}   memory: {_fmt(s['memory'])}"
+        )
     load = result.machine.get("load_average")
     if load:
-        out.append(f"load average at the end: {load[0]:.2f} (1 min) on "
-                   f"{result.machine['cpu_count']} cores; above the core count timings suffer")
+        out.append(
+            f"load average at the end: {load[0]:.2f} (1 min) on "
+            f"{result.machine['cpu_count']} cores; above the core count timings suffer"
+        )
     return "\n".join(out)
 
 
@@ -211,12 +255,15 @@ def write_mixer_png(result: MixerResult, path: str | Path) -> Path:
     for kind, marker in zip(MIXER_KINDS, "os^"):
         rs = sorted((r for r in result.rows if r.kind == kind), key=lambda r: r.tokens)
         s = result.slopes.get(kind, {})
-        axes[0].plot([r.tokens for r in rs], [r.median_ms for r in rs], marker=marker,
-                     label=f"{kind} (slope {_fmt(s.get('large_n'))} at N >= {LARGE_N})")
+        axes[0].plot(
+            [r.tokens for r in rs],
+            [r.median_ms for r in rs],
+            marker=marker,
+            label=f"{kind} (slope {_fmt(s.get('large_n'))} at N >= {LARGE_N})",
+        )
         mem = [(r.tokens, r.peak_mem_mb) for r in rs if r.peak_mem_mb]
         if mem:
-            axes[1].plot(*zip(*mem), marker=marker,
-                         label=f"{kind} (slope {_fmt(s.get('memory'))})")
+            axes[1].plot(*zip(*mem), marker=marker, label=f"{kind} (slope {_fmt(s.get('memory'))})")
     c = result.config
     for ax, ylabel in zip(axes, ("median latency (ms)", "peak RSS increase (MiB)")):
         ax.set_xscale("log")

@@ -44,14 +44,21 @@ class RepMixer(Reparameterizable):
             self.register_parameter("layer_scale", None)
         else:
             self.reparam_conv = None
-            self.norm = MobileOneBlock(dim, dim, kernel_size, padding=pad, groups=dim,
-                                       use_act=False, use_scale_branch=False,
-                                       num_conv_branches=0)
-            self.mixer = MobileOneBlock(dim, dim, kernel_size, padding=pad, groups=dim,
-                                        use_act=False)
+            self.norm = MobileOneBlock(
+                dim,
+                dim,
+                kernel_size,
+                padding=pad,
+                groups=dim,
+                use_act=False,
+                use_scale_branch=False,
+                num_conv_branches=0,
+            )
+            self.mixer = MobileOneBlock(
+                dim, dim, kernel_size, padding=pad, groups=dim, use_act=False
+            )
             if use_layer_scale:
-                self.layer_scale = nn.Parameter(
-                    layer_scale_init_value * torch.ones(dim, 1, 1))
+                self.layer_scale = nn.Parameter(layer_scale_init_value * torch.ones(dim, 1, 1))
             else:
                 self.register_parameter("layer_scale", None)
 
@@ -72,10 +79,12 @@ class RepMixer(Reparameterizable):
         if self.layer_scale is not None:
             k, b = scale_output(k, b, self.layer_scale)
         # x + conv(x) = (I + K) * x: add the depthwise identity kernel.
-        k = k + identity_kernel(self.dim, self.dim, self.kernel_size, dtype=k.dtype,
-                                device=k.device)
-        self.reparam_conv = FusedConv2d.from_kernel(k, b, padding=self.kernel_size // 2,
-                                                    groups=self.dim)
+        k = k + identity_kernel(
+            self.dim, self.dim, self.kernel_size, dtype=k.dtype, device=k.device
+        )
+        self.reparam_conv = FusedConv2d.from_kernel(
+            k, b, padding=self.kernel_size // 2, groups=self.dim
+        )
         self.mixer = None
         self.norm = None
         self.layer_scale = None
@@ -93,7 +102,8 @@ def _check_tokens(num_tokens: int, num_prefix_tokens: int, height: int, width: i
         raise ValueError(
             f"TokenRepMixer got {num_tokens} tokens but expects {num_prefix_tokens} prefix + "
             f"{height}x{width} grid = {num_prefix_tokens + height * width}; pass the grid of "
-            "this input as forward(x, grid_size=(H, W))")
+            "this input as forward(x, grid_size=(H, W))"
+        )
 
 
 # fx records the check as one call instead of tracing (and failing on) its comparison.
@@ -140,8 +150,9 @@ class TokenRepMixer(Reparameterizable):
         self.grid_size = _pair(grid_size, "grid_size")
         self.num_prefix_tokens = num_prefix_tokens
         self.inference_mode = inference_mode
-        self.repmixer = RepMixer(dim, kernel_size, use_layer_scale, layer_scale_init_value,
-                                 inference_mode)
+        self.repmixer = RepMixer(
+            dim, kernel_size, use_layer_scale, layer_scale_init_value, inference_mode
+        )
 
     def forward(self, x: Tensor, grid_size: tuple[int, int] | None = None) -> Tensor:
         """Mix ``x`` of shape (B, N, C); ``grid_size`` overrides the default (H, W) grid."""

@@ -35,14 +35,17 @@ from fastvit.errors import ConfigError
 from fastvit.layers.repmixer import TokenRepMixer
 
 # Keyword arguments timm passes to every block that only attention uses.
-_ATTENTION_ONLY = frozenset({"num_heads", "qkv_bias", "qk_norm", "scale_attn_norm", "attn_drop",
-                             "attn_layer"})
+_ATTENTION_ONLY = frozenset(
+    {"num_heads", "qkv_bias", "qk_norm", "scale_attn_norm", "attn_drop", "attn_layer"}
+)
 
 
 def _reject_attn_mask(attn_mask: Tensor | None, is_causal: bool) -> None:
     if attn_mask is not None or is_causal:
-        raise ValueError("RepMixer blocks mix a fixed grid neighbourhood and cannot apply an "
-                         "attention mask; call the model without attn_mask/is_causal")
+        raise ValueError(
+            "RepMixer blocks mix a fixed grid neighbourhood and cannot apply an "
+            "attention mask; call the model without attn_mask/is_causal"
+        )
 
 
 # fx records the check as one call (checked at run time) instead of tracing its branch.
@@ -79,15 +82,25 @@ class RepMixerViTBlock(nn.Module):
     ) -> None:
         super().__init__()
         self.token_mixer = TokenRepMixer(
-            dim, grid_size, kernel_size, num_prefix_tokens,
-            layer_scale_init_value=layer_scale_init_value, inference_mode=inference_mode)
+            dim,
+            grid_size,
+            kernel_size,
+            num_prefix_tokens,
+            layer_scale_init_value=layer_scale_init_value,
+            inference_mode=inference_mode,
+        )
         self.token_mixer.to(device=device, dtype=dtype)
         dd: dict[str, Any] = {"device": device, "dtype": dtype}
         self.norm2 = norm_layer(dim, **dd)
-        self.mlp = mlp_layer(in_features=dim, hidden_features=int(dim * mlp_ratio),
-                             act_layer=act_layer,
-                             norm_layer=norm_layer if scale_mlp_norm else None,
-                             bias=proj_bias, drop=proj_drop, **dd)
+        self.mlp = mlp_layer(
+            in_features=dim,
+            hidden_features=int(dim * mlp_ratio),
+            act_layer=act_layer,
+            norm_layer=norm_layer if scale_mlp_norm else None,
+            bias=proj_bias,
+            drop=proj_drop,
+            **dd,
+        )
         self.ls2 = LayerScale(dim, init_values=init_values, **dd) if init_values else nn.Identity()
         self.drop_path2 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
 
@@ -124,13 +137,16 @@ def _mixer_indices(mixer_blocks: str | Iterable[int] | None, depth: int) -> froz
     if mixer_blocks == "all":
         return frozenset(range(depth))
     if isinstance(mixer_blocks, str):
-        raise ConfigError(f"mixer_blocks must be 'all', 'none' or block indices, "
-                          f"got {mixer_blocks!r}")
+        raise ConfigError(
+            f"mixer_blocks must be 'all', 'none' or block indices, got {mixer_blocks!r}"
+        )
     out = set()
     for i in mixer_blocks:
         if not isinstance(i, int) or not -depth <= i < depth:
-            raise ConfigError(f"mixer block index {i!r} is out of range for depth {depth} "
-                              f"(use 0..{depth - 1} or negative indices)")
+            raise ConfigError(
+                f"mixer block index {i!r} is out of range for depth {depth} "
+                f"(use 0..{depth - 1} or negative indices)"
+            )
         out.add(i % depth)
     return frozenset(out)
 
@@ -172,23 +188,41 @@ def repmixer_vit(
     """
     for key in ("block_fn", "dynamic_img_size", "fix_init"):
         if vit_kwargs.get(key):
-            raise ConfigError(f"repmixer_vit does not support {key}=...: RepMixer blocks need "
-                              "timm's block hook and a fixed token grid")
+            raise ConfigError(
+                f"repmixer_vit does not support {key}=...: RepMixer blocks need "
+                "timm's block hook and a fixed token grid"
+            )
     mixers = _mixer_indices(mixer_blocks, depth)
     img = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
     if img[0] % patch_size or img[1] % patch_size:
-        raise ConfigError(f"img_size {img_size} must be a multiple of patch_size {patch_size} "
-                          "(RepMixer mixes on the full token grid)")
+        raise ConfigError(
+            f"img_size {img_size} must be a multiple of patch_size {patch_size} "
+            "(RepMixer mixes on the full token grid)"
+        )
     grid = (img[0] // patch_size, img[1] // patch_size)
     if mixers and len(mixers) == depth and global_pool in ("token", "prr"):
-        raise ConfigError(f"global_pool={global_pool!r} reads the class token, which never "
-                          "meets the patch tokens when every block is RepMixer; use "
-                          "global_pool='avg' or keep some attention blocks")
+        raise ConfigError(
+            f"global_pool={global_pool!r} reads the class token, which never "
+            "meets the patch tokens when every block is RepMixer; use "
+            "global_pool='avg' or keep some attention blocks"
+        )
     num_prefix = int(class_token) + int(vit_kwargs.get("reg_tokens", 0) or 0)
-    factory = _BlockFactory(mixers, grid_size=grid, num_prefix_tokens=num_prefix,
-                            kernel_size=kernel_size,
-                            layer_scale_init_value=layer_scale_init_value,
-                            inference_mode=inference_mode)
-    return VisionTransformer(img_size=img, patch_size=patch_size, embed_dim=embed_dim,
-                             depth=depth, num_heads=num_heads, class_token=class_token,
-                             global_pool=global_pool, block_fn=factory, **vit_kwargs)
+    factory = _BlockFactory(
+        mixers,
+        grid_size=grid,
+        num_prefix_tokens=num_prefix,
+        kernel_size=kernel_size,
+        layer_scale_init_value=layer_scale_init_value,
+        inference_mode=inference_mode,
+    )
+    return VisionTransformer(
+        img_size=img,
+        patch_size=patch_size,
+        embed_dim=embed_dim,
+        depth=depth,
+        num_heads=num_heads,
+        class_token=class_token,
+        global_pool=global_pool,
+        block_fn=factory,
+        **vit_kwargs,
+    )
