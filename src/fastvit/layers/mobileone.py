@@ -9,7 +9,7 @@ from fastvit.layers.conv_bn import ConvBN
 from fastvit.layers.inference.conv import FusedConv2d
 from fastvit.layers.se import SEBlock
 from fastvit.reparam.base import Reparameterizable
-from fastvit.reparam.fuse import fuse_bn_alone, pad_kernel
+from fastvit.reparam.fuse import fuse_bn_alone, is_batchnorm, pad_kernel
 
 
 class MobileOneBlock(Reparameterizable):
@@ -96,7 +96,7 @@ class MobileOneBlock(Reparameterizable):
         """(kernel, bias) of one branch: a conv+BN, or the BN-only skip as an identity conv."""
         if isinstance(branch, ConvBN):
             return branch.get_kernel_bias()
-        if isinstance(branch, nn.modules.batchnorm._BatchNorm):
+        if is_batchnorm(branch):
             return fuse_bn_alone(branch, self.groups, self.kernel_size)
         raise TypeError(f"cannot fuse branch of type {type(branch).__name__}")
 

@@ -26,6 +26,7 @@ from fastvit.reparam.base import Reparameterizable, new_linear
 from fastvit.reparam.fuse import (
     fold_affine_into_linear_input,
     identity_kernel,
+    is_batchnorm,
     norm_affine,
     scale_output,
 )
@@ -49,7 +50,7 @@ def residual_norm(norm: nn.Module) -> nn.Module | None:
     BatchNorm: nothing (``None``). LayerNorm/GroupNorm: the same norm without affine
     parameters. Any other module is kept as is (it cannot be folded, and is not dropped).
     """
-    if isinstance(norm, nn.modules.batchnorm._BatchNorm):
+    if is_batchnorm(norm):
         return None
     if norm_affine(norm) is None:
         return norm

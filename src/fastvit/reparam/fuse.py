@@ -21,11 +21,21 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-def bn_affine(bn: nn.modules.batchnorm._BatchNorm) -> tuple[Tensor, Tensor]:
+def is_batchnorm(m: nn.Module) -> bool:
+    """A BatchNorm that folds into a conv: ``BatchNorm1d/2d``, ``SyncBatchNorm`` and frozen
+    BatchNorms (torchvision's / timm's ``FrozenBatchNorm2d``, which keep the same statistics as
+    buffers), so backbones frozen for detection still reparameterize."""
+    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+        return True
+    return type(m).__name__.startswith("FrozenBatchNorm") and all(
+        hasattr(m, a) for a in ("running_mean", "running_var", "weight", "bias", "eps"))
+
+
+def bn_affine(bn: nn.Module) -> tuple[Tensor, Tensor]:
     """Return ``(a, c)`` with ``bn(x) == a * x + c`` per channel, from running statistics.
 
     Running statistics are used whatever mode the module is in (fusion is for inference).
-    Works for BatchNorm1d/2d and SyncBatchNorm, affine or not.
+    Works for BatchNorm1d/2d, SyncBatchNorm and FrozenBatchNorm2d, affine or not.
     """
     if bn.running_mean is None or bn.running_var is None:
         raise ValueError("cannot fuse a BatchNorm without running statistics "
@@ -144,7 +154,7 @@ def norm_affine(norm: nn.Module) -> tuple[Tensor, Tensor] | None:
       same norm without affine parameters.
     * Anything else (or a norm without affine parameters): ``None``, nothing to fold.
     """
-    if isinstance(norm, nn.modules.batchnorm._BatchNorm):
+    if is_batchnorm(norm):
         return bn_affine(norm)
     if isinstance(norm, (nn.LayerNorm, nn.GroupNorm)):
         w, b = norm.weight, norm.bias

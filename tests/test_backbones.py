@@ -1,0 +1,154 @@
+"""FastViT as a torchvision detection backbone: FPN helper, frozen BN, detectors, fusion."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torchvision.models.detection import FasterRCNN, MaskRCNN, RetinaNet
+from torchvision.ops import FrozenBatchNorm2d
+
+import fastvit
+from conftest import randomize_bn_and_scales
+from fastvit.errors import ConfigError
+from fastvit.models.backbones import convert_norms, fpn_backbone, stage_prefixes
+
+SIZE = 128
+DETECTOR_KW = dict(min_size=SIZE, max_size=SIZE)
+
+
+def _targets(n: int, masks: bool = False) -> list[dict]:
+    g = torch.Generator().manual_seed(1)
+    out = []
+    for _ in range(n):
+        xy = torch.rand(3, 2, generator=g) * 80
+        wh = torch.rand(3, 2, generator=g) * 30 + 10
+        boxes = torch.cat([xy, xy + wh], dim=1)
+        t = {"boxes": boxes, "labels": torch.tensor([1, 2, 3])}
+        if masks:
+            m = torch.zeros(3, SIZE, SIZE, dtype=torch.uint8)
+            for i, (x0, y0, x1, y1) in enumerate(boxes.round().long().tolist()):
+                m[i, y0:y1, x0:x1] = 1
+            t["masks"] = m
+        out.append(t)
+    return out
+
+
+def test_frozen_and_sync_batchnorm_fuse_exactly():
+    torch.manual_seed(0)
+    model = fastvit.create_model("fastvit_sa12", num_classes=7).double()
+    randomize_bn_and_scales(model)
+    n_bn_before = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    model = convert_norms(model, "frozen")
+    n_frozen = sum(isinstance(m, FrozenBatchNorm2d) for m in model.modules())
+    n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert n_bn_before == 74 and n_frozen == 74 and n_bn == 0  # MobileOne branch BNs and the attention norms too
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    with torch.no_grad():
+        ref = model.eval()(x)
+        fused = fastvit.reparameterize(model)
+        out = fused(x)
+    assert fastvit.is_fused(fused)
+    assert not any(isinstance(m, FrozenBatchNorm2d) for m in fused.modules())
+    assert (out - ref).abs().max().item() < 1e-10
+
+    sync = nn.SyncBatchNorm.convert_sync_batchnorm(fastvit.create_model("fastvit_t8").double())
+    randomize_bn_and_scales(sync)
+    with torch.no_grad():
+        ref = sync.eval()(x)
+        out = fastvit.reparameterize(sync)(x)
+    assert (out - ref).abs().max().item() < 1e-10
+
+
+def test_fpn_backbone_levels_channels_and_trainable_stages():
+    bb = fpn_backbone("fastvit_t8", trainable_stages=2, out_channels=64)
+    assert bb.out_channels == 64
+    assert bb.in_channels_list == [48, 96, 192, 384]
+    with torch.no_grad():
+        out = bb.eval()(torch.randn(1, 3, 96, 128))
+    assert list(out) == ["0", "1", "2", "3", "pool"]
+    assert [tuple(v.shape[2:]) for v in out.values()] == [
+        (24, 32), (12, 16), (6, 8), (3, 4), (2, 2)]
+    assert all(v.shape[1] == 64 for v in out.values())
+    groups = stage_prefixes(bb.body)
+    trainable = {n for n, p in bb.body.named_parameters() if p.requires_grad}
+    # the last two stages train, the stem and the first two stages are frozen
+    assert trainable and all(any(n.startswith(p) for p in groups[3] + groups[4])
+                             for n in trainable)
+    assert any(n.startswith(groups[4][0]) for n in trainable)
+    assert not any(n.startswith("patch_embed.") for n in trainable)
+    # frozen BN by default: the backbone has no BatchNorm left, only FrozenBatchNorm2d
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in bb.body.modules())
+
+    sub = fpn_backbone("fastvit_t8", returned_stages=[2, 4], norm="bn", out_channels=32)
+    assert sub.in_channels_list == [96, 384]
+    assert any(isinstance(m, nn.BatchNorm2d) for m in sub.body.modules())
+    with pytest.raises(ConfigError, match="returned_stages"):
+        fpn_backbone("fastvit_t8", returned_stages=[0, 5])
+    with pytest.raises(ConfigError, match=r"trainable_stages must be in 0\.\.5"):
+        fpn_backbone("fastvit_t8", trainable_stages=6)
+    with pytest.raises(ConfigError, match="norm must be one of"):
+        fpn_backbone("fastvit_t8", norm="group")
+
+
+def _detection_case(kind: str, variant: str):
+    torch.manual_seed(0)
+    bb = fpn_backbone(variant, trainable_stages=5, out_channels=64)
+    randomize_bn_and_scales(bb.body)
+    if kind == "faster":
+        det = FasterRCNN(bb, num_classes=4, box_detections_per_img=30, **DETECTOR_KW)
+    elif kind == "retina":
+        det = RetinaNet(bb, num_classes=4, detections_per_img=30, **DETECTOR_KW)
+        # spread the scores (the focal-loss prior starts every anchor at ~0.01)
+        for m in det.head.classification_head.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight)
+    else:
+        det = MaskRCNN(bb, num_classes=4, box_detections_per_img=30, **DETECTOR_KW)
+    return det
+
+
+@pytest.mark.parametrize(("kind", "variant"), [
+    ("faster", "fastvit_t8"), ("retina", "fastvit_t8"), ("mask", "fastvit_t8"),
+    ("faster", "fastvit_sa12")])
+def test_torchvision_detectors_train_and_fuse(kind, variant):
+    det = _detection_case(kind, variant)
+    images = [torch.rand(3, SIZE, SIZE, generator=torch.Generator().manual_seed(i))
+              for i in range(2)]
+    det.train()
+    losses = det(images, _targets(2, masks=kind == "mask"))
+    total = sum(losses.values())
+    assert all(torch.isfinite(v) for v in losses.values()), losses
+    total.backward()
+    grads = [p.grad for n, p in det.backbone.body.named_parameters() if p.requires_grad]
+    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert sum(g.abs().sum().item() for g in grads) > 0
+
+    det.eval()
+    if kind == "retina":
+        det.score_thresh = 0.0
+    else:
+        det.roi_heads.score_thresh = 0.0
+    with torch.no_grad():
+        ref = det(images)
+        fused = fastvit.reparameterize(det)
+        out = fused(images)
+    assert fastvit.is_fused(fused.backbone.body)
+    for r, o in zip(ref, out):
+        _assert_same_detections(r, o)
+
+
+def _assert_same_detections(ref: dict, out: dict, tol: float = 1e-4) -> None:
+    """Every reference detection clear of the cut-off (the lowest kept score, where ranks of
+    near-equal scores may swap) appears in ``out`` with the same label, box and score."""
+    assert len(ref["boxes"]) > 0
+    cutoff = ref["scores"].min().item() + 10 * tol
+    checked = 0
+    for box, score, label in zip(ref["boxes"], ref["scores"], ref["labels"]):
+        if score.item() <= cutoff:
+            continue
+        same = ((out["labels"] == label) & ((out["boxes"] - box).abs().amax(1) <= tol)
+                & ((out["scores"] - score).abs() <= tol))
+        assert same.any(), (box, score, label)
+        checked += 1
+    assert checked >= min(5, len(ref["boxes"]) // 2), checked
