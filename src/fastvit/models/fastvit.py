@@ -50,6 +50,13 @@ def _block_drop_path_rates(layers: Sequence[int], rate: float) -> list[list[floa
     return rates
 
 
+def _check_global_pool(global_pool: str, num_classes: int) -> None:
+    if global_pool not in ("avg", ""):
+        raise ConfigError(f"global_pool must be 'avg' or '' (no pooling), got {global_pool!r}")
+    if global_pool == "" and num_classes > 0:
+        raise ConfigError("global_pool='' (unpooled features) needs num_classes=0")
+
+
 class FastViT(Reparameterizable):
     """FastViT classifier / backbone built from a :class:`FastViTConfig`.
 
@@ -62,8 +69,8 @@ class FastViT(Reparameterizable):
     ``pretrained_cfg`` is the timm-style dict derived from the card.
     """
 
-    # properties TorchScript must not compile (they build Python objects)
-    __jit_unused_properties__ = ["card", "pretrained_cfg"]  # noqa: RUF012
+    # properties TorchScript must not compile (they build Python objects or are derived)
+    __jit_unused_properties__ = ["card", "pretrained_cfg", "default_cfg", "inference_mode"]  # noqa: RUF012
 
     def __init__(
         self,
@@ -80,11 +87,13 @@ class FastViT(Reparameterizable):
         use_layer_scale: bool = True,
         layer_scale_init_value: float | None = None,
         lkc_apply_act: bool | None = None,
+        global_pool: str = "avg",
     ) -> None:
         super().__init__()
         cfg = get_config(cfg)
         if num_classes is None:
             num_classes = cfg.num_classes
+        _check_global_pool(global_pool, num_classes)
         if num_classes < 0:
             raise ConfigError(f"num_classes must be >= 0, got {num_classes}")
         if in_chans < 1:
@@ -113,6 +122,7 @@ class FastViT(Reparameterizable):
         self.features_only = features_only
         self.out_indices = out_indices
         self.grad_checkpointing = False
+        self.global_pool = global_pool
         self.class_names: list[str] | None = None
         self.preprocessing = cfg.preprocessing.with_in_chans(in_chans)
         self._pretrained_source = dict(_PRETRAINED_SOURCE)
@@ -152,6 +162,9 @@ class FastViT(Reparameterizable):
         self.feature_end = stage_ends[max(out_indices)]  # last module a features_only run needs
 
         last_dim = cfg.stages[-1].dim
+        # (pooling and dropout exist in every form, so forward_head scripts for features_only)
+        self.gap = nn.AdaptiveAvgPool2d(1) if global_pool == "avg" else nn.Identity()
+        self.head_drop = nn.Dropout(drop_rate)
         if features_only:
             self.conv_exp = None
             self.head = None
@@ -164,8 +177,6 @@ class FastViT(Reparameterizable):
                                            padding=1, groups=last_dim,
                                            inference_mode=inference_mode, use_se=True,
                                            activation=act_layer)
-            self.gap = nn.AdaptiveAvgPool2d(1)
-            self.head_drop = nn.Dropout(drop_rate)
             self.num_classes = num_classes
             # "classifier" and "clip" heads are both a linear layer on the pooled features;
             # a CLIP projection (official ``head.proj``, no bias) loads with a zero bias.
@@ -204,12 +215,22 @@ class FastViT(Reparameterizable):
     def get_classifier(self) -> nn.Module:
         return self.head
 
+    @property
+    def default_cfg(self) -> dict:
+        """timm's older name for :attr:`pretrained_cfg`."""
+        return self.pretrained_cfg
+
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """Replace the linear classifier (``num_classes=0``: pooled features)."""
+        """Replace the linear classifier (``num_classes=0``: pooled features; with
+        ``global_pool=''`` too: the unpooled feature map, as in timm)."""
         if self.features_only:
             raise ConfigError("a features_only model has no classifier to reset")
-        if global_pool not in (None, "avg"):
-            raise ConfigError(f"only global_pool='avg' is supported, got '{global_pool}'")
+        if global_pool is not None:
+            _check_global_pool(global_pool, num_classes)
+            self.global_pool = global_pool
+            self.gap = nn.AdaptiveAvgPool2d(1) if global_pool == "avg" else nn.Identity()
+        else:
+            _check_global_pool(self.global_pool, num_classes)
         p = next(self.parameters())
         self.num_classes = num_classes
         self.head = (nn.Linear(self.num_features, num_classes, device=p.device, dtype=p.dtype)
@@ -336,8 +357,13 @@ class FastViT(Reparameterizable):
         return x
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        """Global average pool, dropout, classifier (``pre_logits``: stop before it)."""
-        x = self.head_drop(self.gap(x).flatten(1))
+        """Global average pool, dropout, classifier (``pre_logits``: stop before it).
+
+        With ``global_pool=''`` (and no classifier) the map is returned unpooled."""
+        x = self.gap(x)
+        if self.global_pool == "avg":
+            x = x.flatten(1)
+        x = self.head_drop(x)
         if pre_logits or self.head is None:
             return x
         return self.head(x)
