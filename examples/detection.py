@@ -34,7 +34,8 @@ class DigitScenes(torch.utils.data.Dataset):
 
     def __init__(self, split: str, n: int, size: int = 128, seed: int = 0) -> None:
         digits = DigitsDataset(split, input_size=40)
-        self.pixels = torch.from_numpy(digits._pixels).float() / 255.0  # (N, 40, 40)
+        self.pixels = torch.stack([torch.from_numpy(digits.pixels(i)) for i in range(len(digits))]
+                                  ).float() / 255.0  # (N, 40, 40) in [0, 1]
         self.labels = torch.tensor(digits.targets)
         self.n, self.size, self.seed = n, size, seed
 

@@ -8,7 +8,7 @@ from fastvit.errors import ConfigError
 from fastvit.layers.conv_bn import ConvBN
 from fastvit.layers.inference.conv import FusedConv2d
 from fastvit.layers.se import SEBlock
-from fastvit.reparam.base import Reparameterizable
+from fastvit.reparam.base import ReparamContainer, Reparameterizable
 from fastvit.reparam.fuse import fuse_bn_alone, is_batchnorm, pad_kernel
 
 
@@ -133,7 +133,7 @@ class MobileOneBlock(Reparameterizable):
         self.rbr_scale = None
 
 
-class RepStem(Reparameterizable, nn.Sequential):
+class RepStem(ReparamContainer, nn.Sequential):
     """FastViT's convolutional stem: three MobileOne blocks, 3x3/s2 -> depthwise 3x3/s2 -> 1x1.
 
     Downsamples by 4. The blocks are reachable as ``conv1``/``conv2``/``conv3`` while the
@@ -160,7 +160,6 @@ class RepStem(Reparameterizable, nn.Sequential):
                            groups=out_channels, **kw),
             MobileOneBlock(out_channels, out_channels, 1, stride=1, padding=0, **kw),
         )
-        self.inference_mode = inference_mode
 
     @property
     def conv1(self) -> MobileOneBlock:
@@ -174,6 +173,4 @@ class RepStem(Reparameterizable, nn.Sequential):
     def conv3(self) -> MobileOneBlock:
         return self[2]
 
-    def _reparameterize(self) -> None:
-        pass  # the three blocks were fused by reparameterize()
 

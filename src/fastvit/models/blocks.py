@@ -22,7 +22,7 @@ from fastvit.layers.inference.ffn import FusedConvFFN
 from fastvit.layers.large_kernel import ReparamLargeKernelConv
 from fastvit.layers.mobileone import MobileOneBlock
 from fastvit.layers.repmixer import RepMixer
-from fastvit.reparam.base import Reparameterizable, new_linear
+from fastvit.reparam.base import ReparamContainer, Reparameterizable, new_linear
 from fastvit.reparam.fuse import (
     fold_affine_into_linear_input,
     identity_kernel,
@@ -267,7 +267,7 @@ class AttentionBlock(Reparameterizable):
         self.convffn = FusedConvFFN.from_ffn(self.convffn)
 
 
-class PatchEmbed(Reparameterizable, nn.Module):
+class PatchEmbed(ReparamContainer):
     """Downsampling between stages: large-kernel depthwise conv (stride 2) + 1x1 MobileOne."""
 
     def __init__(
@@ -282,7 +282,6 @@ class PatchEmbed(Reparameterizable, nn.Module):
         use_se: bool = False,
     ) -> None:
         super().__init__()
-        self.inference_mode = inference_mode
         self.proj = nn.Sequential(
             ReparamLargeKernelConv(in_channels, embed_dim, patch_size, stride,
                                    groups=in_channels, small_kernel=3,
@@ -294,6 +293,3 @@ class PatchEmbed(Reparameterizable, nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.proj(x)
-
-    def _reparameterize(self) -> None:
-        pass  # both sub-blocks were fused by reparameterize()

@@ -25,7 +25,7 @@ from fastvit.errors import ConfigError
 from fastvit.layers.mobileone import MobileOneBlock, RepStem
 from fastvit.models.blocks import AttentionBlock, PatchEmbed, RepCPE, RepMixerBlock
 from fastvit.models.config import FastViTConfig, get_config
-from fastvit.reparam.base import Reparameterizable
+from fastvit.reparam.base import ReparamContainer
 
 #: Where the official ImageNet-1k weights of the FastViT variants are published (timm's tags).
 _PRETRAINED_SOURCE = {"tag": "apple_in1k", "license": "fastvit-license"}
@@ -57,7 +57,7 @@ def _check_global_pool(global_pool: str, num_classes: int) -> None:
         raise ConfigError("global_pool='' (unpooled features) needs num_classes=0")
 
 
-class FastViT(Reparameterizable):
+class FastViT(ReparamContainer):
     """FastViT classifier / backbone built from a :class:`FastViTConfig`.
 
     ``features_only=True`` drops the classifier and makes ``forward`` return the stage
@@ -70,7 +70,8 @@ class FastViT(Reparameterizable):
     """
 
     # properties TorchScript must not compile (they build Python objects or are derived)
-    __jit_unused_properties__ = ["card", "pretrained_cfg", "default_cfg", "inference_mode"]  # noqa: RUF012
+    __jit_unused_properties__ = [  # noqa: RUF012
+        "card", "pretrained_cfg", "default_cfg", "inference_mode"]
 
     def __init__(
         self,
@@ -116,7 +117,6 @@ class FastViT(Reparameterizable):
 
         self.cfg = cfg
         self.variant = cfg.name
-        self.inference_mode = inference_mode
         self.in_chans = in_chans
         self.drop_rate = drop_rate
         self.features_only = features_only
@@ -191,9 +191,6 @@ class FastViT(Reparameterizable):
             trunc_normal_(m.weight, std=0.02)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-
-    def _reparameterize(self) -> None:
-        pass  # every block was fused by reparameterize()
 
     # ---------------------------------------------------------------- timm model API
     @torch.jit.ignore

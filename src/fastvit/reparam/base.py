@@ -38,6 +38,30 @@ class Reparameterizable(nn.Module):
         raise NotImplementedError
 
 
+class ReparamContainer(Reparameterizable):
+    """A module with no fusion of its own (a stem, a downsampling pair, a whole network).
+
+    Its form is derived from the reparameterizable modules inside it rather than stored, so a
+    tree fused child by child -- e.g. by ``timm.utils.reparameterize_model``, which calls
+    ``reparameterize()`` on every child but never on the root -- reports its real form.
+    """
+
+    __jit_unused_properties__ = ["inference_mode"]  # noqa: RUF012
+
+    @property
+    @torch.jit.unused
+    def inference_mode(self) -> bool:
+        return all(m.inference_mode for m in self.modules()
+                   if isinstance(m, Reparameterizable) and not isinstance(m, ReparamContainer))
+
+    @inference_mode.setter
+    def inference_mode(self, value: bool) -> None:
+        pass  # derived from the modules inside (see the class docstring)
+
+    def _reparameterize(self) -> None:
+        pass  # everything inside was fused by reparameterize()
+
+
 def reparameterize_tree(module: nn.Module) -> None:
     """Fuse every :class:`Reparameterizable` in ``module``'s tree, in place (top-most first).
 
