@@ -99,7 +99,9 @@ def test_default_cfg_pool_size_and_classifier_reset(variant):
         assert unpooled(x).dim() == 4
     sd = model.state_dict()
     assert f"{cfg['classifier']}.weight" in timm.create_model(_name(variant)).state_dict()
-    assert f"{cfg['first_conv']}.weight" in sd
+    first = cfg["first_conv"]
+    for name in (first,) if isinstance(first, str) else first:
+        assert f"{name}.weight" in sd
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -111,7 +113,7 @@ def test_torchscript(variant):
         assert torch.allclose(scripted(_x()), model(_x()), atol=1e-5)
 
 
-@pytest.mark.parametrize("feature_cls", [None, "getter"])
+@pytest.mark.parametrize("feature_cls", [None, "getter", "fx"])
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_features_only(variant, feature_cls):
     kw = {} if feature_cls is None else {"feature_cls": feature_cls}

@@ -383,8 +383,9 @@ def create_model(
     inference_mode: bool = False,
     features_only: bool = False,
     out_indices: Sequence[int] | None = None,
+    feature_cls: str | None = None,
     **kwargs,
-) -> FastViT:
+) -> nn.Module:
     """Build a FastViT from a variant name (see :func:`fastvit.list_models`) or a config.
 
     This is the architecture builder (random weights); :func:`fastvit.create_model` adds
@@ -394,10 +395,28 @@ def create_model(
     weights into it). Extra keyword arguments go to :class:`FastViT` (``act_layer``,
     ``layer_scale_init_value``, ``lkc_apply_act``, ...). ``pretrained=True`` is refused here:
     weights are the job of :func:`fastvit.create_model` (the pretrained layer above models).
+
+    ``features_only=True`` returns our native feature model; with ``feature_cls="getter"``
+    (timm's ``FeatureGetterNet`` over :meth:`FastViT.forward_intermediates`) or ``"fx"``
+    (timm's ``FeatureGraphNet``, a torch.fx graph cut at the stage outputs) timm's wrappers.
     """
     if pretrained:
         raise ConfigError("fastvit.models.create_model builds random weights; use "
                           "fastvit.create_model(name, pretrained=True) for published weights")
+    if feature_cls is not None:
+        if not features_only:
+            raise ConfigError("feature_cls needs features_only=True")
+        if feature_cls not in ("getter", "fx"):
+            raise ConfigError(f"feature_cls must be 'getter' or 'fx', got {feature_cls!r}")
+        from timm.models._features import FeatureGetterNet
+        from timm.models._features_fx import FeatureGraphNet
+
+        full = create_model(name, num_classes=0, in_chans=in_chans, drop_rate=drop_rate,
+                            drop_path_rate=drop_path_rate, inference_mode=inference_mode,
+                            **kwargs)
+        idx = tuple(range(len(full.stage_ends))) if out_indices is None else tuple(out_indices)
+        wrapper = FeatureGetterNet if feature_cls == "getter" else FeatureGraphNet
+        return wrapper(full, out_indices=idx)
     model = FastViT(get_config(name), num_classes=num_classes, in_chans=in_chans,
                     drop_rate=drop_rate, drop_path_rate=drop_path_rate,
                     inference_mode=inference_mode, features_only=features_only,
