@@ -152,3 +152,29 @@ def _assert_same_detections(ref: dict, out: dict, tol: float = 1e-4) -> None:
         assert same.any(), (box, score, label)
         checked += 1
     assert checked >= min(5, len(ref["boxes"]) // 2), checked
+
+
+def test_verify_compares_nested_outputs_and_names_the_worst_leaf():
+    torch.manual_seed(0)
+    bb = fpn_backbone("fastvit_t8", norm="bn", out_channels=32)  # returns an OrderedDict
+    randomize_bn_and_scales(bb.body)
+    bb.train()  # verified in eval mode, like everything else
+    fused = fastvit.reparameterize(bb, verify=True, input_shape=(1, 3, 64, 64))
+    assert fastvit.is_fused(fused.body)
+    feats = fastvit.create_model("fastvit_sa12", features_only=True)  # returns a list
+    randomize_bn_and_scales(feats)
+    fastvit.reparameterize(feats, verify=True, input_shape=(1, 3, 64, 64))
+
+    class Broken(nn.Module):  # a fused form that is wrong in one pyramid level only
+        def __init__(self, inner: nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            out = self.inner(x)
+            if not self.training and fastvit.is_fused(self.inner):
+                out["2"] = out["2"] + 1.0
+            return out
+
+    with pytest.raises(fastvit.ReparamError, match=r"at output\['2'\]"):
+        fastvit.reparameterize(Broken(bb), verify=True, input_shape=(1, 3, 64, 64))

@@ -54,6 +54,7 @@ class OutputDiff:
 
     max_abs: float
     scale: float
+    where: str = "output"
 
     @property
     def rel(self) -> float:
@@ -68,7 +69,8 @@ class OutputDiff:
 
     def describe(self, rtol: float, atol: float | None = None) -> str:
         """'max |diff| 8.5e-04 (2.0e-06 of the output scale 430; tolerance 4.3e-03)'."""
-        return (f"max |diff| {self.max_abs:.2e} ({self.rel:.1e} of the output scale "
+        at = "" if self.where == "output" else f" at {self.where}"
+        return (f"max |diff| {self.max_abs:.2e}{at} ({self.rel:.1e} of the output scale "
                 f"{self.scale:.3g}; tolerance {self.tolerance(rtol, atol):.1e})")
 
 
@@ -126,10 +128,35 @@ def output_diff(
     finally:
         reference.train(was_training)
     out = fused(x)
-    pairs = list(zip(ref_out, out)) if isinstance(ref_out, (list, tuple)) else [(ref_out, out)]
-    diff = max(float((a - b).abs().max()) for a, b in pairs)
-    scale = max(float(a.abs().max()) for a, _ in pairs)
-    return OutputDiff(diff, scale)
+    ref_leaves, out_leaves = dict(_leaves(ref_out)), dict(_leaves(out))
+    if ref_leaves.keys() != out_leaves.keys():
+        raise ReparamError(f"the fused model returns {sorted(out_leaves)} where the original "
+                           f"returns {sorted(ref_leaves)}; a module changes its outputs on fusion")
+    worst: OutputDiff | None = None
+    for where, a in ref_leaves.items():
+        b = out_leaves[where]
+        if a.shape != b.shape:
+            raise ReparamError(f"{where} has shape {tuple(b.shape)} after fusion, "
+                               f"{tuple(a.shape)} before; a module does not fuse exactly")
+        if a.numel() == 0:
+            continue
+        a, b = a.double(), b.double()
+        leaf = OutputDiff(float((a - b).abs().max()), float(a.abs().max()), where)
+        if worst is None or not leaf.rel <= worst.rel:  # (NaN counts as worst)
+            worst = leaf
+    return worst if worst is not None else OutputDiff(0.0, 0.0)
+
+
+def _leaves(obj: object, where: str = "output") -> list[tuple[str, torch.Tensor]]:
+    """The floating-point tensors in a (nested) tuple/list/dict output, named by their path:
+    ``output[0]['boxes']`` (a detector's), ``output[2]`` (a features_only model's)."""
+    if isinstance(obj, torch.Tensor):
+        return [(where, obj)] if obj.is_floating_point() else []
+    if isinstance(obj, dict):
+        return [leaf for k, v in obj.items() for leaf in _leaves(v, f"{where}[{k!r}]")]
+    if isinstance(obj, (list, tuple)):
+        return [leaf for i, v in enumerate(obj) for leaf in _leaves(v, f"{where}[{i}]")]
+    return []
 
 
 def max_abs_diff(
@@ -200,8 +227,9 @@ def reparameterize(
         if rtol is None:
             rtol = default_rtol(p.dtype if p is not None else torch.float32)
         if not diff.ok(rtol, atol):
+            at = "" if diff.where == "output" else f" at {diff.where}"
             raise ReparamError(
-                f"reparameterized model differs from the original by {diff.max_abs:.3g} "
+                f"reparameterized model differs from the original by {diff.max_abs:.3g}{at} "
                 f"({diff.rel:.1e} of the output scale {diff.scale:.3g}; tolerance "
                 f"{diff.tolerance(rtol, atol):.1e}); a module in it does not fuse exactly")
         logger.info("reparameterize: verified, max abs difference %.3g (%.1e relative)",
