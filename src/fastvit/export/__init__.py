@@ -12,6 +12,7 @@ from fastvit.export.common import PARITY_TOL, ExportReport, fuse_for_export
 from fastvit.export.compiled import CompiledInference
 from fastvit.export.coreml import coreml_available, export_coreml, inspect_coreml
 from fastvit.export.onnx import describe_onnx, export_onnx, ort_session, read_onnx_metadata
+from fastvit.export.program import export_program
 from fastvit.export.quantize import bf16_supported, quantize_onnx, to_bf16
 from fastvit.export.torchscript import export_torchscript, load_torchscript
 
@@ -25,6 +26,7 @@ __all__ = [
     "describe_onnx",
     "export_coreml",
     "export_onnx",
+    "export_program",
     "export_torchscript",
     "fuse_for_export",
     "inspect_coreml",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastvit.layers.inference.conv import FusedConv2d
@@ -30,7 +31,9 @@ class ConvBN(Reparameterizable):
         self.stride, self.padding, self.groups = stride, padding, groups
         # A strided 1x1 conv without padding only reads every stride-th pixel: run it as a
         # stride-1 conv on the subsampled input (same result; and torch 2.14's oneDNN backward
-        # of strided 1x1 convs on channels-last CPU tensors crashes at >= 112 px).
+        # of strided 1x1 convs on channels-last CPU tensors crashes at >= 112 px). The
+        # subsampling is a 1x1 max-pool, not a slice: its output size has the conv formula
+        # (H - 1) // s + 1, so torch.export sees it equal to the other branches' sizes.
         self.subsample = stride if kernel_size == 1 and padding == 0 and stride > 1 else 1
         if inference_mode:
             self.conv = None
@@ -49,7 +52,7 @@ class ConvBN(Reparameterizable):
             return self.reparam_conv(x)
         assert self.conv is not None and self.bn is not None
         if self.subsample > 1:
-            x = x[:, :, :: self.subsample, :: self.subsample]
+            x = F.max_pool2d(x, 1, self.subsample)
         return self.bn(self.conv(x))
 
     def get_kernel_bias(self) -> tuple[Tensor, Tensor]:
