@@ -122,7 +122,8 @@ def evaluate_checkpoint(
     return {
         "checkpoint": str(checkpoint),
         "variant": card.variant,
-        "form": card.form,
+        # an export says how it ran (e.g. "openvino f32"); ONNX/TorchScript give the card's form
+        "form": getattr(getattr(model, "predictor", None), "runtime", card.form),
         "data": data_name,
         "images": stats["n"],
         "input_size": prep.input_size[-1],
