@@ -174,8 +174,10 @@ def load_predictor(
         found = detect_file_type(source)
         kind = {ONNX: "onnx", TORCHSCRIPT: "torchscript", OPENVINO_XML: "openvino",
                 OPENVINO_BIN: "openvino"}.get(found, "checkpoint")
-        if kind == "openvino" or source.suffix.lower() == ".xml":  # a broken IR is named so
-            kind, source = "openvino", source.with_suffix(".xml")
+        if found == OPENVINO_BIN:  # the weights half of an IR: run its .xml
+            source = source.with_suffix(".xml")
+        elif source.suffix.lower() == ".xml":  # a broken IR is reported as one
+            kind = "openvino"
     backend = backend or {"onnx": "onnxruntime", "openvino": "openvino"}.get(kind, "torch")
 
     if kind == "onnx":
