@@ -305,3 +305,15 @@ def test_bench_runners(tmp_path: Path, art: dict) -> None:
                            rounds=1, round_time=0.01, memory=False)
     (row,) = result.rows
     assert row.backend == "file" and row.variant == str(art["f32"]) and row.gflop > 0
+
+
+def test_ir_found_by_content(art: dict, tmp_path: Path) -> None:
+    """An IR under another suffix runs as an IR; its .bin stands for the pair."""
+    from fastvit.infer import load_predictor
+
+    xml = tmp_path / "renamed.pth"
+    xml.write_bytes(art["f32"].read_bytes())
+    (tmp_path / "renamed.bin").write_bytes(art["f32"].with_suffix(".bin").read_bytes())
+    for source in (xml, art["f32"].with_suffix(".bin")):
+        predictor = load_predictor(source, threads=1)
+        assert predictor.backend == "openvino" and predictor.card.class_names == tuple(DIGITS)
