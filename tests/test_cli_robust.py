@@ -360,7 +360,7 @@ def test_file_type_is_detected_first(kind, expect, command, tmp_path, capsys):
     else:
         path.write_text("<!DOCTYPE html><html><body>404</body></html>")
     assert detect_file_type(path) not in ("torch", "safetensors", "torch-legacy")
-    if command == "eval" and kind in ("torchscript", "onnx"):
+    if command == "eval" and kind in ("torchscript", "onnx", "openvino"):
         # eval runs exports now (as predict does): detected by content, not by the .pth suffix
         rc, _out, err = run_cli([command, path], capsys)
         assert rc == 2 and "corrupt" not in err and "pickled" not in err, err

@@ -23,7 +23,15 @@ from typing import Any
 import torch
 
 from fastvit.bench.measure import peak_memory_mb, sgemm_runner, time_interleaved
-from fastvit.bench.runners import BACKENDS, TIMM_BACKENDS, RunnerSpec, build_runner, count_flops
+from fastvit.bench.runners import (
+    BACKENDS,
+    FILE_BACKEND,
+    TIMM_BACKENDS,
+    RunnerSpec,
+    build_runner,
+    count_flops,
+    is_model_file,
+)
 from fastvit.errors import ConfigError
 from fastvit.fileio import atomic_path, write_text_atomic
 
@@ -81,7 +89,17 @@ def machine_info(threads: int) -> dict[str, Any]:
     return {"cpu": cpu, "cpu_count": os.cpu_count(), "threads": threads,
             "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
             "python": sys.version.split()[0], "torch": torch.__version__,
-            "onnxruntime": onnxruntime.__version__, "platform": platform.platform()}
+            "onnxruntime": onnxruntime.__version__, "openvino": _version("openvino"),
+            "platform": platform.platform()}
+
+
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
 
 
 def run_benchmark(
@@ -119,6 +137,10 @@ def run_benchmark(
 
     specs: list[RunnerSpec] = []
     for v in variants:
+        if is_model_file(v):  # an exported model (.xml/.onnx/TorchScript) runs as it is
+            specs += [RunnerSpec(v, FILE_BACKEND, bs, size, "fastvit", threads, str(cache_dir))
+                      for bs in batches]
+            continue
         for be in backends:
             for bs in batches:
                 specs.append(RunnerSpec(v, be, bs, size, "fastvit", threads, str(cache_dir)))

@@ -116,6 +116,9 @@ def _memory_child(spec: RunnerSpec, warmup: int, conn: Any) -> None:
 
         import fastvit  # noqa: F401
 
+        if spec.backend.startswith("openvino"):
+            import openvino  # noqa: F401
+
         base = _rss_bytes()
         peak = [base]
         stop = threading.Event()

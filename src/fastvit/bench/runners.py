@@ -12,7 +12,13 @@ Backends (all CPU, float32 unless named otherwise):
 * ``bf16-compile``       that bf16 model through ``torch.compile`` (inductor, frozen weights);
 * ``onnxruntime``        the exported fused ONNX model in onnxruntime (all graph optimizations);
 * ``onnxruntime-int8``   that model statically quantized to int8 (QDQ, per-channel weights,
-                         calibrated on the digits train split).
+                         calibrated on the digits train split);
+* ``openvino-f32``       the same ONNX model converted to OpenVINO, float32 precision hint;
+* ``openvino-bf16``      that OpenVINO model with the bf16 precision hint;
+* ``openvino-int8``      that OpenVINO model quantized by NNCF (calibrated on the digits train
+                         split), float32 hint for the ops left in floating point.
+
+OpenVINO runners are compiled for a static batch with the LATENCY hint and one stream.
 
 ``impl="timm"`` builds timm's model of the same variant, reparameterized with
 ``timm.utils.reparameterize_model`` for every backend but ``unfused``.
@@ -33,11 +39,27 @@ from torch import nn
 from fastvit.errors import ConfigError
 
 BACKENDS = ("unfused", "eager", "channels_last", "compile", "torchscript", "bf16",
-            "bf16-compile", "onnxruntime", "onnxruntime-int8")
+            "bf16-compile", "onnxruntime", "onnxruntime-int8", "openvino-f32", "openvino-bf16",
+            "openvino-int8")
+OPENVINO_BACKENDS = ("openvino-f32", "openvino-bf16", "openvino-int8")
+#: Backend name of a runner for an exported model file given in place of a variant.
+FILE_BACKEND = "file"
+MODEL_FILE_SUFFIXES = (".xml", ".onnx", ".pt")
+
+
+def is_model_file(variant: str) -> bool:
+    """Whether a bench "variant" is an exported model file (OpenVINO .xml, .onnx, TorchScript)."""
+    return Path(variant).suffix.lower() in MODEL_FILE_SUFFIXES and Path(variant).is_file()
+
+
+def _file_predictor(spec: RunnerSpec) -> Any:
+    from fastvit.infer import load_predictor
+
+    return load_predictor(spec.variant, size=spec.size, threads=spec.threads)
 IMPLS = ("fastvit", "timm")
 #: Backends that timm's model can be run with for --compare-timm.
 TIMM_BACKENDS = ("unfused", "eager", "channels_last", "compile", "torchscript", "bf16",
-                 "bf16-compile", "onnxruntime")
+                 "bf16-compile", "onnxruntime", "openvino-f32", "openvino-bf16", "openvino-int8")
 
 
 @dataclass(frozen=True)
@@ -116,8 +138,41 @@ def onnx_path(spec: RunnerSpec, int8: bool = False) -> Path:
     return q
 
 
+def openvino_model(spec: RunnerSpec) -> Any:
+    """The OpenVINO model for ``spec`` (from the cached ONNX file; NNCF int8 for
+    ``openvino-int8``, cached as an IR so memory children reuse it)."""
+    import openvino as ov
+
+    from fastvit.export.openvino import require_openvino
+
+    require_openvino()
+    fp32 = onnx_path(spec)
+    if spec.backend != "openvino-int8":
+        return ov.convert_model(str(fp32))
+    xml = fp32.with_name(fp32.stem + "_ov_int8.xml")
+    if not xml.exists():
+        from fastvit.data import calibration_images
+        from fastvit.export.onnx import read_onnx_metadata
+        from fastvit.export.openvino import quantize_int8, save_ir
+
+        card = read_onnx_metadata(fp32)
+        assert card is not None
+        # random weights: calibration only sets ranges for timing; fewer images at large sizes
+        calib = calibration_images("digits", card.preprocessing,
+                                   limit=64 if spec.size <= 256 else 8)
+        save_ir(quantize_int8(ov.convert_model(str(fp32)), calib), xml, overwrite=True)
+    return ov.Core().read_model(str(xml))
+
+
 def build_runner(spec: RunnerSpec) -> Runner:
     """Build the model for ``spec`` and return a callable running one batch."""
+    if spec.backend == FILE_BACKEND:  # its own runtime and stored precision
+        if spec.threads:
+            torch.set_num_threads(spec.threads)
+        predictor = _file_predictor(spec)
+        g = torch.Generator().manual_seed(spec.batch * 100003 + spec.size)
+        xf = torch.randn(spec.batch, *predictor.card.input_size, generator=g).numpy()
+        return Runner(spec, lambda: predictor.logits(xf))
     if spec.backend not in BACKENDS:
         raise ConfigError(f"unknown backend {spec.backend!r}; use any of {', '.join(BACKENDS)}")
     if spec.impl == "timm" and spec.backend not in TIMM_BACKENDS:
@@ -126,6 +181,16 @@ def build_runner(spec: RunnerSpec) -> Runner:
         torch.set_num_threads(spec.threads)
     g = torch.Generator().manual_seed(spec.batch * 100003 + spec.size)  # same for all backends
     x = torch.randn(spec.batch, 3, spec.size, spec.size, generator=g)
+
+    if spec.backend in OPENVINO_BACKENDS:
+        from fastvit.export.openvino import compile_ir
+
+        precision = "bf16" if spec.backend == "openvino-bf16" else "f32"
+        compiled = compile_ir(openvino_model(spec), precision, threads=spec.threads,
+                              batch=spec.batch)
+        request = compiled.create_infer_request()
+        feed = {0: x.numpy()}
+        return Runner(spec, lambda: request.infer(feed))
 
     if spec.backend.startswith("onnxruntime"):
         from fastvit.export.onnx import ort_session
@@ -164,6 +229,8 @@ def count_flops(variant: str, size: int, impl: str = "fastvit") -> float:
     """FLOPs (multiply-adds x 2) of one fused forward at batch 1, counted by PyTorch."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    if is_model_file(variant):  # the variant named in the file's model card
+        variant = _file_predictor(RunnerSpec(variant, FILE_BACKEND, 1, size)).card.variant
     model = build_model(variant, impl, fused=True)
     x = torch.zeros(1, 3, size, size)
     counter = FlopCounterMode(display=False)

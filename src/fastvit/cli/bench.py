@@ -13,12 +13,15 @@ import sys
 
 def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("variants", nargs="*", default=["fastvit_t8"],
-                   help="model variants (default: fastvit_t8; 'all' for every variant)")
+                   help="model variants (default: fastvit_t8; 'all' for every variant) or "
+                        "exported model files (OpenVINO .xml, .onnx, TorchScript .pt: run with "
+                        "their own runtime and stored precision)")
     p.add_argument("--batch", default="1", help="comma-separated batch sizes (default 1)")
     p.add_argument("--size", type=int, default=256, help="input height/width (default 256)")
-    p.add_argument("--backend", default="eager",
+    p.add_argument("--backend", "--runtimes", dest="backend", default="eager",
                    help="comma-separated: unfused, eager, channels_last, compile, torchscript, "
-                        "bf16, bf16-compile, onnxruntime, onnxruntime-int8 (default eager)")
+                        "bf16, bf16-compile, onnxruntime, onnxruntime-int8, openvino-f32, "
+                        "openvino-bf16, openvino-int8 (default eager)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads (default: chosen from the CPUs available and the load)")
     p.add_argument("--compare-timm", action="store_true",

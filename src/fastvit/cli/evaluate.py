@@ -14,7 +14,8 @@ import argparse
 
 def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", metavar="CKPT", help="model file (.safetensors/.pth), a "
-                   "training run's last.pt/best.pt, or an exported .onnx/TorchScript file")
+                   "training run's last.pt/best.pt, or an exported model (OpenVINO .xml, .onnx, "
+                   "TorchScript .pt: run with its own runtime and stored preprocessing)")
     p.add_argument("--data", metavar="DIR", help="ImageFolder root (its val/ split is used) or "
                    "a folder of class folders (default: the digits val split)")
     p.add_argument("--input-size", type=int, metavar="PX", help="default: from the checkpoint")

@@ -1,4 +1,4 @@
-"""`fastvit export CKPT --format onnx[,onnx-int8,torchscript,coreml]`: deployable files.
+"""`fastvit export CKPT --format onnx[,onnx-int8,torchscript,coreml,openvino]`: deployable files.
 
 Every format is exported from the fully fused model and checked: ONNX and TorchScript
 against PyTorch on image-like random and real inputs (max |diff| <= 1e-5 x (1 + max |output|),
@@ -17,9 +17,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-FORMATS = ("onnx", "onnx-int8", "torchscript", "coreml")
+FORMATS = ("onnx", "onnx-int8", "torchscript", "coreml", "openvino")
 SUFFIX = {"onnx": ".onnx", "onnx-int8": ".int8.onnx", "torchscript": ".torchscript.pt",
-          "coreml": ".mlpackage"}
+          "coreml": ".mlpackage", "openvino": ".xml"}
 
 
 def add_parser(p: argparse.ArgumentParser) -> None:
@@ -28,9 +28,11 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                    help="comma-separated formats (default: onnx): onnx; onnx-int8 (static int8, "
                         "writes the fp32 .onnx too); torchscript; coreml (.mlpackage, needs "
                         "`pip install 'fastvit[coreml]'`; converted and spec-checked on any OS, "
-                        "but CoreML models only RUN on macOS)")
+                        "but CoreML models only RUN on macOS); openvino (IR .xml + .bin, needs "
+                        "`pip install 'fastvit[openvino]'`)")
     p.add_argument("-o", "--output", default=None,
-                   help="output file (one format only); default: next to the checkpoint")
+                   help="output file (one format only; for openvino a NAME.xml or a folder); "
+                        "default: next to the checkpoint")
     p.add_argument("--output-dir", default=None, help="directory for the exported files")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--size", type=int, default=None,
@@ -44,11 +46,13 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                    help="folder of real images for the parity check (default: bundled digits)")
     p.add_argument("--no-verify", action="store_true", help="skip the parity checks")
     g = p.add_argument_group("int8 quantization (--format onnx-int8)")
-    g.add_argument("--calibration", default="digits",
-                   help="'digits' (bundled digits train split), a data root (its train/ "
-                        "split) or a folder of images")
-    g.add_argument("--calibration-count", type=int, default=128,
-                   help="number of calibration images (default 128)")
+    g.add_argument("--calibration", "--calib", dest="calibration", default=None,
+                   metavar="DIR", help="'digits' (bundled digits train split), a data root (its "
+                   "train/ split) or a folder of images (default: digits; for openvino --int8 "
+                   "only for a model trained on the digits)")
+    g.add_argument("--calibration-count", type=int, default=None,
+                   help="number of calibration images (default 128 for onnx-int8, 300 for "
+                        "openvino --int8: NNCF's default)")
     g.add_argument("--quant-format", default="qdq", choices=("qdq", "qoperator"))
     g.add_argument("--calibration-method", default="minmax",
                    choices=("minmax", "percentile", "entropy"))
@@ -57,6 +61,15 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                         "--data` reads it) or a folder of class folders: fp32 vs int8 top-1")
     g.add_argument("--threads", type=int, default=None,
                    help="CPU threads (default: chosen from the CPUs available and the load)")
+    g = p.add_argument_group("OpenVINO (--format openvino)")
+    g.add_argument("--precision", choices=("f32", "bf16"), default="f32",
+                   help="inference precision stored with the model (default f32: checked "
+                        "against PyTorch like ONNX; bf16: reported as top-1 agreement)")
+    g.add_argument("--int8", action="store_true",
+                   help="NNCF post-training int8 quantization (calibrated on --calib)")
+    g.add_argument("--max-drop", type=float, default=1.0,
+                   help="int8: refuse to write if top-1 on --val drops more (points, default 1)")
+    g.add_argument("--force", action="store_true", help="int8: write despite --max-drop")
     p.add_argument("--coreml-precision", default="float32", choices=("float32", "float16"))
 
 
@@ -71,20 +84,39 @@ def _outputs(args: argparse.Namespace, formats: list[str]) -> dict[str, Path]:
     if args.output is not None:
         if len(formats) != 1:
             raise ConfigError("--output takes one format; use --output-dir for several")
-        outputs = {formats[0]: Path(args.output)}
+        out = Path(args.output)
+        outputs = {formats[0]: _openvino_path(args, out) if formats[0] == "openvino" else out}
     else:
         out_dir = Path(args.output_dir) if args.output_dir else ckpt.parent
         if out_dir.exists() and not out_dir.is_dir():
             raise ConfigError(f"--output-dir {out_dir} is a file; give a folder")
         stem = output_stem(ckpt)
-        outputs = {f: out_dir / f"{stem}{SUFFIX[f]}" for f in formats}
+        outputs = {f: out_dir / f"{stem}{_suffix(args, f)}" for f in formats}
     if "onnx-int8" in outputs and "onnx" not in outputs:  # int8 also writes the fp32 model
         out = outputs["onnx-int8"]
         fp32 = out.with_name(out.name.replace(".int8.onnx", ".onnx"))
         outputs["onnx-fp32"] = out.with_name(out.stem + ".fp32.onnx") if fp32 == out else fp32
     for path in outputs.values():
         check_writable_target(path, overwrite=args.overwrite)
+        if path.suffix == ".xml":  # an IR is two files
+            check_writable_target(path.with_suffix(".bin"), overwrite=args.overwrite)
     return outputs
+
+
+def _suffix(args: argparse.Namespace, fmt: str) -> str:
+    if fmt != "openvino":
+        return SUFFIX[fmt]
+    return ".int8.xml" if args.int8 else f".{args.precision}.xml" if args.precision != "f32" \
+        else ".xml"
+
+
+def _openvino_path(args: argparse.Namespace, out: Path) -> Path:
+    """--output for openvino: NAME.xml as given, or a folder to put <checkpoint>.xml in."""
+    from fastvit.cli.reparam import output_stem
+
+    if out.suffix.lower() == ".xml":
+        return out
+    return out / f"{output_stem(Path(args.checkpoint))}{_suffix(args, 'openvino')}"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -102,6 +134,15 @@ def run(args: argparse.Namespace) -> int:
     check_size(args.size)
     check_min(args.calibration_count, "--calibration-count", 1)
     check_min(args.threads, "--threads", 1)
+    if args.int8 and "openvino" not in formats:
+        raise ConfigError("--int8 quantizes the OpenVINO model: add --format openvino "
+                          "(for onnxruntime int8 use --format onnx-int8)")
+    if "openvino" in formats:  # before loading anything: the extra may be missing
+        from fastvit.export.openvino import require_nncf, require_openvino
+
+        require_openvino()
+        if args.int8:
+            require_nncf()
     outputs = _outputs(args, formats)
     threads = setup_threads(args.threads)
     args.threads = threads.threads
@@ -129,6 +170,16 @@ def run(args: argparse.Namespace) -> int:
             report = export_torchscript(model, out, verify=not args.no_verify,
                                         check_images=args.check_images, **common)
             print(report.summary())
+        elif fmt == "openvino":
+            from fastvit.export.openvino import export_openvino
+
+            report = export_openvino(
+                model, out,
+                precision=args.precision, int8=args.int8, calib=args.calibration,
+                calib_count=args.calibration_count or 300, val=args.val, max_drop=args.max_drop,
+                force=args.force, verify=not args.no_verify, check_images=args.check_images,
+                threads=args.threads, overwrite=args.overwrite, **common)
+            print(report.summary())
         elif fmt == "coreml":
             from fastvit.export.coreml import export_coreml
 
@@ -147,12 +198,13 @@ def _export_int8(args: argparse.Namespace, fp32: Path, out: Path) -> None:
 
     card = read_onnx_metadata(fp32)
     assert card is not None
-    calib = calibration_images(args.calibration, card.preprocessing, limit=args.calibration_count)
+    calib = calibration_images(args.calibration or "digits", card.preprocessing,
+                               limit=args.calibration_count or 128)
     batches = [calib[i:i + 16] for i in range(0, len(calib), 16)]
     quantize_onnx(fp32, out, batches, quant_format=args.quant_format,
                   method=args.calibration_method)
     print(f"wrote int8 ONNX model to {out} ({args.quant_format}, per-channel weights, "
-          f"{len(calib)} calibration images from {args.calibration})")
+          f"{len(calib)} calibration images from {args.calibration or 'digits'})")
     if args.val is not None:  # the val split, exactly as `fastvit eval --data` reads it
         val = load_labelled(args.val, card)
         a32 = onnx_top1(ort_session(fp32, threads=args.threads), val)

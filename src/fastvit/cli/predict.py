@@ -19,14 +19,15 @@ import warnings
 
 def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("paths", nargs="+", metavar="[MODEL] IMAGES",
-                   help="the model (checkpoint .safetensors/.pth, TorchScript .pt, .onnx, a "
+                   help="the model (checkpoint .safetensors/.pth, TorchScript .pt, .onnx, "
+                        "OpenVINO .xml, a "
                         "pretrained tag, hf-hub:org/name or a URL) unless --model gives it, "
                         "then an image file or a folder of images (searched recursively)")
     p.add_argument("--model", default=None,
                    help="the model, e.g. a pretrained tag such as fastvit_t8.apple_in1k")
     p.add_argument("--top-k", type=int, default=5, help="classes to show per image (default 5)")
-    p.add_argument("--backend", choices=("torch", "onnxruntime"), default=None,
-                   help="default: onnxruntime for .onnx files, torch otherwise")
+    p.add_argument("--backend", choices=("torch", "onnxruntime", "openvino"), default=None,
+                   help="default: onnxruntime for .onnx, openvino for .xml, torch otherwise")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.add_argument("--batch-size", type=int, default=16, help="images per batch (default 16)")
     p.add_argument("--size", type=int, default=None, help="override the input size")

@@ -26,8 +26,9 @@ from torch import nn
 from fastvit.card import ModelCard, Preprocessing
 from fastvit.data import eval_transform, load_image, read_class_names
 from fastvit.errors import CheckpointError, ConfigError, DataError
+from fastvit.infer.base import Predictor
 
-BACKENDS = ("torch", "onnxruntime")
+BACKENDS = ("torch", "onnxruntime", "openvino")
 __all__ = ["BACKENDS", "MissingClassNamesWarning", "OnnxPredictor", "Prediction", "Predictor",
            "PredictorModule", "TorchPredictor", "is_export_file", "is_torchscript",
            "load_predictor", "predict_images", "read_class_names"]
@@ -38,21 +39,6 @@ class MissingClassNamesWarning(UserWarning):
 
 
 # --------------------------------------------------------------------------- predictors
-
-class Predictor:
-    """Maps a normalized float32 batch ``(N, C, H, W)`` to logits ``(N, num_classes)``."""
-
-    card: ModelCard
-    backend: str
-
-    def logits(self, batch: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    @property
-    def max_batch(self) -> int | None:
-        """Largest batch the model accepts (``None``: any)."""
-        return None
-
 
 class TorchPredictor(Predictor):
     """Runs a fused PyTorch (or TorchScript) module."""
@@ -141,12 +127,14 @@ def is_torchscript(path: Path) -> bool:
 
 
 def is_export_file(path: str | Path) -> bool:
-    """Whether ``path`` is an exported model (ONNX or TorchScript) rather than a checkpoint,
-    judged by its content (:mod:`fastvit.checkpoints.filetype`), not its suffix."""
-    from fastvit.checkpoints.filetype import ONNX, TORCHSCRIPT, detect_file_type
+    """Whether ``path`` is an exported model (ONNX, TorchScript or an OpenVINO ``.xml``) rather
+    than a checkpoint, judged by its content (:mod:`fastvit.checkpoints.filetype`); any
+    ``.xml`` counts, so a broken IR is reported as one."""
+    from fastvit.checkpoints.filetype import ONNX, OPENVINO_XML, TORCHSCRIPT, detect_file_type
 
     path = Path(path)
-    return path.is_file() and detect_file_type(path) in (ONNX, TORCHSCRIPT)
+    return path.is_file() and (detect_file_type(path) in (ONNX, TORCHSCRIPT, OPENVINO_XML)
+                               or path.suffix.lower() == ".xml")
 
 
 def load_predictor(
@@ -157,11 +145,13 @@ def load_predictor(
     class_names: Sequence[str] | None = None,
     threads: int | None = None,
 ) -> Predictor:
-    """A :class:`Predictor` for a checkpoint, run file, TorchScript file, ONNX file or module.
+    """A :class:`Predictor` for a checkpoint, run file, TorchScript, ONNX or OpenVINO file, or
+    a module.
 
     Checkpoints and training run files (``best.pt``/``last.pt``) are read by
     :func:`fastvit.load_model`, the one loader, with their stored preprocessing and class
-    names. ``backend`` defaults to onnxruntime for ``.onnx`` files and torch otherwise; a PyTorch
+    names. ``backend`` defaults to onnxruntime for ONNX files, openvino for OpenVINO IRs
+    (``.xml``, run with the precision stored in them) and torch otherwise; a PyTorch
     checkpoint run with onnxruntime is exported to ONNX in memory first. ``size`` overrides
     the input size from the metadata; ``class_names`` overrides (or supplies) class names.
     """
@@ -173,16 +163,37 @@ def load_predictor(
         source = Path(source)
         if not source.exists():
             raise CheckpointError(f"model file {source} does not exist; check the path")
-        from fastvit.checkpoints.filetype import ONNX, TORCHSCRIPT, detect_file_type
+        from fastvit.checkpoints.filetype import (
+            ONNX,
+            OPENVINO_BIN,
+            OPENVINO_XML,
+            TORCHSCRIPT,
+            detect_file_type,
+        )
 
-        kind = {ONNX: "onnx", TORCHSCRIPT: "torchscript"}.get(detect_file_type(source),
-                                                             "checkpoint")
-    backend = backend or ("onnxruntime" if kind == "onnx" else "torch")
+        found = detect_file_type(source)
+        kind = {ONNX: "onnx", TORCHSCRIPT: "torchscript", OPENVINO_XML: "openvino",
+                OPENVINO_BIN: "openvino"}.get(found, "checkpoint")
+        if found == OPENVINO_BIN:  # the weights half of an IR: run its .xml
+            source = source.with_suffix(".xml")
+        elif source.suffix.lower() == ".xml":  # a broken IR is reported as one
+            kind = "openvino"
+    backend = backend or {"onnx": "onnxruntime", "openvino": "openvino"}.get(kind, "torch")
 
     if kind == "onnx":
         if backend != "onnxruntime":
             raise ConfigError(f"{source} is an ONNX model; run it with --backend onnxruntime")
         return _onnx_file_predictor(Path(source), size, class_names, threads)
+    if kind == "openvino":
+        if backend != "openvino":
+            raise ConfigError(f"{source} is an OpenVINO model; run it with --backend openvino")
+        from fastvit.infer.openvino import openvino_file_predictor
+
+        if size is not None:
+            _finish_meta(ModelCard(), size, None)  # the size check, before any reshape
+        predictor = openvino_file_predictor(Path(source), size=size, threads=threads)
+        predictor.card = _finish_meta(predictor.card, size, class_names)
+        return predictor
     if kind == "torchscript":
         from fastvit.export.torchscript import load_torchscript
 
@@ -199,6 +210,10 @@ def load_predictor(
         if threads:
             torch.set_num_threads(int(threads))
         return TorchPredictor(fused, meta)
+    if backend == "openvino":
+        from fastvit.infer.openvino import module_predictor
+
+        return module_predictor(fused, meta, threads=threads)
     from fastvit.export.onnx import onnx_proto, ort_session
 
     proto = onnx_proto(fused, meta, dynamic_hw=False)

@@ -29,7 +29,9 @@ def load_for_eval(
     if is_export_file(path):
         if use_ema is not None:
             raise ConfigError(f"{path} is an exported model; --ema/--no-ema apply to run files")
-        module = PredictorModule(load_predictor(path, size=input_size))
+        # the export's runtime (onnxruntime/OpenVINO) uses the threads chosen for torch
+        module = PredictorModule(load_predictor(path, size=input_size,
+                                                threads=torch.get_num_threads()))
         return module.eval(), module.card
     if use_ema is not None and path.suffix == ".safetensors":
         raise ConfigError(
@@ -122,7 +124,8 @@ def evaluate_checkpoint(
     return {
         "checkpoint": str(checkpoint),
         "variant": card.variant,
-        "form": card.form,
+        # an export says how it ran (e.g. "openvino f32"); ONNX/TorchScript give the card's form
+        "form": getattr(getattr(model, "predictor", None), "runtime", card.form),
         "data": data_name,
         "images": stats["n"],
         "input_size": prep.input_size[-1],
