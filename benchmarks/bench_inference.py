@@ -59,6 +59,7 @@ def torch_fn(model: Callable, x: torch.Tensor) -> Callable[[], object]:
     def run() -> object:
         with torch.inference_mode():
             return model(x)
+
     return run
 
 
@@ -70,13 +71,22 @@ def report(names: list[str], timings: list[Timing], ref: str | None = None) -> N
     """
     base = dict(zip(names, timings))[ref] if ref else None
     for n, t in zip(names, timings):
-        ratio = (f"  x{t.median_ms / base.median_ms:.3f} (median) x{t.p10_ms / base.p10_ms:.3f} "
-                 f"(p10) vs {ref}") if base else ""
-        print(f"  {n:<44} median {t.median_ms:8.2f}  p90 {t.p90_ms:8.2f}  p10 {t.p10_ms:7.2f} ms"
-              f"  n={len(t.samples):<4}{ratio}")
+        ratio = (
+            (
+                f"  x{t.median_ms / base.median_ms:.3f} (median) x{t.p10_ms / base.p10_ms:.3f} "
+                f"(p10) vs {ref}"
+            )
+            if base
+            else ""
+        )
+        print(
+            f"  {n:<44} median {t.median_ms:8.2f}  p90 {t.p90_ms:8.2f}  p10 {t.p10_ms:7.2f} ms"
+            f"  n={len(t.samples):<4}{ratio}"
+        )
 
 
 # --------------------------------------------------------------------------- post-ops
+
 
 class PostOpsSwitch:
     """Turn the fused models' oneDNN post-op kernels (:mod:`fastvit.layers.inference.kernels`)
@@ -93,38 +103,49 @@ class PostOpsSwitch:
             self._mod.kernels_available = self._real if on else (lambda: False)
             with torch.inference_mode():
                 return model(x)
+
         return run
 
 
 def section_postops(args: argparse.Namespace) -> None:
     """Effect of the oneDNN post-op fusion (GELU / residual add inside the GEMM or conv) on
     fused eager latency and on the unfused -> fused speed-up, every variant."""
-    print(f"\n== postops: fused eager with / without the oneDNN post-op kernels (batch 1, "
-          f"{SIZE}px, fp32, {args.threads} threads) ==")
+    print(
+        f"\n== postops: fused eager with / without the oneDNN post-op kernels (batch 1, "
+        f"{SIZE}px, fp32, {args.threads} threads) =="
+    )
     x = torch.randn(1, 3, SIZE, SIZE)
     switch = PostOpsSwitch()
     names, fns = [], []
     for v in fastvit.list_models():
         unfused = build_model(v, "fastvit", fused=False)
         fused = build_model(v, "fastvit", fused=True)
-        for name, m, on in (("unfused", unfused, True), ("fused, post-ops off", fused, False),
-                            ("fused", fused, True)):
+        for name, m, on in (
+            ("unfused", unfused, True),
+            ("fused, post-ops off", fused, False),
+            ("fused", fused, True),
+        ):
             names.append(f"{v} | {name}")
             fns.append(switch.fn(m, x, on))
-    timings = time_interleaved(fns, warmup=args.warmup, rounds=args.rounds,
-                               round_time=args.round_time)
+    timings = time_interleaved(
+        fns, warmup=args.warmup, rounds=args.rounds, round_time=args.round_time
+    )
     report(names, timings)
     t = dict(zip(names, timings))
     for stat in ("median_ms", "p10_ms"):
         print(f"\n [{stat[:-3]}] unfused / fused (target 3, goal >= 1.5) and the post-ops' share")
         for v in fastvit.list_models():
-            un, off, on = (getattr(t[f"{v} | {n}"], stat)
-                           for n in ("unfused", "fused, post-ops off", "fused"))
-            print(f"  {v:<14} unfused/fused {un / on:.2f}x  (post-ops off: {un / off:.2f}x)   "
-                  f"fused {on:.2f} ms vs {off:.2f} ms without post-ops: x{on / off:.3f}")
+            un, off, on = (
+                getattr(t[f"{v} | {n}"], stat) for n in ("unfused", "fused, post-ops off", "fused")
+            )
+            print(
+                f"  {v:<14} unfused/fused {un / on:.2f}x  (post-ops off: {un / off:.2f}x)   "
+                f"fused {on:.2f} ms vs {off:.2f} ms without post-ops: x{on / off:.3f}"
+            )
 
 
 # --------------------------------------------------------------------------- targets
+
 
 def fused_models_from(src: str, variants: tuple[str, ...]) -> dict[str, nn.Module]:
     """Fused eval-mode models of ``variants`` built by the fastvit package in ``src`` (another
@@ -167,11 +188,16 @@ def section_targets(args: argparse.Namespace) -> None:
         for v, m in fused_models_from(args.before, TARGET_VARIANTS).items():
             before_fns[f"before:{v}:eager:b1"] = torch_fn(m, x)
             before_fns[f"before:{v}:channels_last:b1"] = torch_fn(
-                m.to(memory_format=torch.channels_last), x_cl)
+                m.to(memory_format=torch.channels_last), x_cl
+            )
     specs: list[RunnerSpec] = []
     for v in TARGET_VARIANTS:
-        for impl, backend in (("timm", "eager"), ("timm", "channels_last"), ("fastvit", "eager"),
-                              ("fastvit", "channels_last")):
+        for impl, backend in (
+            ("timm", "eager"),
+            ("timm", "channels_last"),
+            ("fastvit", "eager"),
+            ("fastvit", "channels_last"),
+        ):
             specs.append(RunnerSpec(v, backend, 1, SIZE, impl, args.threads))
     every = args.variants.split(",") if args.variants else fastvit.list_models()
     for v in every:
@@ -186,11 +212,13 @@ def section_targets(args: argparse.Namespace) -> None:
     keys = [s.key for s in specs] + list(before_fns)
     fns += list(before_fns.values())
     log(f"timing {len(fns)} runners, {args.rounds} rounds")
-    timings = time_interleaved(fns, warmup=args.warmup, rounds=args.rounds,
-                               round_time=args.round_time)
+    timings = time_interleaved(
+        fns, warmup=args.warmup, rounds=args.rounds, round_time=args.round_time
+    )
     t = dict(zip(keys, timings))
     report(keys, timings)
     for stat in ("median_ms", "p10_ms"):
+
         def ms(key: str, stat: str = stat) -> float:
             return getattr(t[key], stat)
 
@@ -198,39 +226,59 @@ def section_targets(args: argparse.Namespace) -> None:
         for v in TARGET_VARIANTS:
             timm_nchw, timm_cl = ms(f"timm:{v}:eager:b1"), ms(f"timm:{v}:channels_last:b1")
             ours, ours_cl = ms(f"fastvit:{v}:eager:b1"), ms(f"fastvit:{v}:channels_last:b1")
-            print(f"  {v:<14} NCHW/NCHW {ours / timm_nchw:.3f}   ours-cl/timm-NCHW "
-                  f"{ours_cl / timm_nchw:.3f}   cl/cl {ours_cl / timm_cl:.3f}   "
-                  f"(timm {timm_nchw:.2f} ms, ours {ours:.2f} ms, ours cl {ours_cl:.2f} ms)")
+            print(
+                f"  {v:<14} NCHW/NCHW {ours / timm_nchw:.3f}   ours-cl/timm-NCHW "
+                f"{ours_cl / timm_nchw:.3f}   cl/cl {ours_cl / timm_cl:.3f}   "
+                f"(timm {timm_nchw:.2f} ms, ours {ours:.2f} ms, ours cl {ours_cl:.2f} ms)"
+            )
         if before_fns:
-            print(f"\n before/after [{stat[:-3]}]: fused eager / timm fused eager NCHW, "
-                  f"{args.before} vs this checkout (same weights, same run)")
+            print(
+                f"\n before/after [{stat[:-3]}]: fused eager / timm fused eager NCHW, "
+                f"{args.before} vs this checkout (same weights, same run)"
+            )
             for v in TARGET_VARIANTS:
                 timm_nchw = ms(f"timm:{v}:eager:b1")
                 cells = []
                 for backend in ("eager", "channels_last"):
                     b, a = ms(f"before:{v}:{backend}:b1"), ms(f"fastvit:{v}:{backend}:b1")
-                    cells.append(f"{backend} before {b / timm_nchw:.3f} after {a / timm_nchw:.3f}"
-                                 f" (after/before x{a / b:.3f})")
+                    cells.append(
+                        f"{backend} before {b / timm_nchw:.3f} after {a / timm_nchw:.3f}"
+                        f" (after/before x{a / b:.3f})"
+                    )
                 print(f"  {v:<14} " + "   ".join(cells))
         print(f"\n target 3 [{stat[:-3]}]: unfused eager / fused eager  (goal >= 1.5)")
         for v in every:
             un = ms(f"fastvit:{v}:unfused:b1")
             fe, fc = ms(f"fastvit:{v}:eager:b1"), ms(f"fastvit:{v}:channels_last:b1")
-            print(f"  {v:<14} NCHW {un / fe:.2f}x   (channels_last fused: {un / fc:.2f}x)  "
-                  f"unfused {un:.2f} ms, fused {fe:.2f} ms, fused cl {fc:.2f} ms")
+            print(
+                f"  {v:<14} NCHW {un / fe:.2f}x   (channels_last fused: {un / fc:.2f}x)  "
+                f"unfused {un:.2f} ms, fused {fe:.2f} ms, fused cl {fc:.2f} ms"
+            )
 
 
 # --------------------------------------------------------------------------- runtimes
 
+
 def section_runtimes(args: argparse.Namespace) -> None:
-    print(f"\n== runtimes: fastvit_t8, batch 1, {SIZE}px, {args.threads} threads, vs fp32 "
-          "roofline ==")
+    print(
+        f"\n== runtimes: fastvit_t8, batch 1, {SIZE}px, {args.threads} threads, vs fp32 roofline =="
+    )
     v = "fastvit_t8"
     gflop = count_flops(v, SIZE) / 1e9
     with tempfile.TemporaryDirectory() as cache:
-        specs = [RunnerSpec(v, b, 1, SIZE, "fastvit", args.threads, cache)
-                 for b in ("eager", "channels_last", "torchscript", "compile", "bf16",
-                           "bf16-compile", "onnxruntime", "onnxruntime-int8")]
+        specs = [
+            RunnerSpec(v, b, 1, SIZE, "fastvit", args.threads, cache)
+            for b in (
+                "eager",
+                "channels_last",
+                "torchscript",
+                "compile",
+                "bf16",
+                "bf16-compile",
+                "onnxruntime",
+                "onnxruntime-int8",
+            )
+        ]
         specs.append(RunnerSpec(v, "onnxruntime", 1, SIZE, "timm", args.threads, cache))
         fns, names = [], []
         for s in specs:
@@ -243,23 +291,28 @@ def section_runtimes(args: argparse.Namespace) -> None:
             names.append(s.key)
         fns.append(sgemm_runner(2048, args.threads))
         names.append("sgemm n=2048")
-        timings = time_interleaved(fns, warmup=args.warmup, rounds=args.rounds,
-                                   round_time=args.round_time)
+        timings = time_interleaved(
+            fns, warmup=args.warmup, rounds=args.rounds, round_time=args.round_time
+        )
     report(names, timings)
     sg = timings[-1]
     for stat in ("median_ms", "p10_ms"):
         rate = 2 * 2048**3 / (getattr(sg, stat) * 1e-3) / 1e9
         roof = gflop / rate * 1e3
-        print(f"\n  [{stat[:-3]}] sgemm {rate:.1f} GFLOP/s -> T8 roofline {gflop:.3f} GFLOP / "
-              f"rate = {roof:.2f} ms")
-        print(f"  target 2 [{stat[:-3]}]: shipped runtime / fp32 roofline  (goal <= 1.5 for the "
-              "best)")
+        print(
+            f"\n  [{stat[:-3]}] sgemm {rate:.1f} GFLOP/s -> T8 roofline {gflop:.3f} GFLOP / "
+            f"rate = {roof:.2f} ms"
+        )
+        print(
+            f"  target 2 [{stat[:-3]}]: shipped runtime / fp32 roofline  (goal <= 1.5 for the best)"
+        )
         for n, tm in zip(names[:-1], timings[:-1]):
             v_ms = getattr(tm, stat)
             print(f"    {n:<48} {v_ms:7.2f} ms  x{v_ms / roof:.2f} roofline")
 
 
 # --------------------------------------------------------------------------- int8 / bf16
+
 
 def train_digits_t8(epochs: int, size: int, threads: int = 1) -> tuple[nn.Module, float]:
     """FastViT-T8 trained on the digits train split (AdamW, cosine, label smoothing)."""
@@ -276,8 +329,9 @@ def train_digits_t8(epochs: int, size: int, threads: int = 1) -> tuple[nn.Module
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
     bs = 64
     steps = epochs * (len(y_all) // bs)
-    sched = CosineLRScheduler(opt, t_initial=steps, warmup_t=steps // 10, warmup_lr_init=1e-4,
-                              t_in_epochs=False)  # stepped per optimizer update
+    sched = CosineLRScheduler(
+        opt, t_initial=steps, warmup_t=steps // 10, warmup_lr_init=1e-4, t_in_epochs=False
+    )  # stepped per optimizer update
     g = torch.Generator().manual_seed(0)
     t0 = time.perf_counter()
     step = 0
@@ -287,7 +341,7 @@ def train_digits_t8(epochs: int, size: int, threads: int = 1) -> tuple[nn.Module
     for ep in range(epochs):
         perm = torch.randperm(len(y_all), generator=g)
         for i in range(0, len(perm) - bs + 1, bs):
-            idx = perm[i:i + bs]
+            idx = perm[i : i + bs]
             xb = x_all[idx]
             shift = torch.randint(-2, 3, (2,), generator=g).tolist()  # tiny translation aug
             xb = torch.roll(xb, shifts=shift, dims=(2, 3))
@@ -297,8 +351,7 @@ def train_digits_t8(epochs: int, size: int, threads: int = 1) -> tuple[nn.Module
             opt.step()
             step += 1
             sched.step_update(step)
-        log(f"epoch {ep + 1}/{epochs} loss {loss.item():.3f} "
-            f"({time.perf_counter() - t0:.0f} s)")
+        log(f"epoch {ep + 1}/{epochs} loss {loss.item():.3f} ({time.perf_counter() - t0:.0f} s)")
     torch.set_num_threads(before)
     model.eval()
     model.class_names = [str(i) for i in range(10)]
@@ -311,8 +364,10 @@ def section_int8(args: argparse.Namespace) -> None:
     from fastvit.export.quantize import bf16_supported, onnx_top1, torch_top1
 
     size = args.train_size
-    print(f"\n== int8 / bf16: fastvit_t8 trained on digits ({args.epochs} epochs at "
-          f"{size}px, {args.threads} threads) ==")
+    print(
+        f"\n== int8 / bf16: fastvit_t8 trained on digits ({args.epochs} epochs at "
+        f"{size}px, {args.threads} threads) =="
+    )
     # training runs on one thread: on a shared machine two-thread training steps can stall
     model, secs = train_digits_t8(args.epochs, size, threads=1)
     fused = fastvit.reparameterize(model)
@@ -327,13 +382,21 @@ def section_int8(args: argparse.Namespace) -> None:
         for fmt in ("qdq", "qoperator"):
             for method in ("minmax", "percentile"):
                 q = Path(d) / f"t8_{fmt}_{method}.onnx"
-                quantize_onnx(fp32, q, [calib[i:i + 32] for i in range(0, len(calib), 32)],
-                              quant_format=fmt, method=method, quantize_depthwise=True)
+                quantize_onnx(
+                    fp32,
+                    q,
+                    [calib[i : i + 32] for i in range(0, len(calib), 32)],
+                    quant_format=fmt,
+                    method=method,
+                    quantize_depthwise=True,
+                )
                 results[(fmt, method)] = q
         a32 = onnx_top1(fp32, val, threads=args.threads)
         a_torch = torch_top1(fused, val)
-        print(f"  train time {secs:.0f} s; val images {len(val.labels)}; "
-              f"calibration images {len(calib)} (train split)")
+        print(
+            f"  train time {secs:.0f} s; val images {len(val.labels)}; "
+            f"calibration images {len(calib)} (train split)"
+        )
         print(f"  top-1 fp32 PyTorch {a_torch:.2f}%   fp32 onnxruntime {a32:.2f}%")
         for (fmt, method), q in results.items():
             a8 = onnx_top1(q, val, threads=args.threads)
@@ -349,35 +412,54 @@ def section_int8(args: argparse.Namespace) -> None:
             export_onnx(m_sz, fp32_s, input_size=sz, verify=False)
             meta_sz = meta.with_input_size(sz)
             cal_sz = calibration_images("digits", meta_sz.preprocessing, limit=32)
-            q_sz = quantize_onnx(fp32_s, Path(d) / f"t8_{sz}_int8.onnx",
-                                 [cal_sz[:16], cal_sz[16:]],
-                                 quantize_depthwise=True)
-            q_pw = quantize_onnx(fp32_s, Path(d) / f"t8_{sz}_int8_pw.onnx",
-                                 [cal_sz[:16], cal_sz[16:]],
-                                 quantize_depthwise=False)
+            q_sz = quantize_onnx(
+                fp32_s,
+                Path(d) / f"t8_{sz}_int8.onnx",
+                [cal_sz[:16], cal_sz[16:]],
+                quantize_depthwise=True,
+            )
+            q_pw = quantize_onnx(
+                fp32_s,
+                Path(d) / f"t8_{sz}_int8_pw.onnx",
+                [cal_sz[:16], cal_sz[16:]],
+                quantize_depthwise=False,
+            )
             x = np.random.default_rng(0).standard_normal((1, 3, sz, sz)).astype(np.float32)
             names, fns = [], []
-            for name, p in (("onnxruntime fp32", fp32_s), ("onnxruntime int8 (all convs)", q_sz),
-                            ("onnxruntime int8 (depthwise fp32)", q_pw)):
+            for name, p in (
+                ("onnxruntime fp32", fp32_s),
+                ("onnxruntime int8 (all convs)", q_sz),
+                ("onnxruntime int8 (depthwise fp32)", q_pw),
+            ):
                 s = ort_session(p, threads=args.threads)
                 names.append(name)
                 fns.append(lambda s=s, x=x: s.run(None, {"input": x}))
             xt = torch.from_numpy(x)
             names.append("torch fp32 eager channels_last")
-            fns.append(torch_fn(copy.deepcopy(fused).to(memory_format=torch.channels_last),
-                                xt.contiguous(memory_format=torch.channels_last)))
+            fns.append(
+                torch_fn(
+                    copy.deepcopy(fused).to(memory_format=torch.channels_last),
+                    xt.contiguous(memory_format=torch.channels_last),
+                )
+            )
             if bf16_supported():
                 names.append("torch bf16 eager channels_last")
-                fns.append(torch_fn(to_bf16(fused),
-                                    xt.to(torch.bfloat16).contiguous(
-                                        memory_format=torch.channels_last)))
-            timings = time_interleaved(fns, warmup=args.warmup, rounds=args.rounds,
-                                       round_time=args.round_time)
+                fns.append(
+                    torch_fn(
+                        to_bf16(fused),
+                        xt.to(torch.bfloat16).contiguous(memory_format=torch.channels_last),
+                    )
+                )
+            timings = time_interleaved(
+                fns, warmup=args.warmup, rounds=args.rounds, round_time=args.round_time
+            )
             print(f"  speed at {sz}x{sz}, batch 1:")
             report(names, timings, ref="onnxruntime fp32")
-            print(f"  target 4: int8 speed-up over fp32 onnxruntime (goal >= 1.5): "
-                  f"{timings[0].median_ms / timings[1].median_ms:.2f}x (median), "
-                  f"{timings[0].p10_ms / timings[1].p10_ms:.2f}x (p10)")
+            print(
+                f"  target 4: int8 speed-up over fp32 onnxruntime (goal >= 1.5): "
+                f"{timings[0].median_ms / timings[1].median_ms:.2f}x (median), "
+                f"{timings[0].p10_ms / timings[1].p10_ms:.2f}x (p10)"
+            )
 
 
 def ort_op_profile(path: Path, threads: int, runs: int, prefix: Path) -> dict[str, float]:
@@ -404,13 +486,23 @@ def ort_op_profile(path: Path, threads: int, runs: int, prefix: Path) -> dict[st
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
             per_node[e["name"]].append(e["dur"] / 1e3)
             name = e["name"].lower()
-            depthwise = any(k in name for k in ("token_mixer", "convffn/conv/", "lkb",
-                                                "patch_embed.1", "pos_emb", "conv_exp/reparam"))
-            op_of[e["name"]] = e["args"]["op_name"] + (" (depthwise/grouped)" if depthwise
-                                                       and "Conv" in e["args"]["op_name"] else "")
+            depthwise = any(
+                k in name
+                for k in (
+                    "token_mixer",
+                    "convffn/conv/",
+                    "lkb",
+                    "patch_embed.1",
+                    "pos_emb",
+                    "conv_exp/reparam",
+                )
+            )
+            op_of[e["name"]] = e["args"]["op_name"] + (
+                " (depthwise/grouped)" if depthwise and "Conv" in e["args"]["op_name"] else ""
+            )
     agg: dict[str, float] = defaultdict(float)
     for node, durs in per_node.items():
-        agg[op_of[node]] += float(np.median(durs[runs // 4:]))  # skip the first runs
+        agg[op_of[node]] += float(np.median(durs[runs // 4 :]))  # skip the first runs
     return dict(sorted(agg.items(), key=lambda kv: -kv[1]))
 
 
@@ -419,8 +511,10 @@ def section_ortprofile(args: argparse.Namespace) -> None:
     from fastvit.data import calibration_images
     from fastvit.export import export_onnx, quantize_onnx
 
-    print(f"\n== ortprofile: fastvit_t8 {SIZE}px batch 1, {args.threads} threads, per-op time "
-          "(median per node over runs, summed per op type) ==")
+    print(
+        f"\n== ortprofile: fastvit_t8 {SIZE}px batch 1, {args.threads} threads, per-op time "
+        "(median per node over runs, summed per op type) =="
+    )
     model = build_model("fastvit_t8", "fastvit", fused=True)
     with tempfile.TemporaryDirectory() as d:
         fp32 = Path(d) / "t8.onnx"
@@ -428,10 +522,11 @@ def section_ortprofile(args: argparse.Namespace) -> None:
         calib = calibration_images("digits", model.card.preprocessing, limit=32)
         paths = {"fp32": fp32}
         paths["int8 (all convs but grouped)"] = quantize_onnx(
-            fp32, Path(d) / "q.onnx", [calib[:16], calib[16:]])
+            fp32, Path(d) / "q.onnx", [calib[:16], calib[16:]]
+        )
         paths["int8 (depthwise fp32)"] = quantize_onnx(
-            fp32, Path(d) / "q_pw.onnx", [calib[:16], calib[16:]],
-            quantize_depthwise=False)
+            fp32, Path(d) / "q_pw.onnx", [calib[:16], calib[16:]], quantize_depthwise=False
+        )
         for name, p in paths.items():
             prof = ort_op_profile(p, args.threads, 40, Path(d) / "prof")
             print(f"  {name}: total {sum(prof.values()):.2f} ms")
@@ -465,7 +560,7 @@ def section_int8gelu(args: argparse.Namespace) -> None:
                 setattr(parent, name, QuickGELU())
     meta = ModelCard.from_model(base, input_size=SIZE)
     calib = calibration_images("digits", meta.preprocessing, limit=32)
-    batches = [calib[i:i + 8] for i in range(0, 32, 8)]
+    batches = [calib[i : i + 8] for i in range(0, 32, 8)]
 
     with tempfile.TemporaryDirectory() as d:
         paths = {}
@@ -473,14 +568,18 @@ def section_int8gelu(args: argparse.Namespace) -> None:
             paths[f"{tag} fp32"] = Path(d) / f"{tag}.onnx"
             save_proto(onnx_proto(m, meta), paths[f"{tag} fp32"])
         paths["gelu int8 (shipped)"] = quant.quantize_onnx(
-            paths["gelu fp32"], Path(d) / "gelu_int8.onnx", batches)
+            paths["gelu fp32"], Path(d) / "gelu_int8.onnx", batches
+        )
         real_preopt = quant._ort_optimize
         # basic pre-optimization keeps Sigmoid/Mul apart (extended fuses them to QuickGelu)
         quant._ort_optimize = functools.partial(real_preopt, level="basic")
         try:
             paths["quick int8, whole chain"] = quant.quantize_onnx(
-                paths["quick fp32"], Path(d) / "quick_int8.onnx", batches,
-                op_types=("Conv", "Gemm", "MatMul", "Sigmoid", "Mul", "Add"))
+                paths["quick fp32"],
+                Path(d) / "quick_int8.onnx",
+                batches,
+                op_types=("Conv", "Gemm", "MatMul", "Sigmoid", "Mul", "Add"),
+            )
         finally:
             quant._ort_optimize = real_preopt
         x = np.random.default_rng(0).standard_normal((1, 3, SIZE, SIZE)).astype(np.float32)
@@ -490,26 +589,37 @@ def section_int8gelu(args: argparse.Namespace) -> None:
             feed = {sess.get_inputs()[0].name: x}
             fns.append(lambda s=sess, f=feed: s.run(None, f))
             names.append(n)
-        timings = time_interleaved(fns, warmup=args.warmup, rounds=args.rounds,
-                                   round_time=args.round_time)
+        timings = time_interleaved(
+            fns, warmup=args.warmup, rounds=args.rounds, round_time=args.round_time
+        )
         report(names, timings, ref="gelu fp32")
         for n in ("gelu int8 (shipped)", "quick int8, whole chain"):
-            print(f"  {n}: int8 speed-up over fp32 onnxruntime (goal >= 1.5): "
-                  f"{timings[0].median_ms / timings[names.index(n)].median_ms:.2f}x (median)")
+            print(
+                f"  {n}: int8 speed-up over fp32 onnxruntime (goal >= 1.5): "
+                f"{timings[0].median_ms / timings[names.index(n)].median_ms:.2f}x (median)"
+            )
         for n in ("gelu fp32", "quick int8, whole chain"):
             prof = ort_op_profile(paths[n], args.threads, 40, Path(d) / "prof")
-            print(f"  {n} per op type: total {sum(prof.values()):.2f} ms: " + ", ".join(
-                f"{op} {ms:.2f}" for op, ms in list(prof.items())[:7]))
+            print(
+                f"  {n} per op type: total {sum(prof.values()):.2f} ms: "
+                + ", ".join(f"{op} {ms:.2f}" for op, ms in list(prof.items())[:7])
+            )
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sections", default="targets,postops,runtimes,int8")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--variants", help="targets: variants for the unfused -> fused part "
-                   "(comma-separated; default all)")
-    p.add_argument("--before", metavar="SRC", help="targets: also time the fused models of the "
-                   "fastvit package in SRC (another checkout's src folder), interleaved")
+    p.add_argument(
+        "--variants",
+        help="targets: variants for the unfused -> fused part (comma-separated; default all)",
+    )
+    p.add_argument(
+        "--before",
+        metavar="SRC",
+        help="targets: also time the fused models of the "
+        "fastvit package in SRC (another checkout's src folder), interleaved",
+    )
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--round-time", type=float, default=0.3)
     p.add_argument("--warmup", type=int, default=5)
@@ -519,13 +629,20 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
-    print(f"torch {torch.__version__}, {args.threads} threads, rounds {args.rounds} x "
-          f"{args.round_time}s per runner")
+    print(
+        f"torch {torch.__version__}, {args.threads} threads, rounds {args.rounds} x "
+        f"{args.round_time}s per runner"
+    )
     for sec in args.sections.split(","):
         print(f"\n(load average before {sec}: {load()})")
-        {"targets": section_targets, "postops": section_postops, "runtimes": section_runtimes,
-         "int8": section_int8, "ortprofile": section_ortprofile,
-         "int8gelu": section_int8gelu}[sec.strip()](args)
+        {
+            "targets": section_targets,
+            "postops": section_postops,
+            "runtimes": section_runtimes,
+            "int8": section_int8,
+            "ortprofile": section_ortprofile,
+            "int8gelu": section_int8gelu,
+        }[sec.strip()](args)
         print(f"(load average after {sec}: {load()})")
 
 

@@ -44,8 +44,7 @@ def timed(specs: list[RunnerSpec], args: argparse.Namespace) -> tuple[dict, floa
         fns.append(build_runner(s).fn)
     fns.append(sgemm_runner(SGEMM_N, args.threads))
     print(f"[bench] timing {len(fns)} runners, {args.rounds} rounds; {load()}", flush=True)
-    t = time_interleaved(fns, warmup=args.warmup, rounds=args.rounds,
-                         round_time=args.round_time)
+    t = time_interleaved(fns, warmup=args.warmup, rounds=args.rounds, round_time=args.round_time)
     gflops = 2.0 * SGEMM_N**3 / (t[-1].median_ms * 1e-3) / 1e9
     return {(s.key, s.size): (t[i].median_ms, t[i].p10_ms) for i, s in enumerate(specs)}, gflops
 
@@ -56,17 +55,23 @@ def speed(args: argparse.Namespace) -> None:
     ours_bt = ["openvino-bf16", "openvino-int8"]
     specs = []
     for v in args.variants:
-        specs += [RunnerSpec(v, be, 1, args.size, "fastvit", args.threads, cache)
-                  for be in ours_b1]
-        specs += [RunnerSpec(v, be, args.batch, args.size, "fastvit", args.threads, cache)
-                  for be in ours_bt]
-        specs.append(RunnerSpec(v, "onnxruntime", args.batch, args.size, "timm", args.threads,
-                                cache))
+        specs += [RunnerSpec(v, be, 1, args.size, "fastvit", args.threads, cache) for be in ours_b1]
+        specs += [
+            RunnerSpec(v, be, args.batch, args.size, "fastvit", args.threads, cache)
+            for be in ours_bt
+        ]
+        specs.append(
+            RunnerSpec(v, "onnxruntime", args.batch, args.size, "timm", args.threads, cache)
+        )
     res, gflops = timed(specs, args)
-    print(f"\n{args.size}x{args.size}, {args.threads} threads, sgemm {gflops:.1f} GFLOP/s "
-          f"(roofline = model GFLOP / that rate); {load()} at the end")
-    hdr = f"{'variant':<13}{'impl':<8}{'runtime':<15}{'batch':>5}{'median ms':>11}" \
-          f"{'p10 ms':>9}{'img/s':>9}{'x roofline':>11}"
+    print(
+        f"\n{args.size}x{args.size}, {args.threads} threads, sgemm {gflops:.1f} GFLOP/s "
+        f"(roofline = model GFLOP / that rate); {load()} at the end"
+    )
+    hdr = (
+        f"{'variant':<13}{'impl':<8}{'runtime':<15}{'batch':>5}{'median ms':>11}"
+        f"{'p10 ms':>9}{'img/s':>9}{'x roofline':>11}"
+    )
     print(hdr)
     print("-" * len(hdr))
     for v in args.variants:
@@ -74,25 +79,34 @@ def speed(args: argparse.Namespace) -> None:
         for s in (s for s in specs if s.variant == v):
             med, p10 = res[(s.key, s.size)]
             roof = gf[s.impl] * s.batch / gflops * 1e3
-            print(f"{v:<13}{s.impl:<8}{s.backend:<15}{s.batch:>5}{med:>11.2f}{p10:>9.2f}"
-                  f"{s.batch / med * 1e3:>9.1f}{med / roof:>11.2f}")
-        key = {(s.impl, s.backend, s.batch): res[(s.key, s.size)][0]
-               for s in specs if s.variant == v}
+            print(
+                f"{v:<13}{s.impl:<8}{s.backend:<15}{s.batch:>5}{med:>11.2f}{p10:>9.2f}"
+                f"{s.batch / med * 1e3:>9.1f}{med / roof:>11.2f}"
+            )
+        key = {
+            (s.impl, s.backend, s.batch): res[(s.key, s.size)][0] for s in specs if s.variant == v
+        }
         ort = key[("fastvit", "onnxruntime", 1)]
         best_be = min(ours_b1, key=lambda b: key[("fastvit", b, 1)])
         best = key[("fastvit", best_be, 1)]
         roof1 = gf["fastvit"] / gflops * 1e3
         best_bt_be = min(ours_bt, key=lambda b: key[("fastvit", b, args.batch)])
         timm_bt = key[("timm", "onnxruntime", args.batch)]
-        print(f"  {v}: int8/onnxruntime-fp32 speed-up {ort / key[('fastvit', 'openvino-int8', 1)]:.2f}x"
-              f" (target >= 2.0); bf16 {ort / key[('fastvit', 'openvino-bf16', 1)]:.2f}x; "
-              f"f32 {ort / key[('fastvit', 'openvino-f32', 1)]:.2f}x")
-        print(f"  {v}: best batch-1 runtime {best_be}: {best / roof1:.2f}x the fp32 roofline "
-              f"(target <= 0.8)")
-        print(f"  {v}: batch {args.batch}: ours {best_bt_be} "
-              f"{args.batch / key[('fastvit', best_bt_be, args.batch)] * 1e3:.1f} img/s vs timm "
-              f"onnxruntime fp32 {args.batch / timm_bt * 1e3:.1f} img/s = "
-              f"{timm_bt / key[('fastvit', best_bt_be, args.batch)]:.2f}x (target >= 1.5)")
+        print(
+            f"  {v}: int8/onnxruntime-fp32 speed-up {ort / key[('fastvit', 'openvino-int8', 1)]:.2f}x"
+            f" (target >= 2.0); bf16 {ort / key[('fastvit', 'openvino-bf16', 1)]:.2f}x; "
+            f"f32 {ort / key[('fastvit', 'openvino-f32', 1)]:.2f}x"
+        )
+        print(
+            f"  {v}: best batch-1 runtime {best_be}: {best / roof1:.2f}x the fp32 roofline "
+            f"(target <= 0.8)"
+        )
+        print(
+            f"  {v}: batch {args.batch}: ours {best_bt_be} "
+            f"{args.batch / key[('fastvit', best_bt_be, args.batch)] * 1e3:.1f} img/s vs timm "
+            f"onnxruntime fp32 {args.batch / timm_bt * 1e3:.1f} img/s = "
+            f"{timm_bt / key[('fastvit', best_bt_be, args.batch)]:.2f}x (target >= 1.5)"
+        )
 
 
 def accuracy(args: argparse.Namespace) -> None:
@@ -105,32 +119,42 @@ def accuracy(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     fused = fuse_for_export(fastvit.load_model(args.checkpoint))
     train_size = ModelCard.from_model(fused).input_size[-1]
-    print(f"{args.checkpoint}: {getattr(fused, 'variant', '?')} trained at {train_size}px; "
-          f"digits val top-1 (%); {load()}")
+    print(
+        f"{args.checkpoint}: {getattr(fused, 'variant', '?')} trained at {train_size}px; "
+        f"digits val top-1 (%); {load()}"
+    )
     for size in sorted({train_size, args.size}):
         meta = ModelCard.from_model(fused, input_size=size)
         val = load_labelled("digits", meta, split="val")
         calib = calibration_images("digits", meta.preprocessing, limit=args.calib)
         with torch.no_grad():
-            ref = np.concatenate([fused(torch.from_numpy(val.images[i:i + 64])).numpy()
-                                  for i in range(0, len(val.images), 64)])
+            ref = np.concatenate(
+                [
+                    fused(torch.from_numpy(val.images[i : i + 64])).numpy()
+                    for i in range(0, len(val.images), 64)
+                ]
+            )
         ovm = convert_fused(fused, meta)
         outs = {"pytorch fp32": ref}
-        outs["openvino f32"] = compiled_logits(compile_ir(ovm, "f32", threads=args.threads),
-                                               val.images)
-        outs["openvino bf16"] = compiled_logits(compile_ir(ovm, "bf16", threads=args.threads),
-                                                val.images)
+        outs["openvino f32"] = compiled_logits(
+            compile_ir(ovm, "f32", threads=args.threads), val.images
+        )
+        outs["openvino bf16"] = compiled_logits(
+            compile_ir(ovm, "bf16", threads=args.threads), val.images
+        )
         q = quantize_int8(ovm, calib)
-        outs["openvino int8"] = compiled_logits(compile_ir(q, "f32", threads=args.threads),
-                                                val.images)
+        outs["openvino int8"] = compiled_logits(
+            compile_ir(q, "f32", threads=args.threads), val.images
+        )
         a32 = (ref.argmax(1) == val.labels).mean() * 100
         for name, out in outs.items():
             acc = (out.argmax(1) == val.labels).mean() * 100
             agree = (out.argmax(1) == ref.argmax(1)).mean() * 100
-            print(f"  {size:>4}px {name:<14} top-1 {acc:6.2f}  (drop {a32 - acc:+.2f} points)  "
-                  f"agreement {agree:6.2f}%  max |diff| {np.abs(out - ref).max():.2e}")
-        print(f"  ({len(val.labels)} val images, int8 calibrated on {len(calib)} train "
-              f"images)")
+            print(
+                f"  {size:>4}px {name:<14} top-1 {acc:6.2f}  (drop {a32 - acc:+.2f} points)  "
+                f"agreement {agree:6.2f}%  max |diff| {np.abs(out - ref).max():.2e}"
+            )
+        print(f"  ({len(val.labels)} val images, int8 calibrated on {len(calib)} train images)")
 
 
 def scale(args: argparse.Namespace) -> None:
@@ -141,10 +165,13 @@ def scale(args: argparse.Namespace) -> None:
             specs.append(RunnerSpec(v, args.best, 1, px, "fastvit", args.threads, cache))
             specs.append(RunnerSpec(v, "eager", 1, px, "timm", args.threads, cache))
     res, _gflops = timed(specs, args)
-    print(f"\nlatency (median ms, batch 1, {args.threads} threads) vs resolution; "
-          f"{load()} at the end")
-    print(f"{'variant':<13}{'px':>6}{'ours ' + args.best:>22}{'timm eager':>12}{'ratio':>8}"
-          f"{'ours ms/Mpx':>13}{'timm ms/Mpx':>13}")
+    print(
+        f"\nlatency (median ms, batch 1, {args.threads} threads) vs resolution; {load()} at the end"
+    )
+    print(
+        f"{'variant':<13}{'px':>6}{'ours ' + args.best:>22}{'timm eager':>12}{'ratio':>8}"
+        f"{'ours ms/Mpx':>13}{'timm ms/Mpx':>13}"
+    )
     rows = []
     for v in ("fastvit_t8", "fastvit_sa12"):
         for px in args.sizes:
@@ -152,8 +179,10 @@ def scale(args: argparse.Namespace) -> None:
             timm = res[(f"timm:{v}:eager:b1", px)][0]
             mpx = px * px / 1e6
             rows.append((v, px, ours, timm))
-            print(f"{v:<13}{px:>6}{ours:>22.2f}{timm:>12.2f}{timm / ours:>8.2f}"
-                  f"{ours / mpx:>13.1f}{timm / mpx:>13.1f}")
+            print(
+                f"{v:<13}{px:>6}{ours:>22.2f}{timm:>12.2f}{timm / ours:>8.2f}"
+                f"{ours / mpx:>13.1f}{timm / mpx:>13.1f}"
+            )
     import matplotlib
 
     matplotlib.use("Agg")
@@ -168,8 +197,13 @@ def scale(args: argparse.Namespace) -> None:
         for i, (name, ls) in enumerate(((f"ours {args.best}", "-"), ("timm eager", "--"))):
             ms = [x[2 + i] for x in r]
             ax.plot(px, ms, marker=style, linestyle=ls, label=f"{v} {name}")
-            ax2.plot(px, [m / (p * p / 1e6) for m, p in zip(ms, px)], marker=style,
-                     linestyle=ls, label=f"{v} {name}")
+            ax2.plot(
+                px,
+                [m / (p * p / 1e6) for m, p in zip(ms, px)],
+                marker=style,
+                linestyle=ls,
+                label=f"{v} {name}",
+            )
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("input size (px)")
@@ -180,8 +214,7 @@ def scale(args: argparse.Namespace) -> None:
     for a in (ax, ax2):
         a.grid(True, alpha=0.3)
         a.legend(fontsize=7)
-    fig.suptitle(f"FastViT latency vs resolution, {args.threads} threads ({load()})",
-                 fontsize=9)
+    fig.suptitle(f"FastViT latency vs resolution, {args.threads} threads ({load()})", fontsize=9)
     fig.tight_layout()
     out = Path(args.out)
     with atomic_path(out) as tmp:
@@ -192,8 +225,7 @@ def scale(args: argparse.Namespace) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("what", choices=("speed", "accuracy", "scale"))
-    p.add_argument("--variants", nargs="+", default=["fastvit_t8", "fastvit_s12",
-                                                     "fastvit_sa12"])
+    p.add_argument("--variants", nargs="+", default=["fastvit_t8", "fastvit_s12", "fastvit_sa12"])
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--batch", type=int, default=32, help="throughput batch (default 32)")
     p.add_argument("--threads", type=int, default=2)

@@ -49,8 +49,15 @@ def build(which: str, variant: str, num_classes: int) -> nn.Module:
 class Trainer:
     """One model, its optimizer and a fixed batch: ``steps(n)`` runs n training steps."""
 
-    def __init__(self, model: nn.Module, batch: int, size: int, num_classes: int,
-                 device: torch.device, channels_last: bool) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        batch: int,
+        size: int,
+        num_classes: int,
+        device: torch.device,
+        channels_last: bool,
+    ) -> None:
         self.model = model.to(device).train()
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-3, weight_decay=0.05)
         g = torch.Generator().manual_seed(0)
@@ -86,8 +93,14 @@ def throughput(args: argparse.Namespace, device: torch.device) -> dict[str, list
     trainers = {}
     for which in ("ours", "timm"):
         torch.manual_seed(0)
-        trainers[which] = Trainer(build(which, args.model, args.classes), args.batch, args.size,
-                                  args.classes, device, _channels_last(which, args))
+        trainers[which] = Trainer(
+            build(which, args.model, args.classes),
+            args.batch,
+            args.size,
+            args.classes,
+            device,
+            _channels_last(which, args),
+        )
         trainers[which].steps(args.warmup)
     rates: dict[str, list[float]] = {"ours": [], "timm": []}
     for r in range(args.rounds):
@@ -105,8 +118,14 @@ def memory_child(which: str, args: argparse.Namespace) -> None:
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    trainer = Trainer(build(which, args.model, args.classes), args.batch, args.size,
-                      args.classes, device, _channels_last(which, args))
+    trainer = Trainer(
+        build(which, args.model, args.classes),
+        args.batch,
+        args.size,
+        args.classes,
+        device,
+        _channels_last(which, args),
+    )
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
@@ -118,8 +137,11 @@ def memory_child(which: str, args: argparse.Namespace) -> None:
     base = _rss_kib("VmRSS")
     _reset_peak_rss()
     trainer.steps(3)
-    peak = _rss_kib("VmHWM") if _rss_kib("VmHWM") else resource.getrusage(
-        resource.RUSAGE_SELF).ru_maxrss
+    peak = (
+        _rss_kib("VmHWM")
+        if _rss_kib("VmHWM")
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    )
     print(json.dumps({"peak_mib": peak / 1024, "delta_mib": (peak - base) / 1024}))
 
 
@@ -142,9 +164,24 @@ def _reset_peak_rss() -> None:
 
 
 def peak_memory(which: str, args: argparse.Namespace) -> dict[str, float]:
-    cmd = [sys.executable, __file__, "--memory-child", which, "--model", args.model,
-           "--batch", str(args.batch), "--size", str(args.size), "--classes", str(args.classes),
-           "--device", args.device, "--threads", str(args.threads or 0)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--memory-child",
+        which,
+        "--model",
+        args.model,
+        "--batch",
+        str(args.batch),
+        "--size",
+        str(args.size),
+        "--classes",
+        str(args.classes),
+        "--device",
+        args.device,
+        "--threads",
+        str(args.threads or 0),
+    ]
     cmd.append("--channels-last" if args.channels_last else "--no-channels-last")
     cmd.append("--timm-nchw" if args.timm_nchw else "--no-timm-nchw")
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
@@ -159,8 +196,14 @@ def profile(args: argparse.Namespace, device: torch.device) -> None:
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     for which in ("ours", "timm"):
-        trainer = Trainer(build(which, args.model, args.classes), args.batch, args.size,
-                          args.classes, device, _channels_last(which, args))
+        trainer = Trainer(
+            build(which, args.model, args.classes),
+            args.batch,
+            args.size,
+            args.classes,
+            device,
+            _channels_last(which, args),
+        )
         trainer.steps(2)
         with torch_profile(activities=acts) as prof:
             trainer.steps(3)
@@ -176,16 +219,19 @@ def main_job(args: argparse.Namespace) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        cfg = recipe_config("digits", output=str(Path(tmp) / "run"), progress=False,
-                            threads=args.threads or None)
+        cfg = recipe_config(
+            "digits", output=str(Path(tmp) / "run"), progress=False, threads=args.threads or None
+        )
         result = train(cfg)
         wall = time.perf_counter() - t0
         print(format_summary(result))
     f = result.final
-    print(f"\nmain job: best val top-1 {result.best_top1:.2f}% (target >= 99%), "
-          f"wall time {wall:.1f} s (target <= 120 s), fused val top-1 {f.top1:.2f}%, "
-          f"{f.mismatches}/{f.num_val} predictions differ, max |logit diff| "
-          f"{f.max_logit_diff:.2e}")
+    print(
+        f"\nmain job: best val top-1 {result.best_top1:.2f}% (target >= 99%), "
+        f"wall time {wall:.1f} s (target <= 120 s), fused val top-1 {f.top1:.2f}%, "
+        f"{f.mismatches}/{f.num_val} predictions differ, max |logit diff| "
+        f"{f.max_logit_diff:.2e}"
+    )
 
 
 def main() -> None:
@@ -199,12 +245,19 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
-                   default=TrainConfig().channels_last,
-                   help="our model's layout (default: `fastvit train`'s default)")
-    p.add_argument("--timm-nchw", action=argparse.BooleanOptionalAction, default=True,
-                   help="keep timm's model in NCHW (default: its channels-last backward "
-                        "crashes torch on CPU at >= 112 px)")
+    p.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=TrainConfig().channels_last,
+        help="our model's layout (default: `fastvit train`'s default)",
+    )
+    p.add_argument(
+        "--timm-nchw",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep timm's model in NCHW (default: its channels-last backward "
+        "crashes torch on CPU at >= 112 px)",
+    )
     p.add_argument("--profile", action="store_true")
     p.add_argument("--profile-rows", type=int, default=15)
     p.add_argument("--main-job", action="store_true", help="also time `fastvit train`")
@@ -217,24 +270,30 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    print(f"{args.model}, batch {args.batch}, {args.size}px, {args.classes} classes, "
-          f"{device}, {torch.get_num_threads()} threads, {args.rounds} rounds x {args.steps} "
-          f"steps (interleaved)")
+    print(
+        f"{args.model}, batch {args.batch}, {args.size}px, {args.classes} classes, "
+        f"{device}, {torch.get_num_threads()} threads, {args.rounds} rounds x {args.steps} "
+        f"steps (interleaved)"
+    )
     rates = throughput(args, device)
     ours, timm_rate = statistics.median(rates["ours"]), statistics.median(rates["timm"])
     print("  per round img/s  ours: " + " ".join(f"{v:.0f}" for v in rates["ours"]))
     print("  per round img/s  timm: " + " ".join(f"{v:.0f}" for v in rates["timm"]))
     per_round = [a / b for a, b in zip(rates["ours"], rates["timm"])]
-    print(f"training throughput: ours {ours:.1f} img/s, timm {timm_rate:.1f} img/s, "
-          f"ratio {ours / timm_rate:.3f} (median of rounds; per-round ratios "
-          f"{min(per_round):.2f}..{max(per_round):.2f}; target >= 1.3 with default options)")
+    print(
+        f"training throughput: ours {ours:.1f} img/s, timm {timm_rate:.1f} img/s, "
+        f"ratio {ours / timm_rate:.3f} (median of rounds; per-round ratios "
+        f"{min(per_round):.2f}..{max(per_round):.2f}; target >= 1.3 with default options)"
+    )
     if not args.no_memory:
         mem = {w: peak_memory(w, args) for w in ("ours", "timm")}
         unit = "peak allocated" if device.type == "cuda" else "peak RSS"
-        print(f"peak memory ({unit}): ours {mem['ours']['peak_mib']:.0f} MiB "
-              f"(+{mem['ours']['delta_mib']:.0f} MiB while training), timm "
-              f"{mem['timm']['peak_mib']:.0f} MiB (+{mem['timm']['delta_mib']:.0f} MiB); "
-              f"ratio of training growth {mem['ours']['delta_mib'] / max(mem['timm']['delta_mib'], 1e-9):.2f}")
+        print(
+            f"peak memory ({unit}): ours {mem['ours']['peak_mib']:.0f} MiB "
+            f"(+{mem['ours']['delta_mib']:.0f} MiB while training), timm "
+            f"{mem['timm']['peak_mib']:.0f} MiB (+{mem['timm']['delta_mib']:.0f} MiB); "
+            f"ratio of training growth {mem['ours']['delta_mib'] / max(mem['timm']['delta_mib'], 1e-9):.2f}"
+        )
     if args.profile:
         profile(args, device)
     if args.main_job:

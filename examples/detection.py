@@ -34,8 +34,10 @@ class DigitScenes(torch.utils.data.Dataset):
 
     def __init__(self, split: str, n: int, size: int = 128, seed: int = 0) -> None:
         digits = DigitsDataset(split, input_size=40)
-        self.pixels = torch.stack([torch.from_numpy(digits.pixels(i)) for i in range(len(digits))]
-                                  ).float() / 255.0  # (N, 40, 40) in [0, 1]
+        self.pixels = (
+            torch.stack([torch.from_numpy(digits.pixels(i)) for i in range(len(digits))]).float()
+            / 255.0
+        )  # (N, 40, 40) in [0, 1]
         self.labels = torch.tensor(digits.targets)
         self.n, self.size, self.seed = n, size, seed
 
@@ -50,18 +52,27 @@ class DigitScenes(torch.utils.data.Dataset):
             k = int(torch.randint(len(self.labels), (1,), generator=g))
             s = int(torch.randint(14, 41, (1,), generator=g))
             digit = torch.nn.functional.interpolate(
-                self.pixels[k][None, None], size=(s, s), mode="bilinear", align_corners=False)[0, 0]
+                self.pixels[k][None, None], size=(s, s), mode="bilinear", align_corners=False
+            )[0, 0]
             x0 = int(torch.randint(0, self.size - s + 1, (1,), generator=g))
             y0 = int(torch.randint(0, self.size - s + 1, (1,), generator=g))
-            region = canvas[y0:y0 + s, x0:x0 + s]
-            canvas[y0:y0 + s, x0:x0 + s] = torch.maximum(region, digit)
+            region = canvas[y0 : y0 + s, x0 : x0 + s]
+            canvas[y0 : y0 + s, x0 : x0 + s] = torch.maximum(region, digit)
             ys, xs = torch.nonzero(digit > 0.25, as_tuple=True)  # tight box around the ink
-            boxes.append([x0 + xs.min().item(), y0 + ys.min().item(),
-                          x0 + xs.max().item() + 1, y0 + ys.max().item() + 1])
+            boxes.append(
+                [
+                    x0 + xs.min().item(),
+                    y0 + ys.min().item(),
+                    x0 + xs.max().item() + 1,
+                    y0 + ys.max().item() + 1,
+                ]
+            )
             labels.append(int(self.labels[k]) + 1)
         image = canvas.clamp(0, 1).expand(3, -1, -1).contiguous()
-        return image, {"boxes": torch.tensor(boxes, dtype=torch.float32),
-                       "labels": torch.tensor(labels)}
+        return image, {
+            "boxes": torch.tensor(boxes, dtype=torch.float32),
+            "labels": torch.tensor(labels),
+        }
 
 
 def collate(batch):
@@ -97,18 +108,30 @@ def main(argv: list[str] | None = None) -> None:
     # Trained from scratch here (no download): BatchNorm trains ("bn"); with ImageNet weights
     # (pretrained=True) the usual recipe keeps the default norm="frozen".
     backbone = fpn_backbone(args.model, norm="bn", trainable_stages=5, out_channels=128)
-    model = FasterRCNN(backbone, num_classes=11, min_size=args.size, max_size=args.size,
-                       image_mean=[0.5] * 3, image_std=[0.25] * 3)
+    model = FasterRCNN(
+        backbone,
+        num_classes=11,
+        min_size=args.size,
+        max_size=args.size,
+        image_mean=[0.5] * 3,
+        image_std=[0.25] * 3,
+    )
     train = torch.utils.data.DataLoader(
         DigitScenes("train", args.steps * args.batch_size, args.size, args.seed),
-        batch_size=args.batch_size, shuffle=True, collate_fn=collate)
+        batch_size=args.batch_size,
+        shuffle=True,
+        collate_fn=collate,
+    )
     val = torch.utils.data.DataLoader(
-        DigitScenes("val", args.val_scenes, args.size, args.seed + 1), batch_size=8,
-        collate_fn=collate)
+        DigitScenes("val", args.val_scenes, args.size, args.seed + 1),
+        batch_size=8,
+        collate_fn=collate,
+    )
     params = [q for q in model.parameters() if q.requires_grad]
     opt = torch.optim.SGD(params, lr=args.lr, momentum=0.9, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps,
-                                                pct_start=0.1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.1
+    )
     model.train()
     t0 = time.perf_counter()
     for step, (images, targets) in enumerate(train, 1):
@@ -120,16 +143,21 @@ def main(argv: list[str] | None = None) -> None:
         opt.step()
         sched.step()
         if step % 50 == 0 or step == args.steps:
-            print(f"step {step}/{args.steps}  loss {loss.item():.3f}  "
-                  f"({time.perf_counter() - t0:.0f} s)", flush=True)
+            print(
+                f"step {step}/{args.steps}  loss {loss.item():.3f}  "
+                f"({time.perf_counter() - t0:.0f} s)",
+                flush=True,
+            )
     train_s = time.perf_counter() - t0
 
     map50 = evaluate(model, val)
     fused = fastvit.reparameterize(model)
     map50_fused = evaluate(fused, val)
-    print(f"{args.model} Faster R-CNN, {args.steps} steps x {args.batch_size} scenes "
-          f"({train_s:.0f} s): mAP@0.5 {map50:.3f} on {args.val_scenes} held-out scenes; "
-          f"after fastvit.reparameterize: {map50_fused:.3f}")
+    print(
+        f"{args.model} Faster R-CNN, {args.steps} steps x {args.batch_size} scenes "
+        f"({train_s:.0f} s): mAP@0.5 {map50:.3f} on {args.val_scenes} held-out scenes; "
+        f"after fastvit.reparameterize: {map50_fused:.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -42,7 +42,9 @@ def test_frozen_and_sync_batchnorm_fuse_exactly():
     model = convert_norms(model, "frozen")
     n_frozen = sum(isinstance(m, FrozenBatchNorm2d) for m in model.modules())
     n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
-    assert n_bn_before == 74 and n_frozen == 74 and n_bn == 0  # MobileOne branch BNs and the attention norms too
+    assert (
+        n_bn_before == 74 and n_frozen == 74 and n_bn == 0
+    )  # MobileOne branch BNs and the attention norms too
     x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
     with torch.no_grad():
         ref = model.eval()(x)
@@ -68,13 +70,17 @@ def test_fpn_backbone_levels_channels_and_trainable_stages():
         out = bb.eval()(torch.randn(1, 3, 96, 128))
     assert list(out) == ["0", "1", "2", "3", "pool"]
     assert [tuple(v.shape[2:]) for v in out.values()] == [
-        (24, 32), (12, 16), (6, 8), (3, 4), (2, 2)]
+        (24, 32),
+        (12, 16),
+        (6, 8),
+        (3, 4),
+        (2, 2),
+    ]
     assert all(v.shape[1] == 64 for v in out.values())
     groups = stage_prefixes(bb.body)
     trainable = {n for n, p in bb.body.named_parameters() if p.requires_grad}
     # the last two stages train, the stem and the first two stages are frozen
-    assert trainable and all(any(n.startswith(p) for p in groups[3] + groups[4])
-                             for n in trainable)
+    assert trainable and all(any(n.startswith(p) for p in groups[3] + groups[4]) for n in trainable)
     assert any(n.startswith(groups[4][0]) for n in trainable)
     assert not any(n.startswith("patch_embed.") for n in trainable)
     # frozen BN by default: the backbone has no BatchNorm left, only FrozenBatchNorm2d
@@ -108,13 +114,20 @@ def _detection_case(kind: str, variant: str):
     return det
 
 
-@pytest.mark.parametrize(("kind", "variant"), [
-    ("faster", "fastvit_t8"), ("retina", "fastvit_t8"), ("mask", "fastvit_t8"),
-    ("faster", "fastvit_sa12")])
+@pytest.mark.parametrize(
+    ("kind", "variant"),
+    [
+        ("faster", "fastvit_t8"),
+        ("retina", "fastvit_t8"),
+        ("mask", "fastvit_t8"),
+        ("faster", "fastvit_sa12"),
+    ],
+)
 def test_torchvision_detectors_train_and_fuse(kind, variant):
     det = _detection_case(kind, variant)
-    images = [torch.rand(3, SIZE, SIZE, generator=torch.Generator().manual_seed(i))
-              for i in range(2)]
+    images = [
+        torch.rand(3, SIZE, SIZE, generator=torch.Generator().manual_seed(i)) for i in range(2)
+    ]
     det.train()
     losses = det(images, _targets(2, masks=kind == "mask"))
     total = sum(losses.values())
@@ -147,8 +160,11 @@ def _assert_same_detections(ref: dict, out: dict, tol: float = 1e-4) -> None:
     for box, score, label in zip(ref["boxes"], ref["scores"], ref["labels"]):
         if score.item() <= cutoff:
             continue
-        same = ((out["labels"] == label) & ((out["boxes"] - box).abs().amax(1) <= tol)
-                & ((out["scores"] - score).abs() <= tol))
+        same = (
+            (out["labels"] == label)
+            & ((out["boxes"] - box).abs().amax(1) <= tol)
+            & ((out["scores"] - score).abs() <= tol)
+        )
         assert same.any(), (box, score, label)
         checked += 1
     assert checked >= min(5, len(ref["boxes"]) // 2), checked
@@ -199,8 +215,9 @@ def test_torch_export_dynamic_batch_and_size_down_to_32(variant, form):
         x = torch.randn(shape)
         with torch.no_grad():
             ref, got = model(x), program.module()(x)
-        for r, g in zip(ref if isinstance(ref, list) else [ref],
-                        got if isinstance(got, list) else [got]):
+        for r, g in zip(
+            ref if isinstance(ref, list) else [ref], got if isinstance(got, list) else [got]
+        ):
             assert r.shape == g.shape and (r - g).abs().max().item() < 1e-5
     static = export_program(model, torch.randn(1, 3, 64, 64), dynamic=False)
     assert static.module()(torch.randn(1, 3, 64, 64)) is not None

@@ -36,11 +36,17 @@ def test_time_interleaved_orders_and_counts(monkeypatch: pytest.MonkeyPatch) -> 
         def f() -> None:
             now[0] += durations[len(calls) % len(durations)]
             calls.append(name)
+
         return f
 
     rounds_seen: list[int] = []
-    fast, slow = time_interleaved([runner("a", [0.001]), runner("b", [0.004])], warmup=1,
-                                  rounds=3, round_time=0.0125, on_round=rounds_seen.append)
+    fast, slow = time_interleaved(
+        [runner("a", [0.001]), runner("b", [0.004])],
+        warmup=1,
+        rounds=3,
+        round_time=0.0125,
+        on_round=rounds_seen.append,
+    )
     assert calls[:4] == ["a", "a", "b", "b"]  # warm-up + one calibration call each
     # 12 fast / 3 slow calls per round (equal time, not equal calls); order rotates per round
     assert calls[4:] == ["a"] * 12 + ["b"] * 3 + ["b"] * 3 + ["a"] * 12 + ["a"] * 12 + ["b"] * 3
@@ -49,8 +55,9 @@ def test_time_interleaved_orders_and_counts(monkeypatch: pytest.MonkeyPatch) -> 
     assert fast.median_ms == pytest.approx(1.0) and slow.median_ms == pytest.approx(4.0)
 
     calls.clear()
-    (mixed,) = time_interleaved([runner("c", [0.001] * 8 + [0.005, 0.009])], warmup=1,
-                                rounds=1, round_time=0.0205)
+    (mixed,) = time_interleaved(
+        [runner("c", [0.001] * 8 + [0.005, 0.009])], warmup=1, rounds=1, round_time=0.0205
+    )
     assert len(mixed.samples) == 20  # calibrated on one 1 ms call
     assert mixed.p10_ms == pytest.approx(1.0) and mixed.median_ms == pytest.approx(1.0)
     assert mixed.p90_ms == pytest.approx(5.0) and mixed.mean_ms == pytest.approx(2.2)
@@ -65,9 +72,18 @@ def test_flop_count_matches_paper_scale() -> None:
 
 @pytest.mark.slow
 def test_tiny_benchmark_end_to_end(tmp_path: Path) -> None:
-    result = run_benchmark(["fastvit_t8"], batches=[1, 2], size=64,
-                           backends=["unfused", "eager", "onnxruntime"], threads=1,
-                           compare_timm=True, warmup=1, rounds=2, round_time=0.02, memory=False)
+    result = run_benchmark(
+        ["fastvit_t8"],
+        batches=[1, 2],
+        size=64,
+        backends=["unfused", "eager", "onnxruntime"],
+        threads=1,
+        compare_timm=True,
+        warmup=1,
+        rounds=2,
+        round_time=0.02,
+        memory=False,
+    )
     rows = result.rows
     assert len(rows) == 3 * 2 * 2  # backends x batches x (ours, timm)
     for r in rows:
@@ -102,22 +118,48 @@ def test_runners_agree_with_eager() -> None:
 
 def test_cli_bench_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "bench"
-    assert main(["bench", "fastvit_t8", "--size", "32", "--backend", "eager", "--rounds", "1",
-                 "--round-time", "0.01", "--warmup", "1", "--threads", "1", "--no-memory",
-                 "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "fastvit_t8",
+                "--size",
+                "32",
+                "--backend",
+                "eager",
+                "--rounds",
+                "1",
+                "--round-time",
+                "0.01",
+                "--warmup",
+                "1",
+                "--threads",
+                "1",
+                "--no-memory",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "fastvit_t8" in text and "median ms" in text
     assert (out / "bench.json").exists() and (out / "bench.png").exists()
 
 
-@pytest.mark.parametrize("argv,needle", [
-    (["--backend", "tensorrt"], "unknown backend 'tensorrt'"),
-    (["--size", "100"], "multiple of 32"),
-    (["--batch", "1,x"], "--batch must be comma-separated integers"),
-    (["fastvit_t99"], "unknown variant"),
-])
-def test_cli_bench_bad_input(argv: list[str], needle: str,
-                             capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["--backend", "tensorrt"], "unknown backend 'tensorrt'"),
+        (["--size", "100"], "multiple of 32"),
+        (["--batch", "1,x"], "--batch must be comma-separated integers"),
+        (["fastvit_t99"], "unknown variant"),
+    ],
+)
+def test_cli_bench_bad_input(
+    argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["bench", *argv, "--rounds", "1", "--no-memory", "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and needle in err[0], err

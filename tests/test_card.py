@@ -50,8 +50,10 @@ def test_preprocessing_dict_round_trip_and_lenient_reading() -> None:
 def test_imagenet_statistics_are_timms() -> None:
     from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-    assert tuple(IMAGENET_DEFAULT_MEAN) == IMAGENET_MEAN and tuple(
-        IMAGENET_DEFAULT_STD) == IMAGENET_STD
+    assert (
+        tuple(IMAGENET_DEFAULT_MEAN) == IMAGENET_MEAN
+        and tuple(IMAGENET_DEFAULT_STD) == IMAGENET_STD
+    )
     for name in fastvit.list_models():  # the ImageNet variants; MobileCLIP towers use CLIP's
         mean = fastvit.get_config(name).preprocessing.mean
         assert mean == IMAGENET_MEAN if "_mci" not in name else mean != IMAGENET_MEAN
@@ -83,10 +85,18 @@ def test_one_metadata_encoding_no_double_json(tmp_path: Path) -> None:
 def test_metadata_of_earlier_versions_still_loads(tmp_path: Path) -> None:
     """Version-1 ONNX props (JSON-encoded strings, 'extra.' keys) and the safetensors keys the
     previous code wrote (input_size as one integer, raw interpolation) read back correctly."""
-    v1_onnx = {"fastvit_metadata_version": "1", "variant": '"fastvit_t8"', "num_classes": "3",
-               "input_size": "[3, 64, 64]", "crop_pct": "0.95", "interpolation": '"bilinear"',
-               "mean": "[0.5, 0.5, 0.5]", "std": "[0.25, 0.25, 0.25]",
-               "class_names": json.dumps(CLASSES), "extra.quantization": "int8"}
+    v1_onnx = {
+        "fastvit_metadata_version": "1",
+        "variant": '"fastvit_t8"',
+        "num_classes": "3",
+        "input_size": "[3, 64, 64]",
+        "crop_pct": "0.95",
+        "interpolation": '"bilinear"',
+        "mean": "[0.5, 0.5, 0.5]",
+        "std": "[0.25, 0.25, 0.25]",
+        "class_names": json.dumps(CLASSES),
+        "extra.quantization": "int8",
+    }
     card = ModelCard.from_metadata(v1_onnx)
     assert card.variant == "fastvit_t8" and card.preprocessing.interpolation == "bilinear"
     assert card.input_size == (3, 64, 64) and card.preprocessing.crop_pct == 0.95
@@ -95,15 +105,26 @@ def test_metadata_of_earlier_versions_still_loads(tmp_path: Path) -> None:
     assert ModelCard.from_metadata(v1_nonames).class_names is None
 
     m = _model(2)
-    old = {"form": "unfused", "num_classes": "3", "fastvit_version": "0.1.0",
-           "layout": "official", "variant": "fastvit_t8", "class_names": json.dumps(CLASSES),
-           "input_size": "48", "crop_pct": "1.0", "interpolation": "bilinear",
-           "mean": "[0.5, 0.5, 0.5]", "std": "[0.25, 0.25, 0.25]", "val_top1": "97.3"}
+    old = {
+        "form": "unfused",
+        "num_classes": "3",
+        "fastvit_version": "0.1.0",
+        "layout": "official",
+        "variant": "fastvit_t8",
+        "class_names": json.dumps(CLASSES),
+        "input_size": "48",
+        "crop_pct": "1.0",
+        "interpolation": "bilinear",
+        "mean": "[0.5, 0.5, 0.5]",
+        "std": "[0.25, 0.25, 0.25]",
+        "val_top1": "97.3",
+    }
     path = tmp_path / "old.safetensors"
     write_safetensors(m.state_dict(), path, old)
     back = fastvit.load_model(path)
-    assert back.preprocessing == Preprocessing((3, 48, 48), 1.0, interpolation="bilinear",
-                                               mean=(0.5,) * 3, std=(0.25,) * 3)
+    assert back.preprocessing == Preprocessing(
+        (3, 48, 48), 1.0, interpolation="bilinear", mean=(0.5,) * 3, std=(0.25,) * 3
+    )
     assert back.class_names == CLASSES
     assert ModelCard.from_metadata(old).extra == {"val_top1": "97.3"}
     with pytest.raises(CheckpointError, match="malformed 'mean'"):
@@ -127,9 +148,22 @@ def test_card_survives_every_format(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- pretrained_cfg
-TIMM_KEYS = {"url", "hf_hub_id", "num_classes", "input_size", "pool_size", "crop_pct",
-             "crop_mode", "interpolation", "mean", "std", "first_conv", "classifier", "tag",
-             "license"}
+TIMM_KEYS = {
+    "url",
+    "hf_hub_id",
+    "num_classes",
+    "input_size",
+    "pool_size",
+    "crop_pct",
+    "crop_mode",
+    "interpolation",
+    "mean",
+    "std",
+    "first_conv",
+    "classifier",
+    "tag",
+    "license",
+}
 
 
 @pytest.mark.parametrize("name", ["fastvit_t8"])
@@ -139,22 +173,41 @@ def test_pretrained_cfg_has_timms_keys_and_values(name: str) -> None:
     ours = fastvit.create_model(name).pretrained_cfg
     theirs = timm.create_model(name, pretrained=False).pretrained_cfg
     assert set(ours) >= TIMM_KEYS and set(theirs) <= set(ours)
-    for key in ("num_classes", "input_size", "pool_size", "crop_pct", "crop_mode",
-                "interpolation", "mean", "std", "tag", "license", "hf_hub_id"):
-        assert tuple(ours[key]) == tuple(theirs[key]) if isinstance(ours[key], tuple) else (
-            ours[key] == theirs[key]), key
+    for key in (
+        "num_classes",
+        "input_size",
+        "pool_size",
+        "crop_pct",
+        "crop_mode",
+        "interpolation",
+        "mean",
+        "std",
+        "tag",
+        "license",
+        "hf_hub_id",
+    ):
+        assert (
+            tuple(ours[key]) == tuple(theirs[key])
+            if isinstance(ours[key], tuple)
+            else (ours[key] == theirs[key])
+        ), key
 
 
 def test_pretrained_cfg_first_conv_exists_in_the_current_form() -> None:
     model = fastvit.create_model("fastvit_t8", num_classes=5)
-    for m in (model, fastvit.reparameterize(model),
-              fastvit.create_model("fastvit_t8", inference_mode=True)):
+    for m in (
+        model,
+        fastvit.reparameterize(model),
+        fastvit.create_model("fastvit_t8", inference_mode=True),
+    ):
         names = dict(m.named_modules())
         first = m.pretrained_cfg["first_conv"]
         for conv in (first,) if isinstance(first, str) else first:
             assert isinstance(names[conv], torch.nn.Conv2d) and names[conv].in_channels == 3
         assert isinstance(names[m.pretrained_cfg["classifier"]], torch.nn.Linear)
-    assert fastvit.reparameterize(model).pretrained_cfg["first_conv"] == "patch_embed.0.reparam_conv"
+    assert (
+        fastvit.reparameterize(model).pretrained_cfg["first_conv"] == "patch_embed.0.reparam_conv"
+    )
 
 
 def test_grayscale_model_cfg_and_timm_data_config() -> None:
@@ -201,8 +254,10 @@ def _imports(path: Path, root: Path) -> set[str]:
 
 def test_layering_no_cycles_and_export_never_imports_infer_or_bench() -> None:
     root = Path(fastvit.__file__).parent.parent
-    files = {p: ".".join(p.relative_to(root).with_suffix("").parts).removesuffix(".__init__")
-             for p in (root / "fastvit").rglob("*.py")}
+    files = {
+        p: ".".join(p.relative_to(root).with_suffix("").parts).removesuffix(".__init__")
+        for p in (root / "fastvit").rglob("*.py")
+    }
     mods = set(files.values())
     graph: dict[str, set[str]] = {}
     for path, mod in files.items():
@@ -214,13 +269,26 @@ def test_layering_no_cycles_and_export_never_imports_infer_or_bench() -> None:
                 deps.add(n)
         graph[mod] = deps
     for mod, deps in graph.items():
-        if mod.startswith(("fastvit.export", "fastvit.data", "fastvit.checkpoints",
-                           "fastvit.models", "fastvit.card")):
-            assert not {d for d in deps if d.startswith(("fastvit.infer", "fastvit.bench",
-                                                         "fastvit.cli", "fastvit.train"))}, mod
+        if mod.startswith(
+            (
+                "fastvit.export",
+                "fastvit.data",
+                "fastvit.checkpoints",
+                "fastvit.models",
+                "fastvit.card",
+            )
+        ):
+            assert not {
+                d
+                for d in deps
+                if d.startswith(("fastvit.infer", "fastvit.bench", "fastvit.cli", "fastvit.train"))
+            }, mod
         if mod.startswith(("fastvit.models", "fastvit.card")):
-            assert not {d for d in deps if d.startswith(("fastvit.data", "fastvit.export",
-                                                         "fastvit.checkpoints"))}, mod
+            assert not {
+                d
+                for d in deps
+                if d.startswith(("fastvit.data", "fastvit.export", "fastvit.checkpoints"))
+            }, mod
     # no module reaches itself again (depth-first search for a back edge)
     state: dict[str, int] = {}
 
@@ -257,12 +325,18 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             for i in range(n):
                 arr = (rng.random((40, 40, 3)) * 80 + 60 * ci).astype(np.uint8)
                 Image.fromarray(arr).save(d / "data" / split / c / f"{i}.png")
-    return {"dir": d, "st": st, "onnx": d / "m.onnx", "ts": d / "m.torchscript.pt",
-            "data": d / "data"}
+    return {
+        "dir": d,
+        "st": st,
+        "onnx": d / "m.onnx",
+        "ts": d / "m.torchscript.pt",
+        "data": d / "data",
+    }
 
 
-def test_eval_scores_exports_like_the_checkpoint(small: dict[str, Path],
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_eval_scores_exports_like_the_checkpoint(
+    small: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     results = {}
     for key in ("st", "onnx", "ts"):
         assert main(["eval", str(small[key]), "--data", str(small["data"]), "--json"]) == 0
@@ -283,8 +357,9 @@ def test_predict_size_floor_matches_its_message(small: dict[str, Path]) -> None:
         load_predictor(small["st"], size=16)  # the old check let 8..31 through
 
 
-def test_top5_not_reported_for_five_classes_or_fewer(small: dict[str, Path],
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_top5_not_reported_for_five_classes_or_fewer(
+    small: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["eval", str(small["st"]), "--data", str(small["data"]), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["top5"] is None
     assert main(["eval", str(small["st"]), "--data", str(small["data"])]) == 0
@@ -293,17 +368,40 @@ def test_top5_not_reported_for_five_classes_or_fewer(small: dict[str, Path],
 
 
 @pytest.mark.slow  # int8 quantization + interleaved latency check (~5 s unloaded)
-def test_export_val_scores_the_val_split_only(small: dict[str, Path],
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_export_val_scores_the_val_split_only(
+    small: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     from fastvit.data import build_eval_dataset, load_labelled
 
     card = fastvit.load_model(small["st"]).card
-    assert len(load_labelled(small["data"], card).labels) == len(
-        build_eval_dataset(small["data"])[0]) == 6
+    assert (
+        len(load_labelled(small["data"], card).labels)
+        == len(build_eval_dataset(small["data"])[0])
+        == 6
+    )
     out = small["dir"] / "q.int8.onnx"
-    assert main(["export", str(small["st"]), "--format", "onnx-int8", "-o", str(out), "--val",
-                 str(small["data"]), "--calibration", str(small["data"]),
-                 "--calibration-count", "4", "--threads", "1", "--no-verify"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                str(small["st"]),
+                "--format",
+                "onnx-int8",
+                "-o",
+                str(out),
+                "--val",
+                str(small["data"]),
+                "--calibration",
+                str(small["data"]),
+                "--calibration-count",
+                "4",
+                "--threads",
+                "1",
+                "--no-verify",
+            ]
+        )
+        == 0
+    )
     assert f"top-1 on {small['data']} (6 images)" in capsys.readouterr().out
 
 
@@ -317,9 +415,20 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
     d = tmp_path_factory.mktemp("run")
     out = d / "run"
-    train(recipe_config("digits", output=str(out), epochs=1, warmup_epochs=0,
-                        limit_train_batches=3, limit_val_batches=1, tensorboard=False,
-                        plot=False, progress=False), echo=None)
+    train(
+        recipe_config(
+            "digits",
+            output=str(out),
+            epochs=1,
+            warmup_epochs=0,
+            limit_train_batches=3,
+            limit_val_batches=1,
+            tensorboard=False,
+            plot=False,
+            progress=False,
+        ),
+        echo=None,
+    )
     ds = DigitsDataset("val", 32)
     for i in range(30):
         img, label = ds[i]
@@ -334,7 +443,8 @@ def _top1(preds: list) -> float:
 
 @pytest.mark.slow  # trains a tiny run (~5 s unloaded)
 def test_every_command_reads_a_run_file_through_the_one_loader(
-        run: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    run: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     from fastvit.data import list_images
     from fastvit.export.onnx import read_onnx_metadata
     from fastvit.infer import load_predictor, predict_images

@@ -124,7 +124,9 @@ def test_official_unfused_checkpoint_matches_reference_logits(full_fixtures, var
         assert _max_diff(fused(io["input"]), io["logits_reparam"]) <= TOL
 
 
-def test_official_reparam_checkpoint_loads_into_our_fused_form(t8_unfused, t8_reparam, t8_io) -> None:
+def test_official_reparam_checkpoint_loads_into_our_fused_form(
+    t8_unfused, t8_reparam, t8_io
+) -> None:
     info = detect(t8_reparam)
     assert (info.layout, info.form, info.variant) == ("official", "fused", "fastvit_t8")
     model = load_model(t8_reparam)
@@ -465,8 +467,13 @@ def test_num_classes_mismatch_and_qkv_bias_that_is_no_bn_fold(t8_unfused) -> Non
 
 def test_preprocessing_metadata_round_trip(tmp_path):
     model = fastvit.create_model("fastvit_t8", num_classes=2)
-    model.pretrained_cfg = dict(model.pretrained_cfg, input_size=(3, 48, 48), crop_pct=1.0,
-                                mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    model.pretrained_cfg = dict(
+        model.pretrained_cfg,
+        input_size=(3, 48, 48),
+        crop_pct=1.0,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.25, 0.25, 0.25),
+    )
     path = tmp_path / "m.safetensors"
     fastvit.save_model(model, path)
     cfg = fastvit.load_model(path).pretrained_cfg
@@ -491,8 +498,7 @@ def test_form_detection_is_structural_and_the_filter_folds(t8_unfused, t8_repara
     assert detect_form(convert_state_dict(t8_reparam, to="timm")) == "fused"
     assert detect_form(convert_state_dict(t8_unfused, to="timm")) == "unfused"
     # a training-form stem next to a fused block is a partially fused model
-    partial = {k: v for k, v in t8_unfused.items()
-               if not k.startswith("network.0.0.token_mixer.")}
+    partial = {k: v for k, v in t8_unfused.items() if not k.startswith("network.0.0.token_mixer.")}
     partial["network.0.0.token_mixer.reparam_conv.weight"] = torch.zeros(48, 1, 3, 3)
     partial["network.0.0.token_mixer.reparam_conv.bias"] = torch.zeros(48)
     with _one_line_error(CheckpointError, match="partially reparameterized"):

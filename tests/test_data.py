@@ -157,7 +157,8 @@ def test_truncated_and_unreadable_images(tmp_path, caplog):
     good = root / "train" / "a" / "0.png"
     jpg = root / "train" / "a" / "big.jpg"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(
-        jpg, quality=95)
+        jpg, quality=95
+    )
     data = jpg.read_bytes()
     jpg.write_bytes(data[: len(data) // 2])  # truncated JPEG: header fine, pixels missing
     (root / "train" / "b" / "fake.png").write_text("not a png")  # image extension, not an image
@@ -186,8 +187,9 @@ def test_eval_dataset_from_root_or_class_dir(tmp_path):
 
 # --------------------------------------------------------------------------- transforms
 def test_train_transform_and_mixup():
-    tf = create_train_transform(32, scale=(0.5, 1.0), hflip=0.0, auto_augment="rand-m9-mstd0.5-inc1",
-                                re_prob=0.25)
+    tf = create_train_transform(
+        32, scale=(0.5, 1.0), hflip=0.0, auto_augment="rand-m9-mstd0.5-inc1", re_prob=0.25
+    )
     img = Image.new("RGB", (50, 40), (200, 10, 10))
     torch.manual_seed(0)
     x = tf(img)
@@ -205,8 +207,9 @@ def test_train_transform_and_mixup():
 
 
 def test_eval_transform_crop_pct():
-    tf = create_eval_transform(32, crop_pct=0.5, interpolation="bilinear", mean=(0, 0, 0),
-                               std=(1, 1, 1))
+    tf = create_eval_transform(
+        32, crop_pct=0.5, interpolation="bilinear", mean=(0, 0, 0), std=(1, 1, 1)
+    )
     img = Image.new("RGB", (64, 64), (0, 0, 0))
     img.paste((255, 255, 255), (16, 16, 48, 48))  # white centre square, half the width
     x = tf(img)

@@ -31,7 +31,6 @@ SIZE = 64
 NAMES = [f"class_{i}" for i in range(10)]
 
 
-
 def _model(variant: str, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     m = fastvit.create_model(variant, num_classes=10)
@@ -62,11 +61,19 @@ def test_onnx_round_trip(model: torch.nn.Module, tmp_path: Path) -> None:
     assert info["input_shape"] == ["batch", 3, SIZE, SIZE]
 
     meta = read_onnx_metadata(proto)
-    assert meta == ModelCard(variant=model.variant, num_classes=10, form="fused",
-                             preprocessing=Preprocessing(
-                                 input_size=(3, SIZE, SIZE), crop_pct=0.9,
-                                 interpolation="bicubic", mean=(0.485, 0.456, 0.406),
-                                 std=(0.229, 0.224, 0.225)), class_names=tuple(NAMES))
+    assert meta == ModelCard(
+        variant=model.variant,
+        num_classes=10,
+        form="fused",
+        preprocessing=Preprocessing(
+            input_size=(3, SIZE, SIZE),
+            crop_pct=0.9,
+            interpolation="bicubic",
+            mean=(0.485, 0.456, 0.406),
+            std=(0.229, 0.224, 0.225),
+        ),
+        class_names=tuple(NAMES),
+    )
 
     # Independently of the exporter's own check: the unfused model in eval mode vs ORT, at
     # two batch sizes (dynamic batch), on random and real (digits) inputs.
@@ -88,8 +95,9 @@ def test_onnx_dynamic_hw(tmp_path: Path) -> None:
     sess = ort_session(path)
     x = torch.randn(2, 3, 96, 128)
     with torch.no_grad():
-        np.testing.assert_allclose(sess.run(None, {"input": x.numpy()})[0], m(x).numpy(),
-                                   atol=1e-4, rtol=0)
+        np.testing.assert_allclose(
+            sess.run(None, {"input": x.numpy()})[0], m(x).numpy(), atol=1e-4, rtol=0
+        )
 
 
 def test_torchscript_round_trip(model: torch.nn.Module, tmp_path: Path) -> None:
@@ -160,16 +168,23 @@ def test_simplify_graph_removes_identity_dropout_and_folds() -> None:
     two = numpy_helper.from_array(np.full((1, 4), 2.0, np.float32), "two")
     graph = helper.make_graph(
         [
-            helper.make_node("Constant", [], ["c"], value=numpy_helper.from_array(
-                np.full((1, 4), 3.0, np.float32))),
+            helper.make_node(
+                "Constant",
+                [],
+                ["c"],
+                value=numpy_helper.from_array(np.full((1, 4), 3.0, np.float32)),
+            ),
             helper.make_node("Add", ["two", "c"], ["five"]),  # foldable: constants only
             helper.make_node("Identity", ["x"], ["x_id"]),
             helper.make_node("Dropout", ["x_id"], ["x_drop"]),
             helper.make_node("Mul", ["x_drop", "five"], ["y0"]),
             helper.make_node("Identity", ["y0"], ["y"]),  # feeds the graph output
         ],
-        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], [two])
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        [two],
+    )
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     simplify_graph(proto)
     onnx.checker.check_model(proto)
@@ -179,16 +194,30 @@ def test_simplify_graph_removes_identity_dropout_and_folds() -> None:
     np.testing.assert_array_equal(out, x * 5)
 
 
-def test_cli_export_from_unfused_checkpoint(tmp_path: Path,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_export_from_unfused_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     m = _model("fastvit_t8", seed=4)
     ckpt = tmp_path / "t8.safetensors"
     fastvit.save_model(m, ckpt, metadata={"input_size": [3, SIZE, SIZE], "crop_pct": 0.95})
     names = tmp_path / "names.txt"
     names.write_text("\n".join(f"n{i}" for i in range(10)))
     out_dir = tmp_path / "out"
-    assert main(["export", str(ckpt), "--format", "onnx,torchscript", "--output-dir",
-                 str(out_dir), "--class-names", str(names)]) == 0
+    assert (
+        main(
+            [
+                "export",
+                str(ckpt),
+                "--format",
+                "onnx,torchscript",
+                "--output-dir",
+                str(out_dir),
+                "--class-names",
+                str(names),
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert text.count(", ok") == 4 and "FAILED" not in text  # random + real, both formats
     meta = read_onnx_metadata(out_dir / "t8.onnx")
@@ -208,15 +237,19 @@ def test_export_bad_inputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     with pytest.raises(ConfigError, match="already an ONNX model"):
         export_torchscript(tmp_path / "x.onnx", tmp_path / "y.pt")
     with pytest.raises(ReparamError, match="BatchNorm"):
-        export_onnx(torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1), torch.nn.BatchNorm2d(3)),
-                    tmp_path / "bn.onnx")
+        export_onnx(
+            torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1), torch.nn.BatchNorm2d(3)),
+            tmp_path / "bn.onnx",
+        )
 
     ckpt = tmp_path / "t8.safetensors"
     fastvit.save_model(m, ckpt)
     for argv, needle in (
         (["export", str(ckpt), "--format", "tflite"], "unknown format tflite"),
-        (["export", str(ckpt), "--format", "onnx,torchscript", "-o", "a.onnx"],
-         "--output takes one format"),
+        (
+            ["export", str(ckpt), "--format", "onnx,torchscript", "-o", "a.onnx"],
+            "--output takes one format",
+        ),
         (["export", str(tmp_path / "nope.pth")], "does not exist"),
         (["export", str(ckpt), "--opset", "13"], "opset 13 is too old"),
     ):
@@ -226,11 +259,16 @@ def test_export_bad_inputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
 
 
 def test_metadata_props_round_trip_and_validation() -> None:
-    meta = ModelCard(variant="fastvit_t8", num_classes=2, form="fused",
-                     preprocessing=Preprocessing(input_size=(1, 32, 48), crop_pct=1.0,
-                                                 interpolation="bilinear", mean=(0.5,),
-                                                 std=(0.2,)),
-                     class_names=("cat", "dog"), extra={"note": "x"})
+    meta = ModelCard(
+        variant="fastvit_t8",
+        num_classes=2,
+        form="fused",
+        preprocessing=Preprocessing(
+            input_size=(1, 32, 48), crop_pct=1.0, interpolation="bilinear", mean=(0.5,), std=(0.2,)
+        ),
+        class_names=("cat", "dog"),
+        extra={"note": "x"},
+    )
     assert ModelCard.from_metadata(meta.to_metadata()) == meta
     assert meta.preprocessing.resize_size == 32
     with pytest.raises(ConfigError, match="crop_pct"):
@@ -241,14 +279,33 @@ def test_metadata_props_round_trip_and_validation() -> None:
         Preprocessing(interpolation="cubic-ish")
 
 
-def test_cli_export_int8_with_accuracy_and_speed_check(tmp_path: Path,
-                                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_export_int8_with_accuracy_and_speed_check(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     m = _model("fastvit_t8", seed=6)
     ckpt = tmp_path / "t8.safetensors"
     fastvit.save_model(m, ckpt, metadata={"input_size": [3, 32, 32]})
     out = tmp_path / "t8_q.onnx"
-    assert main(["export", str(ckpt), "--format", "onnx-int8", "-o", str(out), "--val", "digits",
-                 "--calibration-count", "16", "--threads", "1", "--no-verify"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                str(ckpt),
+                "--format",
+                "onnx-int8",
+                "-o",
+                str(out),
+                "--val",
+                "digits",
+                "--calibration-count",
+                "16",
+                "--threads",
+                "1",
+                "--no-verify",
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "wrote int8 ONNX model" in text and "16 calibration images from digits" in text
     assert "top-1 on digits (359 images): fp32" in text and "speed-up" in text
@@ -263,9 +320,17 @@ def test_training_metadata_conventions_are_applied(tmp_path: Path) -> None:
 
     m = _model("fastvit_t8", seed=7)
     ckpt = tmp_path / "trained.safetensors"
-    fastvit.save_model(m, ckpt, metadata={"input_size": 48, "crop_pct": 1.0,
-                                          "interpolation": "bilinear", "mean": [0.5] * 3,
-                                          "std": [0.25] * 3})
+    fastvit.save_model(
+        m,
+        ckpt,
+        metadata={
+            "input_size": 48,
+            "crop_pct": 1.0,
+            "interpolation": "bilinear",
+            "mean": [0.5] * 3,
+            "std": [0.25] * 3,
+        },
+    )
     meta = ModelCard.from_model(load_source(ckpt))
     assert meta.input_size == (3, 48, 48) and meta.preprocessing.crop_pct == 1.0
     prep = meta.preprocessing
@@ -273,10 +338,13 @@ def test_training_metadata_conventions_are_applied(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
-                    reason="torch.compile's CPU backend needs a C++ compiler")
+@pytest.mark.skipif(
+    shutil.which("g++") is None and shutil.which("c++") is None,
+    reason="torch.compile's CPU backend needs a C++ compiler",
+)
 def test_compiled_inference_matches_eager_and_skips_guards_only_when_seen(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from fastvit.export import CompiledInference
 
     model = fastvit.create_model("fastvit_t8", num_classes=10, inference_mode=True).eval()

@@ -35,23 +35,42 @@ def _tiny(kind: str) -> tuple[FastViTConfig, nn.Module]:
     cpe = partial(RepConditionalPosEnc, spatial_shape=(7, 7))
     if kind == "mci0":
         dims, mixers = (16, 32, 64, 64), ("repmixer",) * 3 + ("attention",)
-        tm = FastVit(layers=(1, 2, 1, 1), embed_dims=dims, mlp_ratios=(3,) * 4,
-                     se_downsamples=(False, False, True, True), pos_embs=(None,) * 3 + (cpe,),
-                     token_mixers=mixers, lkc_use_act=True, num_classes=24)
+        tm = FastVit(
+            layers=(1, 2, 1, 1),
+            embed_dims=dims,
+            mlp_ratios=(3,) * 4,
+            se_downsamples=(False, False, True, True),
+            pos_embs=(None,) * 3 + (cpe,),
+            token_mixers=mixers,
+            lkc_use_act=True,
+            num_classes=24,
+        )
         base = get_config("fastvit_mci0")
-        stages = tuple(StageConfig(d, w, 3.0, m, i == 3, i > 0, i >= 2)
-                       for i, (d, w, m) in enumerate(zip((1, 2, 1, 1), dims, mixers)))
+        stages = tuple(
+            StageConfig(d, w, 3.0, m, i == 3, i > 0, i >= 2)
+            for i, (d, w, m) in enumerate(zip((1, 2, 1, 1), dims, mixers))
+        )
     else:
         dims = (16, 32, 64, 64, 128)
         mixers = ("repmixer",) * 3 + ("attention",) * 2
-        tm = FastVit(layers=(1, 1, 1, 2, 1), embed_dims=dims, mlp_ratios=(4,) * 5,
-                     se_downsamples=(False,) * 5, downsamples=(False,) + (True,) * 4,
-                     pos_embs=(None,) * 3 + (cpe, cpe), token_mixers=mixers, lkc_use_act=True,
-                     norm_layer=partial(LayerNorm2d, eps=1e-5), stem_use_scale_branch=False,
-                     num_classes=24)
+        tm = FastVit(
+            layers=(1, 1, 1, 2, 1),
+            embed_dims=dims,
+            mlp_ratios=(4,) * 5,
+            se_downsamples=(False,) * 5,
+            downsamples=(False,) + (True,) * 4,
+            pos_embs=(None,) * 3 + (cpe, cpe),
+            token_mixers=mixers,
+            lkc_use_act=True,
+            norm_layer=partial(LayerNorm2d, eps=1e-5),
+            stem_use_scale_branch=False,
+            num_classes=24,
+        )
         base = get_config("fastvit_mci3")
-        stages = tuple(StageConfig(d, w, 4.0, m, i >= 3, i > 0)
-                       for i, (d, w, m) in enumerate(zip((1, 1, 1, 2, 1), dims, mixers)))
+        stages = tuple(
+            StageConfig(d, w, 4.0, m, i >= 3, i > 0)
+            for i, (d, w, m) in enumerate(zip((1, 1, 1, 2, 1), dims, mixers))
+        )
     return base.replace(name=f"tiny_{kind}", stages=stages, num_classes=24), tm.eval()
 
 
@@ -74,8 +93,11 @@ def _diff(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def _norms(model: nn.Module) -> list[nn.Module]:
-    return [m for m in model.modules()
-            if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm))]
+    return [
+        m
+        for m in model.modules()
+        if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm))
+    ]
 
 
 @pytest.mark.parametrize("kind", ["mci0", "mci3"])
@@ -101,14 +123,16 @@ def test_timm_parity_both_forms_and_state_dicts_both_ways(kind: str) -> None:
     with torch.no_grad():
         ref_fused = tf(x)
     mine = fastvit.reparameterize(ours)
-    loaded = load_into(fastvit.models.create_model(cfg, inference_mode=True),
-                       tf.state_dict()).eval()
+    loaded = load_into(
+        fastvit.models.create_model(cfg, inference_mode=True), tf.state_dict()
+    ).eval()
     with torch.no_grad():
         scale = ref.abs().max()
         assert _diff(mine(x), ref) <= TOL * scale and _diff(loaded(x), ref_fused) <= TOL * scale
     # ours fully fused -> timm's fused layout (identity norms, unit layer scales)
-    tf.load_state_dict(convert_state_dict(mine.state_dict(), to="timm",
-                                          norm_layer=cfg.norm_layer), strict=True)
+    tf.load_state_dict(
+        convert_state_dict(mine.state_dict(), to="timm", norm_layer=cfg.norm_layer), strict=True
+    )
     with torch.no_grad():
         assert _diff(tf(x), ref_fused) <= TOL * scale
 
@@ -146,8 +170,9 @@ def test_unfoldable_norm_is_kept_not_an_error() -> None:
         assert isinstance(blk.norm, nn.Identity) and _diff(blk(x), ref) <= 1e-6
 
 
-@pytest.mark.parametrize("name", [NEW[0], *(pytest.param(n, marks=pytest.mark.slow)
-                                             for n in NEW[1:])])
+@pytest.mark.parametrize(
+    "name", [NEW[0], *(pytest.param(n, marks=pytest.mark.slow) for n in NEW[1:])]
+)
 def test_full_size_params_and_fused_structure_match_timm(name: str) -> None:
     with torch.device("meta"):
         tm = timm.create_model(name)
@@ -155,8 +180,7 @@ def test_full_size_params_and_fused_structure_match_timm(name: str) -> None:
         fused = fastvit.models.create_model(name, inference_mode=True)
     assert count_params(ours) == count_params(tm)
     assert ours.num_classes == tm.num_classes == get_config(name).num_classes
-    assert [f["reduction"] for f in ours.feature_info] == [f["reduction"] for f in
-                                                           tm.feature_info]
+    assert [f["reduction"] for f in ours.feature_info] == [f["reduction"] for f in tm.feature_info]
     assert set(convert_state_dict(ours.state_dict(), to="timm")) == set(tm.state_dict())
     assert not [k for k in fused.state_dict() if "layer_scale" in k]
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in fused.modules())
@@ -176,8 +200,9 @@ def test_config_json_round_trip_for_every_variant() -> None:
     with pytest.raises(fastvit.ConfigError, match="unknown FastViT config fields"):
         FastViTConfig.from_dict({**get_config("fastvit_t8").to_dict(), "depths": [1]})
     with pytest.raises(fastvit.ConfigError, match="needs downsample=True"):
-        get_config("fastvit_t8").replace(stages=(StageConfig(1, 16, downsample=False),
-                                                 StageConfig(1, 32, downsample=False)))
+        get_config("fastvit_t8").replace(
+            stages=(StageConfig(1, 16, downsample=False), StageConfig(1, 32, downsample=False))
+        )
     with pytest.raises(fastvit.ConfigError, match="unknown token mixer"):
         StageConfig(1, 16, token_mixer="conv")
     bad = get_config("fastvit_t8").to_dict()
@@ -187,9 +212,13 @@ def test_config_json_round_trip_for_every_variant() -> None:
     with pytest.raises(fastvit.ConfigError, match="not valid JSON"):
         FastViTConfig.from_json("{stages")
     # a custom architecture through the top-level API
-    custom = get_config("fastvit_sa12").replace(name="my_vit", stages=(
-        StageConfig(1, 32, downsample=False), StageConfig(1, 64, 2.0, "attention", True,
-                                                          se=True)))
+    custom = get_config("fastvit_sa12").replace(
+        name="my_vit",
+        stages=(
+            StageConfig(1, 32, downsample=False),
+            StageConfig(1, 64, 2.0, "attention", True, se=True),
+        ),
+    )
     m = fastvit.create_model(custom, num_classes=3)
     assert m.variant == "my_vit" and m(torch.randn(1, 3, 32, 32)).shape == (1, 3)
     assert [f["reduction"] for f in m.feature_info] == [4, 8]
@@ -237,5 +266,6 @@ def test_fx_symbolic_trace_both_forms(kind: str) -> None:
     with torch.no_grad():
         assert torch.equal(torch.fx.symbolic_trace(model)(x), model(x))
         fused = fastvit.reparameterize(model)
-        torch.testing.assert_close(torch.fx.symbolic_trace(fused)(x), fused(x), atol=1e-5,
-                                   rtol=1e-5)
+        torch.testing.assert_close(
+            torch.fx.symbolic_trace(fused)(x), fused(x), atol=1e-5, rtol=1e-5
+        )

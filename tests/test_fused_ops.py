@@ -25,8 +25,7 @@ from fastvit.layers.inference import FusedConv2d, FusedConvFFN
 def kernel_calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     """Count calls of the three fused kernels, as the inference modules see them."""
     calls = {"linear_gelu": 0, "linear_add": 0, "conv_gelu": 0}
-    for mod, name in ((ffn_mod, "linear_gelu"), (ffn_mod, "linear_add"),
-                      (conv_mod, "conv_gelu")):
+    for mod, name in ((ffn_mod, "linear_gelu"), (ffn_mod, "linear_add"), (conv_mod, "conv_gelu")):
         orig = getattr(mod, name)
 
         def counted(*args, _orig=orig, _name=name, **kwargs):
@@ -62,8 +61,7 @@ def test_supported_torch_range_is_the_documented_one(monkeypatch: pytest.MonkeyP
     tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
     meta = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
     lo, hi = kernels.SUPPORTED_TORCH
-    assert meta["tool"]["fastvit"]["fused-kernels-torch"] == (
-        f">={lo[0]}.{lo[1]},<{hi[0]}.{hi[1]}")
+    assert meta["tool"]["fastvit"]["fused-kernels-torch"] == (f">={lo[0]}.{lo[1]},<{hi[0]}.{hi[1]}")
     assert kernels.torch_supported()  # the torch this project runs on
     assert not kernels.torch_supported((2, 0)) and not kernels.torch_supported(hi)
     # Outside the range the private ops are never called (plain ops, same outputs).
@@ -79,16 +77,22 @@ def test_supported_torch_range_is_the_documented_one(monkeypatch: pytest.MonkeyP
 def test_only_the_inference_package_touches_private_ops() -> None:
     src = Path(sys.modules["fastvit"].__file__).parent
     model_code = [p for d in ("reparam", "layers", "models") for p in (src / d).rglob("*.py")]
-    users = sorted(str(p.relative_to(src)) for p in model_code
-                   if "torch.ops.mkldnn" in p.read_text() or "_global_forward_hooks" in p.read_text()
-                   or "_len_torch_dispatch_stack" in p.read_text())
+    users = sorted(
+        str(p.relative_to(src))
+        for p in model_code
+        if "torch.ops.mkldnn" in p.read_text()
+        or "_global_forward_hooks" in p.read_text()
+        or "_len_torch_dispatch_stack" in p.read_text()
+    )
     assert users == ["layers/inference/kernels.py"]
 
 
-@pytest.mark.parametrize("variant,ffns,stem_convs", [("fastvit_t8", 10, 6),
-                                                     ("fastvit_sa12", 12, 6)])
-def test_fast_path_matches_plain_ops(variant: str, ffns: int, stem_convs: int,
-                                     kernel_calls: dict[str, int]) -> None:
+@pytest.mark.parametrize(
+    "variant,ffns,stem_convs", [("fastvit_t8", 10, 6), ("fastvit_sa12", 12, 6)]
+)
+def test_fast_path_matches_plain_ops(
+    variant: str, ffns: int, stem_convs: int, kernel_calls: dict[str, int]
+) -> None:
     model = _fused(variant)
     x = torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(0))
     with torch.enable_grad():  # autograd on: the plain ops

@@ -29,9 +29,20 @@ OFFICIAL_FUSED_PARAMS = {"fastvit_t8": 4.00, "fastvit_ma36": 43.98}
 
 
 def test_list_models():
-    assert ALL == ["fastvit_t8", "fastvit_t12", "fastvit_s12", "fastvit_sa12", "fastvit_sa24",
-                   "fastvit_sa36", "fastvit_ma36", "fastvit_mci0", "fastvit_mci1",
-                   "fastvit_mci2", "fastvit_mci3", "fastvit_mci4"]
+    assert ALL == [
+        "fastvit_t8",
+        "fastvit_t12",
+        "fastvit_s12",
+        "fastvit_sa12",
+        "fastvit_sa24",
+        "fastvit_sa36",
+        "fastvit_ma36",
+        "fastvit_mci0",
+        "fastvit_mci1",
+        "fastvit_mci2",
+        "fastvit_mci3",
+        "fastvit_mci4",
+    ]
     with pytest.raises(fastvit.ConfigError, match="unknown model 'fastvit_x9'; choose one of"):
         fastvit.create_model("fastvit_x9")
 
@@ -123,8 +134,7 @@ def test_num_classes_zero_and_reset():
     with torch.no_grad():
         feats = model(x)
         assert feats.shape == (2, model.num_features) == (2, 768)
-        assert torch.allclose(feats, model.forward_head(model.forward_features(x),
-                                                        pre_logits=True))
+        assert torch.allclose(feats, model.forward_head(model.forward_features(x), pre_logits=True))
     model.reset_classifier(7)
     assert model(x).shape == (2, 7) and model.num_classes == 7
     assert model.get_classifier().out_features == 7
@@ -137,8 +147,12 @@ def test_features_only():
     x = torch.randn(1, 3, 96, 128)
     with torch.no_grad():
         feats = model(x)
-    assert [f.shape for f in feats] == [(1, 64, 24, 32), (1, 128, 12, 16), (1, 256, 6, 8),
-                                        (1, 512, 3, 4)]
+    assert [f.shape for f in feats] == [
+        (1, 64, 24, 32),
+        (1, 128, 12, 16),
+        (1, 256, 6, 8),
+        (1, 512, 3, 4),
+    ]
     part = fastvit.create_model("fastvit_t8", features_only=True, out_indices=(1, 3))
     assert part.feature_info.channels() == [96, 384]
     assert [f.shape[1] for f in part(x)] == [96, 384]
@@ -235,8 +249,9 @@ def test_in_chans():
 _BIG = {"fastvit_sa24", "fastvit_sa36", "fastvit_ma36"}
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in _BIG else n
-                                  for n in IMAGENET])  # mci*: test_family.py
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n in _BIG else n for n in IMAGENET]
+)  # mci*: test_family.py
 def test_fx_symbolic_trace_both_forms(name):
     model = fastvit.create_model(name, num_classes=10).eval()
     randomize_bn_and_scales(model, seed=5)

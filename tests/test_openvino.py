@@ -37,20 +37,23 @@ def _digits_model() -> torch.nn.Module:
     """T8 with a ridge-regression head on the digits train features (see module docstring)."""
     torch.manual_seed(0)
     m = fastvit.create_model("fastvit_t8", num_classes=10)
-    m.preprocessing = m.preprocessing.replace(input_size=(3, SIZE, SIZE), crop_pct=1.0,
-                                              interpolation="bilinear")
+    m.preprocessing = m.preprocessing.replace(
+        input_size=(3, SIZE, SIZE), crop_pct=1.0, interpolation="bilinear"
+    )
     m.class_names = DIGITS
     m = fastvit.reparameterize(m.eval())
     data = load_image_set("digits", ModelCard.from_model(m), split="train", limit=600)
     with torch.no_grad():
-        feats = m.forward_head(m.forward_features(torch.from_numpy(data.images)),
-                               pre_logits=True).double()
+        feats = m.forward_head(
+            m.forward_features(torch.from_numpy(data.images)), pre_logits=True
+        ).double()
         mu = feats.mean(0)
         z = torch.cat([feats - mu, torch.ones(len(feats), 1, dtype=torch.float64)], 1)
         y = torch.nn.functional.one_hot(torch.from_numpy(data.labels), 10).double() * 10 - 5
         ridge = 1e-3 * float((z * z).sum()) / z.shape[1]
-        w = torch.linalg.solve(z.T @ z + ridge * torch.eye(z.shape[1], dtype=torch.float64),
-                               z.T @ y)
+        w = torch.linalg.solve(
+            z.T @ z + ridge * torch.eye(z.shape[1], dtype=torch.float64), z.T @ y
+        )
         m.head.weight.copy_(w[:-1].T.float())
         m.head.bias.copy_((w[-1] - mu @ w[:-1]).float())
     return m
@@ -60,12 +63,20 @@ def _digits_model() -> torch.nn.Module:
 def art(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     d = tmp_path_factory.mktemp("ov")
     model = _digits_model()
-    ckpt = fastvit.save_model(model, d / "digits.safetensors", class_names=DIGITS,
-                              metadata={"input_size": [3, SIZE, SIZE], "crop_pct": 1.0,
-                                        "interpolation": "bilinear"})
+    ckpt = fastvit.save_model(
+        model,
+        d / "digits.safetensors",
+        class_names=DIGITS,
+        metadata={"input_size": [3, SIZE, SIZE], "crop_pct": 1.0, "interpolation": "bilinear"},
+    )
     report = export_openvino(ckpt, d / "f32" / "digits.xml")
-    return {"dir": d, "model": model, "ckpt": ckpt, "f32": d / "f32" / "digits.xml",
-            "report": report}
+    return {
+        "dir": d,
+        "model": model,
+        "ckpt": ckpt,
+        "f32": d / "f32" / "digits.xml",
+        "report": report,
+    }
 
 
 def _val_logits(model: torch.nn.Module) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -121,10 +132,16 @@ def _tiny_trained(epochs: int = 4) -> torch.nn.Module:
     from fastvit.models.fastvit import FastViT
 
     torch.manual_seed(0)
-    stages = tuple(StageConfig(1, dim, 2.0, downsample=i > 0)
-                   for i, dim in enumerate((16, 32, 64, 128)))
-    cfg = FastViTConfig("fastvit_tiny_test", stages, preprocessing=Preprocessing(
-        input_size=(3, SIZE, SIZE), crop_pct=1.0, interpolation="bilinear"))
+    stages = tuple(
+        StageConfig(1, dim, 2.0, downsample=i > 0) for i, dim in enumerate((16, 32, 64, 128))
+    )
+    cfg = FastViTConfig(
+        "fastvit_tiny_test",
+        stages,
+        preprocessing=Preprocessing(
+            input_size=(3, SIZE, SIZE), crop_pct=1.0, interpolation="bilinear"
+        ),
+    )
     m = FastViT(cfg, num_classes=10)
     m.class_names = DIGITS
     train = load_image_set("digits", ModelCard.from_model(m), split="train")
@@ -137,7 +154,7 @@ def _tiny_trained(epochs: int = 4) -> torch.nn.Module:
     for _epoch in range(epochs):
         perm = torch.randperm(len(x), generator=g)
         for i in range(0, len(x), 64):
-            loss = torch.nn.functional.cross_entropy(m(x[perm[i:i + 64]]), y[perm[i:i + 64]])
+            loss = torch.nn.functional.cross_entropy(m(x[perm[i : i + 64]]), y[perm[i : i + 64]])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -168,14 +185,16 @@ def test_int8_agreement_and_refusal(tmp_path: Path) -> None:
     bad = tmp_path / "bad.xml"
     with pytest.raises(AccuracyDropError, match="--max-drop"):
         export_openvino(model, bad, int8=True, calib=black, max_drop=0.0, threads=1)
-    assert not any(tmp_path.glob("bad*")) and not any(p.name.startswith(".")
-                                                      for p in tmp_path.iterdir())
+    assert not any(tmp_path.glob("bad*")) and not any(
+        p.name.startswith(".") for p in tmp_path.iterdir()
+    )
     export_openvino(model, bad, int8=True, calib=black, max_drop=0.0, force=True, threads=1)
     assert bad.exists() and bad.with_suffix(".bin").exists()
 
 
-def test_predict_and_eval_cli(art: dict, tmp_path: Path,
-                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_predict_and_eval_cli(
+    art: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     imgs = tmp_path / "imgs"
     imgs.mkdir()
     val = load_image_set("digits", read_openvino(art["f32"]).meta, split="val", limit=3)
@@ -194,8 +213,9 @@ def test_predict_and_eval_cli(art: dict, tmp_path: Path,
     assert len(doc["predictions"]) == 3
     assert main(["predict", str(art["ckpt"]), str(imgs), "--top-k", "1", "--json"]) == 0
     torch_doc = json.loads(capsys.readouterr().out)
-    assert [p["top_k"][0]["index"] for p in doc["predictions"]] == \
-        [p["top_k"][0]["index"] for p in torch_doc["predictions"]]
+    assert [p["top_k"][0]["index"] for p in doc["predictions"]] == [
+        p["top_k"][0]["index"] for p in torch_doc["predictions"]
+    ]
     assert len(ref) == 3
 
     assert main(["eval", str(art["f32"]), "--json", "--threads", "1"]) == 0
@@ -207,11 +227,25 @@ def test_predict_and_eval_cli(art: dict, tmp_path: Path,
     assert ov["form"] == "openvino f32"
 
 
-def test_cli_export_and_refusals(art: dict, tmp_path: Path,
-                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_export_and_refusals(
+    art: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "ir"
-    assert main(["export", str(art["ckpt"]), "--format", "openvino", "--output", str(out),
-                 "--threads", "1"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                str(art["ckpt"]),
+                "--format",
+                "openvino",
+                "--output",
+                str(out),
+                "--threads",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert "vs PyTorch on real inputs: " in capsys.readouterr().out
     assert sorted(p.name for p in out.iterdir()) == ["digits.bin", "digits.xml"]
     before = (out / "digits.xml").read_bytes()
@@ -224,8 +258,22 @@ def test_cli_export_and_refusals(art: dict, tmp_path: Path,
     empty = tmp_path / "empty"
     (empty / "sub").mkdir(parents=True)
     (empty / "notes.txt").write_text("no images here")
-    assert main(["export", str(art["ckpt"]), "--format", "openvino", "--int8", "--calib",
-                 str(empty), "--output", str(tmp_path / "q.xml")]) == 2
+    assert (
+        main(
+            [
+                "export",
+                str(art["ckpt"]),
+                "--format",
+                "openvino",
+                "--int8",
+                "--calib",
+                str(empty),
+                "--output",
+                str(tmp_path / "q.xml"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "no images found in calibration folder" in err and len(err.splitlines()) == 1
     assert main(["export", str(art["ckpt"]), "--format", "onnx", "--int8"]) == 2
@@ -272,16 +320,18 @@ def test_write_is_atomic(art: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert read_openvino(target).meta == read_openvino(art["f32"]).meta
 
 
-def test_missing_extra_is_one_line(art: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_extra_is_one_line(
+    art: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     real = sys.modules["openvino"]
     img = tmp_path / "x.png"
     Image.new("RGB", (SIZE, SIZE)).save(img)
     monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino -> ImportError
-    for argv in (["export", str(art["ckpt"]), "--format", "openvino", "--output",
-                  str(tmp_path / "o")],
-                 ["predict", str(art["f32"]), str(img)],
-                 ["eval", str(art["f32"])]):
+    for argv in (
+        ["export", str(art["ckpt"]), "--format", "openvino", "--output", str(tmp_path / "o")],
+        ["predict", str(art["f32"]), str(img)],
+        ["eval", str(art["f32"])],
+    ):
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert "pip install 'fastvit[openvino]'" in err and len(err.strip().splitlines()) == 1
@@ -296,13 +346,22 @@ def test_bench_runners(tmp_path: Path, art: dict) -> None:
     from fastvit.bench import RunnerSpec, build_runner, run_benchmark
 
     for backend in ("openvino-f32", "openvino-bf16"):
-        runner = build_runner(RunnerSpec("fastvit_t8", backend, 2, 32, threads=1,
-                                         cache_dir=str(tmp_path)))
+        runner = build_runner(
+            RunnerSpec("fastvit_t8", backend, 2, 32, threads=1, cache_dir=str(tmp_path))
+        )
         out = runner.fn()
         assert out[0].shape == (2, 1000)
     # an IR file in place of a variant: run with its stored precision, FLOPs of its variant
-    result = run_benchmark([str(art["f32"])], batches=[1], size=SIZE, threads=1, warmup=1,
-                           rounds=1, round_time=0.01, memory=False)
+    result = run_benchmark(
+        [str(art["f32"])],
+        batches=[1],
+        size=SIZE,
+        threads=1,
+        warmup=1,
+        rounds=1,
+        round_time=0.01,
+        memory=False,
+    )
     (row,) = result.rows
     assert row.backend == "file" and row.variant == str(art["f32"]) and row.gflop > 0
 

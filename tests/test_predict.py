@@ -48,15 +48,15 @@ def _train_color_model() -> torch.nn.Module:
     return model.eval()
 
 
-
 @pytest.fixture(scope="module")
 def art(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Checkpoint (unfused, with class names and 32px preprocessing), ONNX, TorchScript, images."""
     d = tmp_path_factory.mktemp("predict")
     model = _train_color_model()
     ckpt = d / "colors.safetensors"
-    fastvit.save_model(model, ckpt, class_names=list(COLORS),
-                       metadata={"input_size": [3, SIZE, SIZE]})
+    fastvit.save_model(
+        model, ckpt, class_names=list(COLORS), metadata={"input_size": [3, SIZE, SIZE]}
+    )
     onnx_path = d / "colors.onnx"
     export_onnx(ckpt, onnx_path, verify=False)  # parity is tested in test_export.py
     ts_path = d / "colors.torchscript.pt"
@@ -73,12 +73,22 @@ def art(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     rgba = Image.new("RGBA", (40, 44), (*COLORS["red"], 255))
     rgba.save(imgs / "red_rgba.png")
     (imgs / "notes.txt").write_text("not an image")  # ignored: not an image extension
-    return {"dir": d, "ckpt": ckpt, "onnx": onnx_path, "ts": ts_path, "nonames": nonames,
-            "images": imgs}
+    return {
+        "dir": d,
+        "ckpt": ckpt,
+        "onnx": onnx_path,
+        "ts": ts_path,
+        "nonames": nonames,
+        "images": imgs,
+    }
 
 
-EXPECTED = {"red.png": "red", "green.jpg": "green", "blue_palette.gif": "blue",
-            "red_rgba.png": "red"}
+EXPECTED = {
+    "red.png": "red",
+    "green.jpg": "green",
+    "blue_palette.gif": "blue",
+    "red_rgba.png": "red",
+}
 
 
 def _check(preds: list) -> None:
@@ -90,8 +100,9 @@ def _check(preds: list) -> None:
         assert sum(p.probs) == pytest.approx(1.0, abs=1e-6)  # top-3 of 3 classes
 
 
-@pytest.mark.parametrize("which,backend", [("ckpt", "torch"), ("ckpt", "onnxruntime"),
-                                           ("onnx", None), ("ts", None)])
+@pytest.mark.parametrize(
+    "which,backend", [("ckpt", "torch"), ("ckpt", "onnxruntime"), ("onnx", None), ("ts", None)]
+)
 def test_known_answers_every_backend(art: dict[str, Path], which: str, backend: str | None) -> None:
     pred = load_predictor(art[which], backend)
     assert pred.card.input_size == (3, SIZE, SIZE)
@@ -110,8 +121,20 @@ def test_backends_agree(art: dict[str, Path]) -> None:
 
 
 def test_cli_json_and_text(art: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["predict", str(art["onnx"]), str(art["images"]), "--json", "--top-k", "2",
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(art["onnx"]),
+                str(art["images"]),
+                "--json",
+                "--top-k",
+                "2",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     doc = json.loads(capsys.readouterr().out)
     assert doc["backend"] == "onnxruntime" and doc["variant"] == "fastvit_t8"
     got = {Path(p["path"]).name: p["top_k"][0]["label"] for p in doc["predictions"]}
@@ -124,14 +147,16 @@ def test_cli_json_and_text(art: dict[str, Path], capsys: pytest.CaptureFixture[s
 
 
 def test_folder_progress_bar(art: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
-    preds = predict_images(load_predictor(art["onnx"]), list_images(art["images"]),
-                           batch_size=2, progress=True)
+    preds = predict_images(
+        load_predictor(art["onnx"]), list_images(art["images"]), batch_size=2, progress=True
+    )
     _check([p for p in preds])
     assert "img" in capsys.readouterr().err  # tqdm wrote its bar to stderr
 
 
-def test_missing_class_names_warn_and_fallback(art: dict[str, Path], tmp_path: Path,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_class_names_warn_and_fallback(
+    art: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     pred = load_predictor(art["nonames"])
     assert pred.card.class_names is None
     with pytest.warns(MissingClassNamesWarning):
@@ -146,15 +171,26 @@ def test_missing_class_names_warn_and_fallback(art: dict[str, Path], tmp_path: P
 
     names = tmp_path / "names.txt"
     names.write_text("rouge\nvert\nbleu\n")
-    assert main(["predict", str(art["nonames"]), str(art["images"] / "green.jpg"),
-                 "--class-names", str(names)]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(art["nonames"]),
+                str(art["images"] / "green.jpg"),
+                "--class-names",
+                str(names),
+            ]
+        )
+        == 0
+    )
     assert ": vert (" in capsys.readouterr().out
 
     names.write_text("rouge\nvert\n")  # the user asked for names, but the list is wrong
     with pytest.raises(ConfigError, match="2 class names given for a 3-class model"):
         load_predictor(art["nonames"], class_names=["rouge", "vert"])
-    assert main(["predict", str(art["nonames"]), str(art["images"]), "--class-names",
-                 str(names)]) == 2
+    assert (
+        main(["predict", str(art["nonames"]), str(art["images"]), "--class-names", str(names)]) == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "one name per class" in err[0]
 
@@ -175,6 +211,7 @@ def test_image_mode_conversions() -> None:
 
 # ----------------------------------------------------------------------------- bad inputs
 
+
 def _one_line_error(argv: list[str], capsys: pytest.CaptureFixture[str], needle: str) -> None:
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -182,8 +219,9 @@ def _one_line_error(argv: list[str], capsys: pytest.CaptureFixture[str], needle:
     assert needle in err[0] and err[0].startswith("fastvit predict: error:")
 
 
-def test_unreadable_image(art: dict[str, Path], tmp_path: Path,
-                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_unreadable_image(
+    art: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
     with pytest.raises(DataError, match="cannot read image"):
@@ -200,40 +238,48 @@ def test_unreadable_image(art: dict[str, Path], tmp_path: Path,
     errors = [ln for ln in captured.err.splitlines() if ": error:" in ln]
     assert len(errors) == 1 and "zz_bad.jpg" in errors[0]
     assert "Traceback" not in captured.err
-    _one_line_error(["predict", str(art["onnx"]), str(tmp_path / "nope.png")], capsys,
-                    "does not exist")
+    _one_line_error(
+        ["predict", str(art["onnx"]), str(tmp_path / "nope.png")], capsys, "does not exist"
+    )
     empty = tmp_path / "empty"
     empty.mkdir()
     _one_line_error(["predict", str(art["onnx"]), str(empty)], capsys, "no images")
 
 
-def test_wrong_channel_count(tmp_path: Path, art: dict[str, Path],
-                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_wrong_channel_count(
+    tmp_path: Path, art: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     model = fastvit.create_model("fastvit_t8", num_classes=3, in_chans=4, inference_mode=True)
-    model.pretrained_cfg = dict(model.pretrained_cfg, input_size=(4, SIZE, SIZE),
-                                mean=(0.5,) * 4, std=(0.25,) * 4)
+    model.pretrained_cfg = dict(
+        model.pretrained_cfg, input_size=(4, SIZE, SIZE), mean=(0.5,) * 4, std=(0.25,) * 4
+    )
     path = tmp_path / "four.onnx"
     export_onnx(model, path, verify=False)
     pred = load_predictor(path)
     with pytest.raises(DataError, match="4-channel input"):
         predict_images(pred, [art["images"] / "red.png"])
-    _one_line_error(["predict", str(path), str(art["images"] / "red.png")], capsys,
-                    "4-channel input")
+    _one_line_error(
+        ["predict", str(path), str(art["images"] / "red.png")], capsys, "4-channel input"
+    )
 
 
-def test_onnx_input_shape_mismatch(art: dict[str, Path], tmp_path: Path,
-                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_onnx_input_shape_mismatch(
+    art: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(DataError, match="does not match the preprocessing"):
         load_predictor(art["onnx"], size=64)  # static 32x32 ONNX input
-    _one_line_error(["predict", str(art["onnx"]), str(art["images"]), "--size", "64"], capsys,
-                    "pass --size 32")
+    _one_line_error(
+        ["predict", str(art["onnx"]), str(art["images"]), "--size", "64"], capsys, "pass --size 32"
+    )
     import onnx
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
-        [helper.make_node("Relu", ["x"], ["y"])], "flat",
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "flat",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 12])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 12])])
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 12])],
+    )
     flat = tmp_path / "flat.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), flat)
     with warnings.catch_warnings():
@@ -242,8 +288,9 @@ def test_onnx_input_shape_mismatch(art: dict[str, Path], tmp_path: Path,
             load_predictor(flat)
 
 
-def test_bad_model_files_and_options(art: dict[str, Path], tmp_path: Path,
-                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_model_files_and_options(
+    art: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     img = str(art["images"] / "red.png")
     with pytest.raises(ConfigError, match="--backend onnxruntime"):
         load_predictor(art["onnx"], "torch")

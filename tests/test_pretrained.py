@@ -63,7 +63,7 @@ class _Server:
                 self.end_headers()
                 if self.path in server.interrupt:
                     server.interrupt.discard(self.path)
-                    self.wfile.write(body[start:start + (len(body) - start) // 2])
+                    self.wfile.write(body[start : start + (len(body) - start) // 2])
                     self.wfile.flush()
                     self.close_connection = True
                     return
@@ -117,8 +117,9 @@ def _out(model: nn.Module) -> torch.Tensor:
 
 def _use_server(monkeypatch, tag: str, sources: tuple[Source, ...]) -> None:
     """Point the registry entry of ``tag`` at the loopback server (no Hub)."""
-    monkeypatch.setitem(PRETRAINED, tag, dataclasses.replace(PRETRAINED[tag], hf_hub_id=None,
-                                                             sources=sources))
+    monkeypatch.setitem(
+        PRETRAINED, tag, dataclasses.replace(PRETRAINED[tag], hf_hub_id=None, sources=sources)
+    )
 
 
 def _no_stray_files(folder: Path) -> None:
@@ -149,7 +150,8 @@ def test_registry_covers_every_timm_tag() -> None:
         "https://docs-assets.developer.apple.com/ml-research/models/fastvit/"
         "image_classification_models/fastvit_t8.pth.tar",
         "https://docs-assets.developer.apple.com/ml-research/models/fastvit/"
-        "image_classification_models/fastvit_t8_reparam.pth.tar"]
+        "image_classification_models/fastvit_t8_reparam.pth.tar",
+    ]
     assert t8.top1 == 76.2 and PRETRAINED["fastvit_ma36.apple_dist_in1k"].top1 == 84.6
     assert "distilled" in PRETRAINED["fastvit_t8.apple_dist_in1k"].sources[0].url
     assert PRETRAINED["fastvit_mci0.apple_mclip"].sources[0].url.endswith("mobileclip_s0.pt")
@@ -171,8 +173,10 @@ def test_create_model_without_weights() -> None:
 
 
 def test_official_unfused_url_download_new_head_and_cache(server, monkeypatch, t8, tmp_path):
-    server.files["/fastvit_t8.pth.tar"] = (_torch_bytes({"state_dict": t8.state_dict()}),
-                                           "application/octet-stream")
+    server.files["/fastvit_t8.pth.tar"] = (
+        _torch_bytes({"state_dict": t8.state_dict()}),
+        "application/octet-stream",
+    )
     _use_server(monkeypatch, TAG, (Source(server.url("/fastvit_t8.pth.tar")),))
     monkeypatch.delenv("HF_HUB_OFFLINE")
     m = fastvit.create_model(TAG, pretrained=True)
@@ -190,13 +194,17 @@ def test_official_unfused_url_download_new_head_and_cache(server, monkeypatch, t
 def test_official_reparam_file_after_404(server, monkeypatch, t8):
     fused = convert_state_dict(fastvit.reparameterize(t8).state_dict(), to="official")
     server.files["/fastvit_t8_reparam.pth.tar"] = (_torch_bytes(fused), "application/x-tar")
-    _use_server(monkeypatch, TAG, (Source(server.url("/fastvit_t8.pth.tar")),
-                                   Source(server.url("/fastvit_t8_reparam.pth.tar"),
-                                          form="fused")))
+    _use_server(
+        monkeypatch,
+        TAG,
+        (
+            Source(server.url("/fastvit_t8.pth.tar")),
+            Source(server.url("/fastvit_t8_reparam.pth.tar"), form="fused"),
+        ),
+    )
     monkeypatch.delenv("HF_HUB_OFFLINE")
     m = fastvit.create_model(TAG, pretrained=True)
-    assert [p for p, _ in server.requests] == ["/fastvit_t8.pth.tar",
-                                               "/fastvit_t8_reparam.pth.tar"]
+    assert [p for p, _ in server.requests] == ["/fastvit_t8.pth.tar", "/fastvit_t8_reparam.pth.tar"]
     assert m.inference_mode and (_out(m) - _out(t8)).abs().max() <= 1e-5
 
 
@@ -206,8 +214,11 @@ def test_interrupted_download_resumes_with_range(server, tmp_path, monkeypatch):
     server.files["/w.bin"] = (body, "application/octet-stream")
     server.interrupt.add("/w.bin")
     dest = tmp_path / "dl" / "w.bin"
-    with pytest.raises(DownloadError, match=r"interrupted after 512000 of 1024000 bytes; run "
-                                            "again to resume"):
+    with pytest.raises(
+        DownloadError,
+        match=r"interrupted after 512000 of 1024000 bytes; run "
+        "again to resume",
+    ):
         download_url(server.url("/w.bin"), dest, progress=False)
     assert not dest.exists() and (tmp_path / "dl" / ".w.bin.partial").stat().st_size == 512000
     download_url(server.url("/w.bin"), dest, progress=False)
@@ -266,7 +277,8 @@ def test_load_model_from_url_timm_layout_and_overlay_file(server, monkeypatch, t
     monkeypatch.delenv("HF_HUB_OFFLINE")
     server.files["/ft/model.safetensors"] = (
         st_save({k: v.contiguous() for k, v in convert_state_dict(t8.state_dict()).items()}),
-        "application/octet-stream")
+        "application/octet-stream",
+    )
     m = fastvit.load_model(server.url("/ft/model.safetensors"))
     assert m.variant == "fastvit_t8" and torch.equal(_out(m), _out(t8))
     fastvit.load_model(server.url("/ft/model.safetensors"))  # cached by URL
@@ -293,8 +305,7 @@ def mci0() -> nn.Module:
 def test_mobileclip_official_and_open_clip_layouts(server, monkeypatch, mci0):
     monkeypatch.delenv("HF_HUB_OFFLINE")
     sd = mci0.state_dict()
-    official = {f"image_encoder.model.{k}": v for k, v in sd.items()
-                if not k.startswith("head.")}
+    official = {f"image_encoder.model.{k}": v for k, v in sd.items() if not k.startswith("head.")}
     official["image_encoder.model.head.proj"] = sd["head.weight"].t().contiguous()
     official["text_encoder.transformer.0.weight"] = torch.randn(8, 8)
     official["logit_scale"] = torch.tensor(4.6)
@@ -329,8 +340,15 @@ def _populate_hub(tmp_path: Path, repo: str, files: dict[str, bytes]) -> None:
 
 
 def test_hub_offline_cache_tag_hf_hub_predict_and_init(tmp_path, t8, capsys):
-    _populate_hub(tmp_path, f"timm/{TAG}", {"model.safetensors": st_save(
-        {k: v.contiguous() for k, v in convert_state_dict(t8.state_dict()).items()})})
+    _populate_hub(
+        tmp_path,
+        f"timm/{TAG}",
+        {
+            "model.safetensors": st_save(
+                {k: v.contiguous() for k, v in convert_state_dict(t8.state_dict()).items()}
+            )
+        },
+    )
     ref = _out(t8)
     assert torch.equal(_out(fastvit.create_model(TAG, pretrained=True)), ref)
     m = fastvit.load_model(f"hf-hub:timm/{TAG}")
@@ -352,8 +370,11 @@ def test_hub_offline_cache_tag_hf_hub_predict_and_init(tmp_path, t8, capsys):
     assert len(top["top_k"]) == 2
     assert all(c["label"] == names[c["index"]] for c in top["top_k"]), top
     # not in the cache, offline: one line naming the repo and where a manual file goes
-    with pytest.raises(DownloadError, match=r"offline mode: cannot get pretrained weights for "
-                                            r"fastvit_t12.apple_in1k: tried https://hugging"):
+    with pytest.raises(
+        DownloadError,
+        match=r"offline mode: cannot get pretrained weights for "
+        r"fastvit_t12.apple_in1k: tried https://hugging",
+    ):
         fastvit.create_model("fastvit_t12.apple_in1k", pretrained=True)
 
 
@@ -363,8 +384,10 @@ def test_cli_list_pretrained(capsys) -> None:
     rows = [line for line in out if line.startswith("fastvit_")]
     assert len(rows) == 21 and any("fastvit_mci4.apple_mclip2_dfndr2b" in r for r in rows)
     assert cli(["list"]) == 0
-    assert len([line for line in capsys.readouterr().out.splitlines()
-                if line.startswith("fastvit_")]) == 12
+    assert (
+        len([line for line in capsys.readouterr().out.splitlines() if line.startswith("fastvit_")])
+        == 12
+    )
 
 
 def test_registry_module_is_pure_data() -> None:
@@ -378,7 +401,8 @@ def test_hub_repo_with_open_clip_file_only(tmp_path, mci0):
     timm_sd = convert_state_dict(mci0.state_dict(), to="timm")
     full = {f"visual.trunk.{k}": v for k, v in timm_sd.items()}
     full["logit_scale"] = torch.tensor(4.6)
-    _populate_hub(tmp_path, "apple/mobileclip_s0_timm",
-                  {"open_clip_pytorch_model.bin": _torch_bytes(full)})
+    _populate_hub(
+        tmp_path, "apple/mobileclip_s0_timm", {"open_clip_pytorch_model.bin": _torch_bytes(full)}
+    )
     m = fastvit.create_model("fastvit_mci0.apple_mclip", pretrained=True)
     assert torch.equal(_out(m), _out(mci0)) and m.class_names is None

@@ -53,8 +53,16 @@ def test_mobileone_block_exact(cin, cout, k, stride, groups, nb, use_se, dtype, 
     torch.manual_seed(0)
     if use_se:  # SE reduces channels by 16: widen the block so it has a hidden unit
         cin, cout = cin * 4, cout * 4
-    block = MobileOneBlock(cin, cout, k, stride=stride, padding=k // 2, groups=groups,
-                           use_se=use_se, num_conv_branches=nb).to(dtype)
+    block = MobileOneBlock(
+        cin,
+        cout,
+        k,
+        stride=stride,
+        padding=k // 2,
+        groups=groups,
+        use_se=use_se,
+        num_conv_branches=nb,
+    ).to(dtype)
     x = torch.randn(2, cin, 11, 13, dtype=dtype)
     _check(block, x, atol)
 
@@ -136,14 +144,21 @@ def test_reparameterize_is_idempotent_and_in_place():
 
 
 def test_inference_mode_construction_matches_fused_keys():
-    for cls, args in ((MobileOneBlock, (8, 8, 3, 1, 1)), (RepMixer, (8,)), (RepCPE, (8, 8)),
-                      (RepMixerBlock, (8,)), (AttentionBlock, (32,)), (PatchEmbed, (7, 2, 8, 16)),
-                      (RepStem, (3, 8))):
+    for cls, args in (
+        (MobileOneBlock, (8, 8, 3, 1, 1)),
+        (RepMixer, (8,)),
+        (RepCPE, (8, 8)),
+        (RepMixerBlock, (8,)),
+        (AttentionBlock, (32,)),
+        (PatchEmbed, (7, 2, 8, 16)),
+        (RepStem, (3, 8)),
+    ):
         fused = fastvit.reparameterize(cls(*args))
         direct = cls(*args, inference_mode=True)
         assert direct.inference_mode
         assert {k: v.shape for k, v in fused.state_dict().items()} == {
-            k: v.shape for k, v in direct.state_dict().items()}, cls.__name__
+            k: v.shape for k, v in direct.state_dict().items()
+        }, cls.__name__
 
 
 def test_user_network_with_repstem():
@@ -220,4 +235,5 @@ def test_attention_block_with_a_layernorm_folds_its_affine_and_keeps_the_rest():
     assert fused.norm.weight is None and fused.norm.bias is None
     direct = AttentionBlock(32, mlp_ratio=2.0, norm_layer=LayerNorm2d, inference_mode=True)
     assert {k: v.shape for k, v in fused.state_dict().items()} == {
-        k: v.shape for k, v in direct.state_dict().items()}
+        k: v.shape for k, v in direct.state_dict().items()
+    }

@@ -22,8 +22,10 @@ import fastvit
 from conftest import randomize_bn_and_scales
 
 # the two MobileCLIP2 towers (125 M / 322 M parameters) take most of the time: slow marker
-VARIANTS = [pytest.param(v, marks=pytest.mark.slow) if v in ("fastvit_mci3", "fastvit_mci4")
-            else v for v in fastvit.list_models()]
+VARIANTS = [
+    pytest.param(v, marks=pytest.mark.slow) if v in ("fastvit_mci3", "fastvit_mci4") else v
+    for v in fastvit.list_models()
+]
 SIZE = 64
 
 
@@ -35,8 +37,15 @@ def _name(variant: str) -> str:
 def _registered():
     """Register our variants in timm's registry for this module."""
     for variant in fastvit.list_models():
-        def entry(pretrained=False, pretrained_cfg=None, pretrained_cfg_overlay=None,
-                  cache_dir=None, _variant=variant, **kwargs):
+
+        def entry(
+            pretrained=False,
+            pretrained_cfg=None,
+            pretrained_cfg_overlay=None,
+            cache_dir=None,
+            _variant=variant,
+            **kwargs,
+        ):
             if pretrained:
                 raise AssertionError("the contract tests never download")
             return fastvit.create_model(_variant, **kwargs)
@@ -144,8 +153,12 @@ def test_forward_intermediates(variant):
 def _fx(model):
     kw = dict(leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions())
     train_nodes, eval_nodes = get_graph_node_names(model, tracer_kwargs=kw)
-    return create_feature_extractor(model, train_return_nodes=[train_nodes[-1]],
-                                    eval_return_nodes=[eval_nodes[-1]], tracer_kwargs=kw)
+    return create_feature_extractor(
+        model,
+        train_return_nodes=[train_nodes[-1]],
+        eval_return_nodes=[eval_nodes[-1]],
+        tracer_kwargs=kw,
+    )
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

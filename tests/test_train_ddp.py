@@ -29,20 +29,38 @@ def _free_port() -> int:
 
 def _worker(rank: int, world: int, port: int, cfg_dict: dict, out: str) -> None:
     """One rank, set up the way torchrun would (its environment variables)."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+    )
     torch.set_num_threads(1)
     result = train(TrainConfig.from_dict(cfg_dict), echo=None)
-    torch.save({"model": result.model_state, "best": result.best_top1,
-                "history": result.history}, f"{out}.rank{rank}")
+    torch.save(
+        {"model": result.model_state, "best": result.best_top1, "history": result.history},
+        f"{out}.rank{rank}",
+    )
 
 
 def _cfg(tmp_path, name: str, batch: int) -> TrainConfig:
     # no augmentation, no drop path: the two runs see the same pixels in the same batches
     return recipe_config(
-        "digits", output=str(tmp_path / name), epochs=2, batch_size=batch, no_aug=True,
-        limit_train_batches=4, limit_val_batches=2, sync_bn=True, tensorboard=False,
-        plot=False, progress=False, seed=3, ema=False)
+        "digits",
+        output=str(tmp_path / name),
+        epochs=2,
+        batch_size=batch,
+        no_aug=True,
+        limit_train_batches=4,
+        limit_val_batches=2,
+        sync_bn=True,
+        tensorboard=False,
+        plot=False,
+        progress=False,
+        seed=3,
+        ema=False,
+    )
 
 
 @pytest.mark.slow

@@ -16,8 +16,19 @@ from PIL import Image
 
 from fastvit.cli.main import main
 
-FAST = ["--epochs", "1", "--batch-size", "4", "--limit-train-batches", "1",
-        "--limit-val-batches", "1", "--no-tensorboard", "--no-plot", "--no-progress"]
+FAST = [
+    "--epochs",
+    "1",
+    "--batch-size",
+    "4",
+    "--limit-train-batches",
+    "1",
+    "--limit-val-batches",
+    "1",
+    "--no-tensorboard",
+    "--no-plot",
+    "--no-progress",
+]
 
 
 def _folder(root: Path, classes=("a", "b"), n: int = 2, splits=("train", "val")) -> Path:
@@ -84,7 +95,9 @@ def _case_class_without_images(tmp: Path) -> list:
 def _case_unreadable(tmp: Path) -> list:
     root = _folder(tmp / "d", n=3)
     jpg = root / "train" / "a" / "cut.jpg"
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(jpg)
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(
+        jpg
+    )
     jpg.write_bytes(jpg.read_bytes()[:300])  # truncated
     (root / "train" / "b" / "x.png").write_bytes(b"garbage")  # not really a PNG
     return ["--data", root]
@@ -127,11 +140,31 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("make", "expect"), CASES, ids=[
-    "missing-dir", "empty-dir", "no-class-folders", "classes-differ", "class-without-images",
-    "unreadable-images", "non-image-files", "output-not-writable", "input-size", "batch-size-0",
-    "unknown-variant", "unknown-amp", "unknown-recipe", "unknown-optimizer", "bad-auto-augment",
-    "non-integer", "resume-missing", "init-missing", "distill-without-teacher"])
+@pytest.mark.parametrize(
+    ("make", "expect"),
+    CASES,
+    ids=[
+        "missing-dir",
+        "empty-dir",
+        "no-class-folders",
+        "classes-differ",
+        "class-without-images",
+        "unreadable-images",
+        "non-image-files",
+        "output-not-writable",
+        "input-size",
+        "batch-size-0",
+        "unknown-variant",
+        "unknown-amp",
+        "unknown-recipe",
+        "unknown-optimizer",
+        "bad-auto-augment",
+        "non-integer",
+        "resume-missing",
+        "init-missing",
+        "distill-without-teacher",
+    ],
+)
 def test_train_bad_input(make, expect, tmp_path, capsys):
     argv = ["train", *FAST, "--output", tmp_path / "out", *make(tmp_path)]
     err = _one_line_error(argv, capsys, expect)
@@ -142,17 +175,33 @@ def test_resume_with_another_variant(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", *FAST, "--output", str(out)]) == 0
     capsys.readouterr()
-    _one_line_error(["train", "--resume", out / "last.pt", "--model", "fastvit_t12"], capsys,
-                    "is a fastvit_t8 run but --model is fastvit_t12")
+    _one_line_error(
+        ["train", "--resume", out / "last.pt", "--model", "fastvit_t12"],
+        capsys,
+        "is a fastvit_t8 run but --model is fastvit_t12",
+    )
     # a model file is not a training checkpoint: point the user to --init
     _one_line_error(["train", "--resume", out / "model.safetensors"], capsys, "use --init")
 
 
 def test_teacher_with_other_classes(digits_teacher, tmp_path, capsys):
     data = _folder(tmp_path / "d", classes=("a", "b", "c"))
-    _one_line_error(["train", *FAST, "--output", tmp_path / "o", "--data", data,
-                     "--distill", "hard", "--teacher", digits_teacher], capsys,
-                    "predicts 10 classes but the data has 3")
+    _one_line_error(
+        [
+            "train",
+            *FAST,
+            "--output",
+            tmp_path / "o",
+            "--data",
+            data,
+            "--distill",
+            "hard",
+            "--teacher",
+            digits_teacher,
+        ],
+        capsys,
+        "predicts 10 classes but the data has 3",
+    )
 
 
 def test_fused_init_checkpoint_is_refused(digits_teacher, tmp_path, capsys):
@@ -160,17 +209,20 @@ def test_fused_init_checkpoint_is_refused(digits_teacher, tmp_path, capsys):
 
     fused = tmp_path / "fused.safetensors"
     fastvit.save_model(fastvit.reparameterize(fastvit.load_model(digits_teacher)), fused)
-    _one_line_error(["train", *FAST, "--output", tmp_path / "o", "--init", fused], capsys,
-                    "is a fused (reparameterized) checkpoint, which cannot be trained")
+    _one_line_error(
+        ["train", *FAST, "--output", tmp_path / "o", "--init", fused],
+        capsys,
+        "is a fused (reparameterized) checkpoint, which cannot be trained",
+    )
 
 
 def test_eval_bad_input(digits_teacher, tmp_path, capsys):
     _one_line_error(["eval", tmp_path / "none.safetensors"], capsys, "does not exist")
-    _one_line_error(["eval", digits_teacher, "--data", tmp_path / "nothing"], capsys,
-                    "does not exist")
+    _one_line_error(
+        ["eval", digits_teacher, "--data", tmp_path / "nothing"], capsys, "does not exist"
+    )
     data = _folder(tmp_path / "d", classes=("a", "b", "c"))
-    _one_line_error(["eval", digits_teacher, "--data", data], capsys,
-                    "predicts 10 classes but")
+    _one_line_error(["eval", digits_teacher, "--data", data], capsys, "predicts 10 classes but")
     _one_line_error(["eval", digits_teacher, "--input-size", "8"], capsys, "too small")
     _one_line_error(["eval", digits_teacher, "--batch-size", "0"], capsys, "at least 1")
     bad = tmp_path / "bad.pt"
@@ -182,14 +234,28 @@ def test_eval_bad_input(digits_teacher, tmp_path, capsys):
 def test_bad_input_through_a_subprocess(tmp_path):
     """The installed entry point behaves the same: exit 2, one line, no traceback."""
     proc = subprocess.run(
-        [sys.executable, "-m", "fastvit.cli.main", "train", "--data", str(tmp_path / "missing"),
-         "--output", str(tmp_path / "o")],
-        capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "fastvit.cli.main",
+            "train",
+            "--data",
+            str(tmp_path / "missing"),
+            "--output",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     err = proc.stderr.strip()
     assert err.startswith("fastvit train: error: data directory") and "does not exist" in err
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     proc = subprocess.run(
         [sys.executable, "-m", "fastvit.cli.main", "train", "--input-size", "16"],
-        capture_output=True, text=True, timeout=120)
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1

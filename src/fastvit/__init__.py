@@ -15,10 +15,26 @@ from fastvit.reparam import is_fused, reparameterize
 __version__ = "0.1.0"
 
 __all__ = [
-    "CheckpointError", "ConfigError", "DataError", "FastViT", "FastViTConfig", "FastViTError",
-    "ModelCard", "Preprocessing", "ReparamError", "StageConfig", "__version__",
-    "convert_state_dict", "create_model", "get_config", "is_fused", "list_models",
-    "list_pretrained", "load_model", "reparameterize", "save_model",
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "FastViT",
+    "FastViTConfig",
+    "FastViTError",
+    "ModelCard",
+    "Preprocessing",
+    "ReparamError",
+    "StageConfig",
+    "__version__",
+    "convert_state_dict",
+    "create_model",
+    "get_config",
+    "is_fused",
+    "list_models",
+    "list_pretrained",
+    "load_model",
+    "reparameterize",
+    "save_model",
 ]
 
 _LAZY = ("save_model", "convert_state_dict")

@@ -64,8 +64,10 @@ class Preprocessing:
             std = tuple(float(v) for v in self.std)
             crop_pct = float(self.crop_pct)
         except (TypeError, ValueError) as e:
-            raise ConfigError(f"invalid preprocessing values ({e}); input_size is (C, H, W), "
-                              "mean/std one number per channel") from None
+            raise ConfigError(
+                f"invalid preprocessing values ({e}); input_size is (C, H, W), "
+                "mean/std one number per channel"
+            ) from None
         object.__setattr__(self, "input_size", size)
         object.__setattr__(self, "mean", mean)
         object.__setattr__(self, "std", std)
@@ -75,14 +77,19 @@ class Preprocessing:
         if not 0.0 < crop_pct <= 1.0:
             raise ConfigError(f"crop_pct must be in (0, 1], got {crop_pct}")
         if self.crop_mode not in CROP_MODES:
-            raise ConfigError(f"unknown crop mode {self.crop_mode!r}; use one of "
-                              f"{', '.join(CROP_MODES)}")
+            raise ConfigError(
+                f"unknown crop mode {self.crop_mode!r}; use one of {', '.join(CROP_MODES)}"
+            )
         if self.interpolation not in INTERPOLATIONS:
-            raise ConfigError(f"unknown interpolation {self.interpolation!r}; "
-                              f"use one of {', '.join(INTERPOLATIONS)}")
+            raise ConfigError(
+                f"unknown interpolation {self.interpolation!r}; "
+                f"use one of {', '.join(INTERPOLATIONS)}"
+            )
         if len(mean) != size[0] or len(std) != size[0]:
-            raise ConfigError(f"mean/std have {len(mean)}/{len(std)} values but the model takes "
-                              f"{size[0]} channels; give one value per channel")
+            raise ConfigError(
+                f"mean/std have {len(mean)}/{len(std)} values but the model takes "
+                f"{size[0]} channels; give one value per channel"
+            )
         if min(std) <= 0:
             raise ConfigError(f"std values must be positive, got {std}")
 
@@ -118,13 +125,23 @@ class Preprocessing:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (lists for the tuples)."""
-        return {"input_size": list(self.input_size), "crop_pct": self.crop_pct,
-                "crop_mode": self.crop_mode, "interpolation": self.interpolation,
-                "mean": list(self.mean), "std": list(self.std)}
+        return {
+            "input_size": list(self.input_size),
+            "crop_pct": self.crop_pct,
+            "crop_mode": self.crop_mode,
+            "interpolation": self.interpolation,
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], *, in_chans: int | None = None,
-                  default: Preprocessing | None = None) -> Preprocessing:
+    def from_dict(
+        cls,
+        d: Mapping[str, Any],
+        *,
+        in_chans: int | None = None,
+        default: Preprocessing | None = None,
+    ) -> Preprocessing:
         """Inverse of :meth:`to_dict`; also reads timm ``pretrained_cfg`` dicts and training
         configs. Missing keys come from ``default``; other keys are ignored; ``input_size`` may
         be ``S``, ``(H, W)`` or ``(C, H, W)``; ``in_chans`` fixes the channel count."""
@@ -177,12 +194,15 @@ class ModelCard:
         if self.form not in FORMS:
             raise ConfigError(f"unknown model form {self.form!r}; use unfused or fused")
         if self.class_names is not None and len(self.class_names) != self.num_classes:
-            raise ConfigError(f"{len(self.class_names)} class names for a {self.num_classes}-class "
-                              "model; give exactly one name per class")
+            raise ConfigError(
+                f"{len(self.class_names)} class names for a {self.num_classes}-class "
+                "model; give exactly one name per class"
+            )
         clash = sorted(set(self.extra) & {*CARD_KEYS, *_BOOKKEEPING})
         if clash:
-            raise ConfigError(f"metadata key '{clash[0]}' is reserved for the model card; "
-                              "rename it")
+            raise ConfigError(
+                f"metadata key '{clash[0]}' is reserved for the model card; rename it"
+            )
 
     # -- shortcuts ---------------------------------------------------------------------------
     @property
@@ -232,9 +252,14 @@ class ModelCard:
         return out
 
     @classmethod
-    def from_metadata(cls, metadata: Mapping[str, str], *, in_chans: int | None = None,
-                      default: ModelCard | None = None, where: str = "the model file"
-                      ) -> ModelCard:
+    def from_metadata(
+        cls,
+        metadata: Mapping[str, str],
+        *,
+        in_chans: int | None = None,
+        default: ModelCard | None = None,
+        where: str = "the model file",
+    ) -> ModelCard:
         """Inverse of :meth:`to_metadata`; missing keys come from ``default``. Also reads the
         encodings of earlier versions (JSON-encoded strings, ``input_size`` as one integer,
         ``extra.`` prefixes). ``in_chans`` (the network's real input channels) wins over the
@@ -246,7 +271,7 @@ class ModelCard:
             if key in _BOOKKEEPING:
                 continue
             if key.startswith("extra."):
-                extra[key[len("extra."):]] = raw
+                extra[key[len("extra.") :]] = raw
             elif key in CARD_KEYS:
                 values[key] = _decode(key, raw, where)
             else:
@@ -254,16 +279,22 @@ class ModelCard:
         try:
             prep = Preprocessing.from_dict(values, in_chans=in_chans, default=base.preprocessing)
             names = values.get("class_names", base.class_names)
-            if names is not None and (not isinstance(names, (list, tuple))
-                                      or not all(isinstance(n, str) for n in names)):
+            if names is not None and (
+                not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names)
+            ):
                 raise ConfigError("class_names is not a list of strings")
-            return cls(variant=str(values.get("variant", base.variant)),
-                       num_classes=int(values.get("num_classes", base.num_classes)),
-                       form=str(values.get("form", base.form)),
-                       class_names=names, preprocessing=prep, extra=extra)
+            return cls(
+                variant=str(values.get("variant", base.variant)),
+                num_classes=int(values.get("num_classes", base.num_classes)),
+                form=str(values.get("form", base.form)),
+                class_names=names,
+                preprocessing=prep,
+                extra=extra,
+            )
         except (ConfigError, TypeError, ValueError) as e:
-            raise CheckpointError(f"{where} has invalid model metadata ({e}); re-save or "
-                                  "re-export it with fastvit") from None
+            raise CheckpointError(
+                f"{where} has invalid model metadata ({e}); re-save or re-export it with fastvit"
+            ) from None
 
     @staticmethod
     def has_metadata(metadata: Mapping[str, str]) -> bool:
@@ -271,17 +302,24 @@ class ModelCard:
         return "fastvit_metadata_version" in metadata or "fastvit_version" in metadata
 
     @classmethod
-    def from_model(cls, model: Any, *, input_size: int | Sequence[int] | None = None,
-                   class_names: Sequence[str] | None = None) -> ModelCard:
+    def from_model(
+        cls,
+        model: Any,
+        *,
+        input_size: int | Sequence[int] | None = None,
+        class_names: Sequence[str] | None = None,
+    ) -> ModelCard:
         """The card of ``model``: a FastViT's own ``card``, or one read from a timm-style
         ``pretrained_cfg``/``num_classes``. ``input_size``/``class_names`` override it."""
         card = getattr(model, "card", None)
         if not isinstance(card, ModelCard):
             cfg = dict(getattr(model, "pretrained_cfg", None) or {})
             in_chans = _first_conv_in_chans(model)
-            card = cls(variant=str(cfg.get("architecture", type(model).__name__)),
-                       num_classes=int(getattr(model, "num_classes", cfg.get("num_classes", 1000))),
-                       preprocessing=Preprocessing.from_dict(cfg, in_chans=in_chans))
+            card = cls(
+                variant=str(cfg.get("architecture", type(model).__name__)),
+                num_classes=int(getattr(model, "num_classes", cfg.get("num_classes", 1000))),
+                preprocessing=Preprocessing.from_dict(cfg, in_chans=in_chans),
+            )
         card = card.with_input_size(input_size)
         return card.with_class_names(class_names) if class_names is not None else card
 
@@ -309,8 +347,10 @@ def _decode(key: str, raw: str, where: str) -> Any:
     try:
         return json.loads(raw)
     except json.JSONDecodeError:
-        raise CheckpointError(f"{where} has malformed '{key}' metadata ({raw[:60]!r}); re-save "
-                              "or re-export it with fastvit") from None
+        raise CheckpointError(
+            f"{where} has malformed '{key}' metadata ({raw[:60]!r}); re-save "
+            "or re-export it with fastvit"
+        ) from None
 
 
 __all__ = [

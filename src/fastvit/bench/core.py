@@ -71,10 +71,17 @@ class BenchResult:
     ratios: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"config": self.config, "machine": self.machine,
-                "sgemm": {"n": SGEMM_N, "median_gflops": self.sgemm_gflops,
-                          "best_gflops": self.sgemm_gflops_best},
-                "rows": [asdict(r) for r in self.rows], "ratios": self.ratios}
+        return {
+            "config": self.config,
+            "machine": self.machine,
+            "sgemm": {
+                "n": SGEMM_N,
+                "median_gflops": self.sgemm_gflops,
+                "best_gflops": self.sgemm_gflops_best,
+            },
+            "rows": [asdict(r) for r in self.rows],
+            "ratios": self.ratios,
+        }
 
 
 def machine_info(threads: int) -> dict[str, Any]:
@@ -86,11 +93,17 @@ def machine_info(threads: int) -> dict[str, Any]:
             cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "threads": threads,
-            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-            "python": sys.version.split()[0], "torch": torch.__version__,
-            "onnxruntime": onnxruntime.__version__, "openvino": _version("openvino"),
-            "platform": platform.platform()}
+    return {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "threads": threads,
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "openvino": _version("openvino"),
+        "platform": platform.platform(),
+    }
 
 
 def _version(package: str) -> str | None:
@@ -138,8 +151,10 @@ def run_benchmark(
     specs: list[RunnerSpec] = []
     for v in variants:
         if is_model_file(v):  # an exported model (.xml/.onnx/TorchScript) runs as it is
-            specs += [RunnerSpec(v, FILE_BACKEND, bs, size, "fastvit", threads, str(cache_dir))
-                      for bs in batches]
+            specs += [
+                RunnerSpec(v, FILE_BACKEND, bs, size, "fastvit", threads, str(cache_dir))
+                for bs in batches
+            ]
             continue
         for be in backends:
             for bs in batches:
@@ -157,8 +172,13 @@ def run_benchmark(
             fns.append(build_runner(s).fn)
         fns.append(sgemm_runner(SGEMM_N, threads))
         log(f"timing {len(fns)} runners interleaved ({rounds} rounds)")
-        timings = time_interleaved(fns, warmup=warmup, rounds=rounds, round_time=round_time,
-                                   on_round=lambda r: log(f"round {r + 1}/{rounds}"))
+        timings = time_interleaved(
+            fns,
+            warmup=warmup,
+            rounds=rounds,
+            round_time=round_time,
+            on_round=lambda r: log(f"round {r + 1}/{rounds}"),
+        )
         sg = timings[-1]
         sgemm_flop = 2.0 * SGEMM_N**3
         sgemm_gflops = sgemm_flop / (sg.median_ms * 1e-3) / 1e9
@@ -176,16 +196,38 @@ def run_benchmark(
     for s, t in zip(specs, timings):
         gflop = flops[(s.variant, s.impl)] / 1e9
         roof = gflop * s.batch / sgemm_gflops * 1e3
-        rows.append(BenchRow(
-            variant=s.variant, impl=s.impl, backend=s.backend, batch=s.batch, size=s.size,
-            threads=threads, median_ms=t.median_ms, p90_ms=t.p90_ms, p10_ms=t.p10_ms,
-            mean_ms=t.mean_ms,
-            samples=len(t.samples), throughput=s.batch / (t.median_ms * 1e-3), gflop=gflop,
-            gmacs=gflop / 2, roofline_ms=roof, x_roofline=t.median_ms / roof,
-            peak_mem_mb=mem.get(s.key)))
-    config = {"variants": list(variants), "batches": list(batches), "size": size,
-              "backends": list(backends), "threads": threads, "compare_timm": compare_timm,
-              "warmup": warmup, "rounds": rounds, "round_time": round_time}
+        rows.append(
+            BenchRow(
+                variant=s.variant,
+                impl=s.impl,
+                backend=s.backend,
+                batch=s.batch,
+                size=s.size,
+                threads=threads,
+                median_ms=t.median_ms,
+                p90_ms=t.p90_ms,
+                p10_ms=t.p10_ms,
+                mean_ms=t.mean_ms,
+                samples=len(t.samples),
+                throughput=s.batch / (t.median_ms * 1e-3),
+                gflop=gflop,
+                gmacs=gflop / 2,
+                roofline_ms=roof,
+                x_roofline=t.median_ms / roof,
+                peak_mem_mb=mem.get(s.key),
+            )
+        )
+    config = {
+        "variants": list(variants),
+        "batches": list(batches),
+        "size": size,
+        "backends": list(backends),
+        "threads": threads,
+        "compare_timm": compare_timm,
+        "warmup": warmup,
+        "rounds": rounds,
+        "round_time": round_time,
+    }
     result = BenchResult(rows, sgemm_gflops, sgemm_best, config, machine_info(threads))
     result.ratios = compute_ratios(rows)
     return result
@@ -200,30 +242,69 @@ def compute_ratios(rows: Sequence[BenchRow]) -> list[dict[str, Any]]:
             continue
         t = by.get(("timm", v, be, bs))
         if t is not None:
-            out.append({"kind": "fastvit/timm", "variant": v, "backend": be, "batch": bs,
-                        "ratio": r.median_ms / t.median_ms, "ratio_p10": r.p10_ms / t.p10_ms})
+            out.append(
+                {
+                    "kind": "fastvit/timm",
+                    "variant": v,
+                    "backend": be,
+                    "batch": bs,
+                    "ratio": r.median_ms / t.median_ms,
+                    "ratio_p10": r.p10_ms / t.p10_ms,
+                }
+            )
     for (impl, v, be, bs), r in by.items():
         if be != "unfused":
             continue
         for fused_be in ("eager", "channels_last", "onnxruntime", "compile"):
             f = by.get((impl, v, fused_be, bs))
             if f is not None:
-                out.append({"kind": f"{impl} unfused/{fused_be}", "variant": v,
-                            "backend": fused_be, "batch": bs, "ratio": r.median_ms / f.median_ms,
-                            "ratio_p10": r.p10_ms / f.p10_ms})
+                out.append(
+                    {
+                        "kind": f"{impl} unfused/{fused_be}",
+                        "variant": v,
+                        "backend": fused_be,
+                        "batch": bs,
+                        "ratio": r.median_ms / f.median_ms,
+                        "ratio_p10": r.p10_ms / f.p10_ms,
+                    }
+                )
     return out
 
 
 def format_table(result: BenchResult) -> str:
     """A plain-text table of all rows plus the ratios."""
-    hdr = ("variant", "impl", "backend", "batch", "median ms", "p90 ms", "p10 ms", "img/s",
-           "peak MiB", "GMACs", "roofline ms", "x roofline")
+    hdr = (
+        "variant",
+        "impl",
+        "backend",
+        "batch",
+        "median ms",
+        "p90 ms",
+        "p10 ms",
+        "img/s",
+        "peak MiB",
+        "GMACs",
+        "roofline ms",
+        "x roofline",
+    )
     lines_ = []
     for r in result.rows:
-        lines_.append((r.variant, r.impl, r.backend, str(r.batch), f"{r.median_ms:.2f}",
-                       f"{r.p90_ms:.2f}", f"{r.p10_ms:.2f}", f"{r.throughput:.1f}",
-                       "n/a" if r.peak_mem_mb is None else f"{r.peak_mem_mb:.0f}",
-                       f"{r.gmacs:.3f}", f"{r.roofline_ms:.2f}", f"{r.x_roofline:.2f}"))
+        lines_.append(
+            (
+                r.variant,
+                r.impl,
+                r.backend,
+                str(r.batch),
+                f"{r.median_ms:.2f}",
+                f"{r.p90_ms:.2f}",
+                f"{r.p10_ms:.2f}",
+                f"{r.throughput:.1f}",
+                "n/a" if r.peak_mem_mb is None else f"{r.peak_mem_mb:.0f}",
+                f"{r.gmacs:.3f}",
+                f"{r.roofline_ms:.2f}",
+                f"{r.x_roofline:.2f}",
+            )
+        )
     widths = [max(len(h), *(len(x[i]) for x in lines_)) for i, h in enumerate(hdr)]
     fmt = "  ".join(f"{{:<{w}}}" if i < 3 else f"{{:>{w}}}" for i, w in enumerate(widths))
     out = [fmt.format(*hdr), fmt.format(*("-" * w for w in widths))]
@@ -232,14 +313,20 @@ def format_table(result: BenchResult) -> str:
     out.append("")
     load = result.machine.get("load_average")
     if load:
-        out.append(f"load average at the end: {load[0]:.2f} (1 min) on "
-                   f"{result.machine['cpu_count']} cores; above the core count timings suffer")
-    out.append(f"size {c['size']}x{c['size']}, {c['threads']} threads, fp32 sgemm "
-               f"(n={SGEMM_N}) {result.sgemm_gflops:.1f} GFLOP/s median "
-               f"({result.sgemm_gflops_best:.1f} best), interleaved over {c['rounds']} rounds")
+        out.append(
+            f"load average at the end: {load[0]:.2f} (1 min) on "
+            f"{result.machine['cpu_count']} cores; above the core count timings suffer"
+        )
+    out.append(
+        f"size {c['size']}x{c['size']}, {c['threads']} threads, fp32 sgemm "
+        f"(n={SGEMM_N}) {result.sgemm_gflops:.1f} GFLOP/s median "
+        f"({result.sgemm_gflops_best:.1f} best), interleaved over {c['rounds']} rounds"
+    )
     for q in result.ratios:
-        out.append(f"ratio {q['kind']:<28} {q['variant']:<14} {q['backend']:<16} "
-                   f"b{q['batch']:<3} {q['ratio']:.3f} (median)  {q['ratio_p10']:.3f} (p10)")
+        out.append(
+            f"ratio {q['kind']:<28} {q['variant']:<14} {q['backend']:<16} "
+            f"b{q['batch']:<3} {q['ratio']:.3f} (median)  {q['ratio_p10']:.3f} (p10)"
+        )
     return "\n".join(out)
 
 
@@ -265,12 +352,21 @@ def write_png(result: BenchResult, path: str | Path) -> Path:
         series.setdefault((r.impl, r.backend, r.batch), []).append(r)
     for (impl, be, bs), rs in sorted(series.items()):
         rs = sorted(rs, key=lambda r: r.gmacs)
-        ax.plot([r.gmacs for r in rs], [r.median_ms / r.batch for r in rs],
-                marker="o" if impl == "fastvit" else "x",
-                linestyle="-" if impl == "fastvit" else "--", label=f"{impl} {be} b{bs}")
+        ax.plot(
+            [r.gmacs for r in rs],
+            [r.median_ms / r.batch for r in rs],
+            marker="o" if impl == "fastvit" else "x",
+            linestyle="-" if impl == "fastvit" else "--",
+            label=f"{impl} {be} b{bs}",
+        )
         for r in rs:
-            ax.annotate(r.variant.replace("fastvit_", ""), (r.gmacs, r.median_ms / r.batch),
-                        fontsize=7, xytext=(3, 3), textcoords="offset points")
+            ax.annotate(
+                r.variant.replace("fastvit_", ""),
+                (r.gmacs, r.median_ms / r.batch),
+                fontsize=7,
+                xytext=(3, 3),
+                textcoords="offset points",
+            )
     ax.set_xlabel("GMACs per image")
     ax.set_ylabel("median latency per image (ms) = batch latency / batch")
     ax.set_yscale("log")

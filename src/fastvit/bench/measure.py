@@ -163,8 +163,13 @@ def peak_memory_mb(spec: RunnerSpec, warmup: int = 2, timeout: float = 600.0) ->
     return result
 
 
-def onnx_latency(paths: Sequence[str | os.PathLike], input_shape: Sequence[int], *,
-                 threads: int | None = None, rounds: int = 5) -> list[float]:
+def onnx_latency(
+    paths: Sequence[str | os.PathLike],
+    input_shape: Sequence[int],
+    *,
+    threads: int | None = None,
+    rounds: int = 5,
+) -> list[float]:
     """Median latency (ms) of each ONNX model on one input of ``input_shape``, timed
     interleaved (e.g. an fp32 model and its int8 quantization, side by side)."""
     import numpy as np
@@ -181,8 +186,14 @@ def onnx_latency(paths: Sequence[str | os.PathLike], input_shape: Sequence[int],
     return [t.median_ms for t in timings]
 
 
-def _callable_memory_child(build: Callable[..., Callable[[], Any]], args: tuple,
-                           prime: tuple | None, warmup: int, calls: int, conn: Any) -> None:
+def _callable_memory_child(
+    build: Callable[..., Callable[[], Any]],
+    args: tuple,
+    prime: tuple | None,
+    warmup: int,
+    calls: int,
+    conn: Any,
+) -> None:
     try:
         import gc
 
@@ -236,8 +247,9 @@ def peak_memory_of(
 
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_callable_memory_child, args=(build, args, prime, warmup, calls, child),
-                       daemon=True)
+    proc = ctx.Process(
+        target=_callable_memory_child, args=(build, args, prime, warmup, calls, child), daemon=True
+    )
     proc.start()
     child.close()
     result = None

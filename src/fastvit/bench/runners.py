@@ -38,9 +38,20 @@ from torch import nn
 
 from fastvit.errors import ConfigError
 
-BACKENDS = ("unfused", "eager", "channels_last", "compile", "torchscript", "bf16",
-            "bf16-compile", "onnxruntime", "onnxruntime-int8", "openvino-f32", "openvino-bf16",
-            "openvino-int8")
+BACKENDS = (
+    "unfused",
+    "eager",
+    "channels_last",
+    "compile",
+    "torchscript",
+    "bf16",
+    "bf16-compile",
+    "onnxruntime",
+    "onnxruntime-int8",
+    "openvino-f32",
+    "openvino-bf16",
+    "openvino-int8",
+)
 OPENVINO_BACKENDS = ("openvino-f32", "openvino-bf16", "openvino-int8")
 #: Backend name of a runner for an exported model file given in place of a variant.
 FILE_BACKEND = "file"
@@ -56,10 +67,23 @@ def _file_predictor(spec: RunnerSpec) -> Any:
     from fastvit.infer import load_predictor
 
     return load_predictor(spec.variant, size=spec.size, threads=spec.threads)
+
+
 IMPLS = ("fastvit", "timm")
 #: Backends that timm's model can be run with for --compare-timm.
-TIMM_BACKENDS = ("unfused", "eager", "channels_last", "compile", "torchscript", "bf16",
-                 "bf16-compile", "onnxruntime", "openvino-f32", "openvino-bf16", "openvino-int8")
+TIMM_BACKENDS = (
+    "unfused",
+    "eager",
+    "channels_last",
+    "compile",
+    "torchscript",
+    "bf16",
+    "bf16-compile",
+    "onnxruntime",
+    "openvino-f32",
+    "openvino-bf16",
+    "openvino-int8",
+)
 
 
 @dataclass(frozen=True)
@@ -101,8 +125,9 @@ def build_model(variant: str, impl: str, *, fused: bool, num_classes: int = 1000
     import fastvit
 
     if variant not in fastvit.list_models():
-        raise ConfigError(f"unknown variant {variant!r}; choose from "
-                          f"{', '.join(fastvit.list_models())}")
+        raise ConfigError(
+            f"unknown variant {variant!r}; choose from {', '.join(fastvit.list_models())}"
+        )
     m = fastvit.create_model(variant, num_classes=num_classes).eval()
     return fastvit.reparameterize(m) if fused else m
 
@@ -133,7 +158,7 @@ def onnx_path(spec: RunnerSpec, int8: bool = False) -> Path:
         card = read_onnx_metadata(fp32)
         assert card is not None
         calib = calibration_images("digits", card.preprocessing, limit=32)
-        batches = [calib[i:i + 8] for i in range(0, len(calib), 8)]
+        batches = [calib[i : i + 8] for i in range(0, len(calib), 8)]
         quantize_onnx(fp32, q, batches)
     return q
 
@@ -158,8 +183,9 @@ def openvino_model(spec: RunnerSpec) -> Any:
         card = read_onnx_metadata(fp32)
         assert card is not None
         # random weights: calibration only sets ranges for timing; fewer images at large sizes
-        calib = calibration_images("digits", card.preprocessing,
-                                   limit=64 if spec.size <= 256 else 8)
+        calib = calibration_images(
+            "digits", card.preprocessing, limit=64 if spec.size <= 256 else 8
+        )
         save_ir(quantize_int8(ov.convert_model(str(fp32)), calib), xml, overwrite=True)
     return ov.Core().read_model(str(xml))
 
@@ -186,8 +212,9 @@ def build_runner(spec: RunnerSpec) -> Runner:
         from fastvit.export.openvino import compile_ir
 
         precision = "bf16" if spec.backend == "openvino-bf16" else "f32"
-        compiled = compile_ir(openvino_model(spec), precision, threads=spec.threads,
-                              batch=spec.batch)
+        compiled = compile_ir(
+            openvino_model(spec), precision, threads=spec.threads, batch=spec.batch
+        )
         request = compiled.create_infer_request()
         feed = {0: x.numpy()}
         return Runner(spec, lambda: request.infer(feed))
@@ -195,7 +222,9 @@ def build_runner(spec: RunnerSpec) -> Runner:
     if spec.backend.startswith("onnxruntime"):
         from fastvit.export.onnx import ort_session
 
-        sess = ort_session(onnx_path(spec, int8=spec.backend.endswith("int8")), threads=spec.threads)
+        sess = ort_session(
+            onnx_path(spec, int8=spec.backend.endswith("int8")), threads=spec.threads
+        )
         name = sess.get_inputs()[0].name
         feed = {name: x.numpy()}
         return Runner(spec, lambda: sess.run(None, feed))

@@ -32,16 +32,25 @@ from fastvit.errors import CheckpointError, ConfigError
 
 #: Metadata keys save_model writes itself (user metadata may not reuse them; preprocessing
 #: keys in user metadata override the model's preprocessing instead).
-RESERVED_METADATA = ("variant", "form", "num_classes", "class_names", "fastvit_version", "layout",
-                     "fastvit_metadata_version", "config")
+RESERVED_METADATA = (
+    "variant",
+    "form",
+    "num_classes",
+    "class_names",
+    "fastvit_version",
+    "layout",
+    "fastvit_metadata_version",
+    "config",
+)
 
 
 def _source_name(source: object) -> str:
     return str(source) if isinstance(source, (str, os.PathLike)) else "the state dict"
 
 
-def _read(source: str | os.PathLike | Mapping[str, Any], use_ema: bool | None = None
-          ) -> tuple[StateDict, dict[str, str]]:
+def _read(
+    source: str | os.PathLike | Mapping[str, Any], use_ema: bool | None = None
+) -> tuple[StateDict, dict[str, str]]:
     if isinstance(source, (str, os.PathLike)):
         return read_checkpoint(source, use_ema=use_ema)
     if isinstance(source, Mapping):
@@ -147,8 +156,9 @@ def load_model(
     load_into(model, sd, source_name=where)
     if want_fused and not fused:
         model = reparameterize(model, inplace=True)
-    card = ModelCard.from_metadata(metadata, in_chans=model.in_chans, default=model.card,
-                                   where=where)
+    card = ModelCard.from_metadata(
+        metadata, in_chans=model.in_chans, default=model.card, where=where
+    )
     model.preprocessing = card.preprocessing
     if card.class_names is not None and len(card.class_names) == model.num_classes:
         model.class_names = list(card.class_names)
@@ -240,8 +250,7 @@ def _metadata_config(metadata: Mapping[str, str], where: str) -> Any:
     if not text:
         return None
     try:
-        return FastViTConfig.from_dict(json.loads(text),
-                                       name=metadata.get("variant") or "custom")
+        return FastViTConfig.from_dict(json.loads(text), name=metadata.get("variant") or "custom")
     except (ConfigError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{where} has an unreadable model config ({e}); re-save it") from e
 
@@ -306,10 +315,12 @@ def save_model(
             raise ConfigError(f"metadata '{key}' is not JSON-serializable ({e})") from e
     overrides = {k: user.pop(k) for k in PREPROCESSING_KEYS if k in user}
     if overrides:
-        card = ModelCard.from_metadata(overrides, in_chans=card.in_chans, default=card,
-                                       where="save_model's metadata")
-    card = card.replace(form="unfused" if detect_form(sd) == UNFUSED else "fused",
-                        extra={**card.extra, **user})
+        card = ModelCard.from_metadata(
+            overrides, in_chans=card.in_chans, default=card, where="save_model's metadata"
+        )
+    card = card.replace(
+        form="unfused" if detect_form(sd) == UNFUSED else "fused", extra={**card.extra, **user}
+    )
     meta = card.to_metadata()
     meta.update(fastvit_version=__version__, layout="official")
     cfg_obj = getattr(model, "cfg", None)

@@ -43,8 +43,9 @@ def _one_line(e: BaseException) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
-def read_checkpoint(path: str | os.PathLike, *, use_ema: bool | None = None
-                    ) -> tuple[StateDict, dict[str, str]]:
+def read_checkpoint(
+    path: str | os.PathLike, *, use_ema: bool | None = None
+) -> tuple[StateDict, dict[str, str]]:
     """Read a checkpoint file; return ``(state_dict, metadata)``.
 
     Supports ``.safetensors`` (metadata from its header) and torch files (``.pth``, ``.pth.tar``,
@@ -126,8 +127,9 @@ def _read_torch(path: Path, use_ema: bool | None = None) -> tuple[StateDict, dic
     return unwrap_state_dict(obj), metadata
 
 
-def _read_run(obj: Mapping[str, Any], path: Path, use_ema: bool | None
-              ) -> tuple[StateDict, dict[str, str]]:
+def _read_run(
+    obj: Mapping[str, Any], path: Path, use_ema: bool | None
+) -> tuple[StateDict, dict[str, str]]:
     """Weights and model-card metadata of a training run file (``best.pt``/``last.pt``)."""
     has_ema = obj.get("ema") is not None
     if use_ema is None:
@@ -148,8 +150,10 @@ def run_metadata(obj: Mapping[str, Any], weights: str | None = None) -> dict[str
         meta = {str(k): str(v) for k, v in obj["card"].items()}
     else:
         cfg = obj.get("config") if isinstance(obj.get("config"), Mapping) else {}
-        values: dict[str, Any] = {"variant": obj.get("variant") or cfg.get("model"),
-                                  "form": "unfused"}
+        values: dict[str, Any] = {
+            "variant": obj.get("variant") or cfg.get("model"),
+            "form": "unfused",
+        }
         classes = obj.get("classes")
         if classes is not None:
             values["class_names"] = [str(c) for c in classes]
@@ -158,8 +162,11 @@ def run_metadata(obj: Mapping[str, Any], weights: str | None = None) -> dict[str
             values[key] = cfg.get(key)
         if cfg.get("interpolation") in ("bilinear", "bicubic", "nearest"):  # not 'random'
             values["interpolation"] = cfg["interpolation"]
-        meta = {k: v if isinstance(v, str) else json.dumps(list(v) if isinstance(v, tuple) else v)
-                for k, v in values.items() if v is not None}
+        meta = {
+            k: v if isinstance(v, str) else json.dumps(list(v) if isinstance(v, tuple) else v)
+            for k, v in values.items()
+            if v is not None
+        }
     if "epoch" in obj:
         meta.setdefault("epoch", str(obj["epoch"]))
     if weights is not None:

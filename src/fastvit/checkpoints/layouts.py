@@ -182,8 +182,9 @@ def image_tower(sd: StateDict) -> StateDict:
         proj = tower.pop("head.proj", None)
         if proj is not None:
             if proj.dim() != 2:
-                raise CheckpointError(f"'{prefix}head.proj' must be a matrix, got shape "
-                                      f"{tuple(proj.shape)}")
+                raise CheckpointError(
+                    f"'{prefix}head.proj' must be a matrix, got shape {tuple(proj.shape)}"
+                )
             tower["head.weight"] = proj.t().contiguous()
             tower["head.bias"] = torch.zeros(proj.shape[1], dtype=proj.dtype)
         return tower
@@ -238,8 +239,12 @@ def detect_form(sd: Mapping[str, Tensor]) -> str:
             f"branches, e.g. {_few([k for k, s in zip(sd, segs) if s & _UNFUSED_MARKERS], 2)}); "
             "save it either before or after reparameterizing the whole model"
         )
-    leftovers = any(k.endswith(".running_var") or k.split(".")[-1] in _LAYER_SCALES
-                    or (k.endswith(".gamma") and k.split(".")[-2] in _LAYER_SCALES) for k in sd)
+    leftovers = any(
+        k.endswith(".running_var")
+        or k.split(".")[-1] in _LAYER_SCALES
+        or (k.endswith(".gamma") and k.split(".")[-2] in _LAYER_SCALES)
+        for k in sd
+    )
     return FUSED if leftovers else FUSED_FULL
 
 
@@ -351,16 +356,24 @@ def _signature(info: CheckpointInfo) -> tuple:
 def config_stage_specs(cfg: object) -> tuple[StageSpec, ...]:
     """The :class:`StageSpec` of each stage of a FastViTConfig (what a checkpoint shows)."""
     return tuple(
-        StageSpec(int(s.depth), int(s.dim), float(s.mlp_ratio), str(s.token_mixer),
-                  bool(s.pos_emb), bool(s.downsample), bool(s.se))
+        StageSpec(
+            int(s.depth),
+            int(s.dim),
+            float(s.mlp_ratio),
+            str(s.token_mixer),
+            bool(s.pos_emb),
+            bool(s.downsample),
+            bool(s.se),
+        )
         for s in cfg.stages  # type: ignore[attr-defined]
     )
 
 
 def _variant_signatures() -> dict[str, tuple]:
     return {
-        name: _signature(CheckpointInfo(OFFICIAL, UNFUSED, name, 0, 3,
-                                        config_stage_specs(get_config(name))))
+        name: _signature(
+            CheckpointInfo(OFFICIAL, UNFUSED, name, 0, 3, config_stage_specs(get_config(name)))
+        )
         for name in list_models()
     }
 
@@ -466,8 +479,9 @@ def _pop_bn_affine(sd: StateDict, prefix: str) -> tuple[Tensor, Tensor] | None:
         return None
     t = {k: sd.pop(prefix + k).double() for k in ("weight", "bias", "running_mean", "running_var")}
     sd.pop(prefix + "num_batches_tracked", None)
-    return fuse.affine_from_stats(t["running_mean"], t["running_var"], t["weight"], t["bias"],
-                                  BN_EPS)
+    return fuse.affine_from_stats(
+        t["running_mean"], t["running_var"], t["weight"], t["bias"], BN_EPS
+    )
 
 
 def _set_folded(sd: StateDict, prefix: str, like: Tensor, w: Tensor, b: Tensor) -> None:
@@ -487,16 +501,22 @@ def _fold_block(sd: StateDict, p: str) -> None:
     if conv + "conv.weight" in sd and (affine := _pop_bn_affine(sd, conv + "bn.")) is not None:
         w = sd.pop(conv + "conv.weight")
         b = sd.pop(conv + "conv.bias", None)
-        kernel, bias = fuse.scale_shift_conv(w.double(), None if b is None else b.double(),
-                                             *affine)
+        kernel, bias = fuse.scale_shift_conv(w.double(), None if b is None else b.double(), *affine)
         _set_folded(sd, conv + "reparam_conv.", w, kernel, bias)
-    for scale_key, layer in (("layer_scale", "convffn.fc2."), ("layer_scale_2", "convffn.fc2."),
-                             ("layer_scale_1", "token_mixer.proj.")):
+    for scale_key, layer in (
+        ("layer_scale", "convffn.fc2."),
+        ("layer_scale_2", "convffn.fc2."),
+        ("layer_scale_1", "token_mixer.proj."),
+    ):
         if p + scale_key in sd and p + layer + "weight" in sd:
             scale = sd.pop(p + scale_key).double()
             w, b = sd[p + layer + "weight"], sd.get(p + layer + "bias")
-            _set_folded(sd, p + layer, w, *fuse.scale_output(
-                w.double(), None if b is None else b.double(), scale))
+            _set_folded(
+                sd,
+                p + layer,
+                w,
+                *fuse.scale_output(w.double(), None if b is None else b.double(), scale),
+            )
     qkv, norm = p + "token_mixer.qkv.", p + "norm."
     affine = _pop_bn_affine(sd, norm) if qkv + "weight" in sd else None
     if affine is None and qkv + "weight" in sd and norm + "weight" in sd and norm + "bias" in sd:
@@ -504,8 +524,14 @@ def _fold_block(sd: StateDict, p: str) -> None:
         affine = (sd.pop(norm + "weight").double(), sd.pop(norm + "bias").double())
     if affine is not None:
         w, b = sd[qkv + "weight"], sd.get(qkv + "bias")
-        _set_folded(sd, qkv, w, *fuse.fold_affine_into_linear_input(
-            w.double(), None if b is None else b.double(), *affine))
+        _set_folded(
+            sd,
+            qkv,
+            w,
+            *fuse.fold_affine_into_linear_input(
+                w.double(), None if b is None else b.double(), *affine
+            ),
+        )
 
 
 def fold_to_full(off: Mapping[str, Tensor]) -> StateDict:

@@ -12,38 +12,75 @@ import sys
 
 
 def add_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("variants", nargs="*", default=["fastvit_t8"],
-                   help="model variants (default: fastvit_t8; 'all' for every variant) or "
-                        "exported model files (OpenVINO .xml, .onnx, TorchScript .pt: run with "
-                        "their own runtime and stored precision)")
+    p.add_argument(
+        "variants",
+        nargs="*",
+        default=["fastvit_t8"],
+        help="model variants (default: fastvit_t8; 'all' for every variant) or "
+        "exported model files (OpenVINO .xml, .onnx, TorchScript .pt: run with "
+        "their own runtime and stored precision)",
+    )
     p.add_argument("--batch", default="1", help="comma-separated batch sizes (default 1)")
     p.add_argument("--size", type=int, default=256, help="input height/width (default 256)")
-    p.add_argument("--backend", "--runtimes", dest="backend", default="eager",
-                   help="comma-separated: unfused, eager, channels_last, compile, torchscript, "
-                        "bf16, bf16-compile, onnxruntime, onnxruntime-int8, openvino-f32, "
-                        "openvino-bf16, openvino-int8 (default eager)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads (default: chosen from the CPUs available and the load)")
-    p.add_argument("--compare-timm", action="store_true",
-                   help="also time timm's reparameterized model, interleaved, and print ratios")
-    p.add_argument("--warmup", type=int, default=None,
-                   help="warm-up calls per runner (default 5; 1 with --mixers)")
-    p.add_argument("--rounds", type=int, default=None,
-                   help="interleaved timing rounds (default 10; 3 with --mixers)")
-    p.add_argument("--round-time", type=float, default=0.25,
-                   help="seconds per runner per round (default 0.25)")
-    p.add_argument("--no-memory", action="store_true",
-                   help="skip peak-memory measurement (one child process per runner)")
+    p.add_argument(
+        "--backend",
+        "--runtimes",
+        dest="backend",
+        default="eager",
+        help="comma-separated: unfused, eager, channels_last, compile, torchscript, "
+        "bf16, bf16-compile, onnxruntime, onnxruntime-int8, openvino-f32, "
+        "openvino-bf16, openvino-int8 (default eager)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads (default: chosen from the CPUs available and the load)",
+    )
+    p.add_argument(
+        "--compare-timm",
+        action="store_true",
+        help="also time timm's reparameterized model, interleaved, and print ratios",
+    )
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="warm-up calls per runner (default 5; 1 with --mixers)",
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="interleaved timing rounds (default 10; 3 with --mixers)",
+    )
+    p.add_argument(
+        "--round-time", type=float, default=0.25, help="seconds per runner per round (default 0.25)"
+    )
+    p.add_argument(
+        "--no-memory",
+        action="store_true",
+        help="skip peak-memory measurement (one child process per runner)",
+    )
     p.add_argument("--out", default="runs/bench", help="folder for bench.json and bench.png")
     p.add_argument("--quiet", action="store_true", help="no progress messages")
-    p.add_argument("--mixers", action="store_true",
-                   help="instead of models: latency/peak memory of one attention vs one RepMixer "
-                        "vs one fused RepMixer ViT block over token counts, batch 1")
-    p.add_argument("--mixer-grids", default="14,20,28,40,56,80,128",
-                   help="--mixers: comma-separated token grid sides (default 14..128, i.e. "
-                        "196..16384 tokens)")
-    p.add_argument("--mixer-dim", type=int, default=192,
-                   help="--mixers: block width (default 192, ViT-Tiny; heads = dim / 64)")
+    p.add_argument(
+        "--mixers",
+        action="store_true",
+        help="instead of models: latency/peak memory of one attention vs one RepMixer "
+        "vs one fused RepMixer ViT block over token counts, batch 1",
+    )
+    p.add_argument(
+        "--mixer-grids",
+        default="14,20,28,40,56,80,128",
+        help="--mixers: comma-separated token grid sides (default 14..128, i.e. 196..16384 tokens)",
+    )
+    p.add_argument(
+        "--mixer-dim",
+        type=int,
+        default=192,
+        help="--mixers: block width (default 192, ViT-Tiny; heads = dim / 64)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -76,8 +113,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out {out} is a file; give a folder for bench.json and bench.png")
     for name in ("bench.json", "bench.png"):  # checked now, not after the whole benchmark
         if (out / name).is_dir():
-            raise ConfigError(f"{out / name} is an existing folder; remove it or choose "
-                              "another --out")
+            raise ConfigError(
+                f"{out / name} is an existing folder; remove it or choose another --out"
+            )
         check_writable_target(out / name, overwrite=True)
     threads = setup_threads(args.threads)
     backends = [b.strip() for b in args.backend.split(",") if b.strip()]
@@ -97,10 +135,18 @@ def run(args: argparse.Namespace) -> int:
         return _run_mixers(args, threads.threads, log)
 
     result = run_benchmark(
-        variants, batches=batches, size=args.size, backends=backends, threads=threads.threads,
-        compare_timm=args.compare_timm, warmup=5 if args.warmup is None else args.warmup,
+        variants,
+        batches=batches,
+        size=args.size,
+        backends=backends,
+        threads=threads.threads,
+        compare_timm=args.compare_timm,
+        warmup=5 if args.warmup is None else args.warmup,
         rounds=10 if args.rounds is None else args.rounds,
-        round_time=args.round_time, memory=not args.no_memory, log=log)
+        round_time=args.round_time,
+        memory=not args.no_memory,
+        log=log,
+    )
     print(format_table(result))
     j = write_json(result, out / "bench.json")
     p = write_png(result, out / "bench.png")
@@ -123,13 +169,20 @@ def _run_mixers(args: argparse.Namespace, threads: int | None, log) -> int:
     try:
         grids = [int(g) for g in args.mixer_grids.split(",") if g.strip()]
     except ValueError:
-        raise ConfigError("--mixer-grids must be comma-separated integers, "
-                          f"got {args.mixer_grids!r}") from None
+        raise ConfigError(
+            f"--mixer-grids must be comma-separated integers, got {args.mixer_grids!r}"
+        ) from None
     result = run_mixer_benchmark(
-        grids, dim=args.mixer_dim, num_heads=max(1, args.mixer_dim // 64), threads=threads,
+        grids,
+        dim=args.mixer_dim,
+        num_heads=max(1, args.mixer_dim // 64),
+        threads=threads,
         warmup=1 if args.warmup is None else args.warmup,
-        rounds=3 if args.rounds is None else args.rounds, round_time=args.round_time,
-        memory=not args.no_memory, log=log)
+        rounds=3 if args.rounds is None else args.rounds,
+        round_time=args.round_time,
+        memory=not args.no_memory,
+        log=log,
+    )
     print(format_mixer_table(result))
     out = Path(args.out)
     j = write_mixer_json(result, out / "mixers.json")

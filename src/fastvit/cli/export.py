@@ -18,57 +18,109 @@ import argparse
 from pathlib import Path
 
 FORMATS = ("onnx", "onnx-int8", "torchscript", "coreml", "openvino")
-SUFFIX = {"onnx": ".onnx", "onnx-int8": ".int8.onnx", "torchscript": ".torchscript.pt",
-          "coreml": ".mlpackage", "openvino": ".xml"}
+SUFFIX = {
+    "onnx": ".onnx",
+    "onnx-int8": ".int8.onnx",
+    "torchscript": ".torchscript.pt",
+    "coreml": ".mlpackage",
+    "openvino": ".xml",
+}
 
 
 def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="checkpoint (.safetensors/.pth, any supported layout)")
-    p.add_argument("--format", default="onnx",
-                   help="comma-separated formats (default: onnx): onnx; onnx-int8 (static int8, "
-                        "writes the fp32 .onnx too); torchscript; coreml (.mlpackage, needs "
-                        "`pip install 'fastvit[coreml]'`; converted and spec-checked on any OS, "
-                        "but CoreML models only RUN on macOS); openvino (IR .xml + .bin, needs "
-                        "`pip install 'fastvit[openvino]'`)")
-    p.add_argument("-o", "--output", default=None,
-                   help="output file (one format only; for openvino a NAME.xml or a folder); "
-                        "default: next to the checkpoint")
+    p.add_argument(
+        "--format",
+        default="onnx",
+        help="comma-separated formats (default: onnx): onnx; onnx-int8 (static int8, "
+        "writes the fp32 .onnx too); torchscript; coreml (.mlpackage, needs "
+        "`pip install 'fastvit[coreml]'`; converted and spec-checked on any OS, "
+        "but CoreML models only RUN on macOS); openvino (IR .xml + .bin, needs "
+        "`pip install 'fastvit[openvino]'`)",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        default=None,
+        help="output file (one format only; for openvino a NAME.xml or a folder); "
+        "default: next to the checkpoint",
+    )
     p.add_argument("--output-dir", default=None, help="directory for the exported files")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    p.add_argument("--size", type=int, default=None,
-                   help="input height/width (default: the model's input size)")
+    p.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        help="input height/width (default: the model's input size)",
+    )
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 17, default 18)")
-    p.add_argument("--dynamic-hw", action="store_true",
-                   help="ONNX: dynamic height/width as well as batch")
-    p.add_argument("--class-names", default=None,
-                   help="text file with one class name per line (stored in the metadata)")
-    p.add_argument("--check-images", default=None,
-                   help="folder of real images for the parity check (default: bundled digits)")
+    p.add_argument(
+        "--dynamic-hw", action="store_true", help="ONNX: dynamic height/width as well as batch"
+    )
+    p.add_argument(
+        "--class-names",
+        default=None,
+        help="text file with one class name per line (stored in the metadata)",
+    )
+    p.add_argument(
+        "--check-images",
+        default=None,
+        help="folder of real images for the parity check (default: bundled digits)",
+    )
     p.add_argument("--no-verify", action="store_true", help="skip the parity checks")
     g = p.add_argument_group("int8 quantization (--format onnx-int8)")
-    g.add_argument("--calibration", "--calib", dest="calibration", default=None,
-                   metavar="DIR", help="'digits' (bundled digits train split), a data root (its "
-                   "train/ split) or a folder of images (default: digits; for openvino --int8 "
-                   "only for a model trained on the digits)")
-    g.add_argument("--calibration-count", type=int, default=None,
-                   help="number of calibration images (default 128 for onnx-int8, 300 for "
-                        "openvino --int8: NNCF's default)")
+    g.add_argument(
+        "--calibration",
+        "--calib",
+        dest="calibration",
+        default=None,
+        metavar="DIR",
+        help="'digits' (bundled digits train split), a data root (its "
+        "train/ split) or a folder of images (default: digits; for openvino --int8 "
+        "only for a model trained on the digits)",
+    )
+    g.add_argument(
+        "--calibration-count",
+        type=int,
+        default=None,
+        help="number of calibration images (default 128 for onnx-int8, 300 for "
+        "openvino --int8: NNCF's default)",
+    )
     g.add_argument("--quant-format", default="qdq", choices=("qdq", "qoperator"))
-    g.add_argument("--calibration-method", default="minmax",
-                   choices=("minmax", "percentile", "entropy"))
-    g.add_argument("--val", default=None,
-                   help="'digits' (val split) or a data root (its val/ split, as `fastvit eval "
-                        "--data` reads it) or a folder of class folders: fp32 vs int8 top-1")
-    g.add_argument("--threads", type=int, default=None,
-                   help="CPU threads (default: chosen from the CPUs available and the load)")
+    g.add_argument(
+        "--calibration-method", default="minmax", choices=("minmax", "percentile", "entropy")
+    )
+    g.add_argument(
+        "--val",
+        default=None,
+        help="'digits' (val split) or a data root (its val/ split, as `fastvit eval "
+        "--data` reads it) or a folder of class folders: fp32 vs int8 top-1",
+    )
+    g.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads (default: chosen from the CPUs available and the load)",
+    )
     g = p.add_argument_group("OpenVINO (--format openvino)")
-    g.add_argument("--precision", choices=("f32", "bf16"), default="f32",
-                   help="inference precision stored with the model (default f32: checked "
-                        "against PyTorch like ONNX; bf16: reported as top-1 agreement)")
-    g.add_argument("--int8", action="store_true",
-                   help="NNCF post-training int8 quantization (calibrated on --calib)")
-    g.add_argument("--max-drop", type=float, default=1.0,
-                   help="int8: refuse to write if top-1 on --val drops more (points, default 1)")
+    g.add_argument(
+        "--precision",
+        choices=("f32", "bf16"),
+        default="f32",
+        help="inference precision stored with the model (default f32: checked "
+        "against PyTorch like ONNX; bf16: reported as top-1 agreement)",
+    )
+    g.add_argument(
+        "--int8",
+        action="store_true",
+        help="NNCF post-training int8 quantization (calibrated on --calib)",
+    )
+    g.add_argument(
+        "--max-drop",
+        type=float,
+        default=1.0,
+        help="int8: refuse to write if top-1 on --val drops more (points, default 1)",
+    )
     g.add_argument("--force", action="store_true", help="int8: write despite --max-drop")
     p.add_argument("--coreml-precision", default="float32", choices=("float32", "float16"))
 
@@ -106,8 +158,13 @@ def _outputs(args: argparse.Namespace, formats: list[str]) -> dict[str, Path]:
 def _suffix(args: argparse.Namespace, fmt: str) -> str:
     if fmt != "openvino":
         return SUFFIX[fmt]
-    return ".int8.xml" if args.int8 else f".{args.precision}.xml" if args.precision != "f32" \
+    return (
+        ".int8.xml"
+        if args.int8
+        else f".{args.precision}.xml"
+        if args.precision != "f32"
         else ".xml"
+    )
 
 
 def _openvino_path(args: argparse.Namespace, out: Path) -> Path:
@@ -127,16 +184,19 @@ def run(args: argparse.Namespace) -> int:
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
-        raise ConfigError(f"unknown format {', '.join(bad) or '(none)'}; use any of "
-                          f"{', '.join(FORMATS)}")
+        raise ConfigError(
+            f"unknown format {', '.join(bad) or '(none)'}; use any of {', '.join(FORMATS)}"
+        )
     from fastvit.cli.checks import check_min, check_size, setup_threads, warn_threads
 
     check_size(args.size)
     check_min(args.calibration_count, "--calibration-count", 1)
     check_min(args.threads, "--threads", 1)
     if args.int8 and "openvino" not in formats:
-        raise ConfigError("--int8 quantizes the OpenVINO model: add --format openvino "
-                          "(for onnxruntime int8 use --format onnx-int8)")
+        raise ConfigError(
+            "--int8 quantizes the OpenVINO model: add --format openvino "
+            "(for onnxruntime int8 use --format onnx-int8)"
+        )
     if "openvino" in formats:  # before loading anything: the extra may be missing
         from fastvit.export.openvino import require_nncf, require_openvino
 
@@ -156,9 +216,15 @@ def run(args: argparse.Namespace) -> int:
             from fastvit.export.onnx import export_onnx
 
             path = outputs.get("onnx") or outputs["onnx-fp32"]
-            report = export_onnx(model, path, opset=args.opset, dynamic_hw=args.dynamic_hw,
-                                 verify=not args.no_verify, check_images=args.check_images,
-                                 **common)
+            report = export_onnx(
+                model,
+                path,
+                opset=args.opset,
+                dynamic_hw=args.dynamic_hw,
+                verify=not args.no_verify,
+                check_images=args.check_images,
+                **common,
+            )
             print(report.summary())
             fp32_onnx = path
         if fmt == "onnx-int8":
@@ -167,18 +233,29 @@ def run(args: argparse.Namespace) -> int:
         elif fmt == "torchscript":
             from fastvit.export.torchscript import export_torchscript
 
-            report = export_torchscript(model, out, verify=not args.no_verify,
-                                        check_images=args.check_images, **common)
+            report = export_torchscript(
+                model, out, verify=not args.no_verify, check_images=args.check_images, **common
+            )
             print(report.summary())
         elif fmt == "openvino":
             from fastvit.export.openvino import export_openvino
 
             report = export_openvino(
-                model, out,
-                precision=args.precision, int8=args.int8, calib=args.calibration,
-                calib_count=args.calibration_count or 300, val=args.val, max_drop=args.max_drop,
-                force=args.force, verify=not args.no_verify, check_images=args.check_images,
-                threads=args.threads, overwrite=args.overwrite, **common)
+                model,
+                out,
+                precision=args.precision,
+                int8=args.int8,
+                calib=args.calibration,
+                calib_count=args.calibration_count or 300,
+                val=args.val,
+                max_drop=args.max_drop,
+                force=args.force,
+                verify=not args.no_verify,
+                check_images=args.check_images,
+                threads=args.threads,
+                overwrite=args.overwrite,
+                **common,
+            )
             print(report.summary())
         elif fmt == "coreml":
             from fastvit.export.coreml import export_coreml
@@ -198,19 +275,27 @@ def _export_int8(args: argparse.Namespace, fp32: Path, out: Path) -> None:
 
     card = read_onnx_metadata(fp32)
     assert card is not None
-    calib = calibration_images(args.calibration or "digits", card.preprocessing,
-                               limit=args.calibration_count or 128)
-    batches = [calib[i:i + 16] for i in range(0, len(calib), 16)]
-    quantize_onnx(fp32, out, batches, quant_format=args.quant_format,
-                  method=args.calibration_method)
-    print(f"wrote int8 ONNX model to {out} ({args.quant_format}, per-channel weights, "
-          f"{len(calib)} calibration images from {args.calibration or 'digits'})")
+    calib = calibration_images(
+        args.calibration or "digits", card.preprocessing, limit=args.calibration_count or 128
+    )
+    batches = [calib[i : i + 16] for i in range(0, len(calib), 16)]
+    quantize_onnx(
+        fp32, out, batches, quant_format=args.quant_format, method=args.calibration_method
+    )
+    print(
+        f"wrote int8 ONNX model to {out} ({args.quant_format}, per-channel weights, "
+        f"{len(calib)} calibration images from {args.calibration or 'digits'})"
+    )
     if args.val is not None:  # the val split, exactly as `fastvit eval --data` reads it
         val = load_labelled(args.val, card)
         a32 = onnx_top1(ort_session(fp32, threads=args.threads), val)
         a8 = onnx_top1(ort_session(out, threads=args.threads), val)
-        print(f"  top-1 on {args.val} ({len(val.labels)} images): fp32 {a32:.2f}%  "
-              f"int8 {a8:.2f}%  (delta {a8 - a32:+.2f} points)")
+        print(
+            f"  top-1 on {args.val} ({len(val.labels)} images): fp32 {a32:.2f}%  "
+            f"int8 {a8:.2f}%  (delta {a8 - a32:+.2f} points)"
+        )
     t32, t8 = onnx_latency([fp32, out], (1, *card.input_size), threads=args.threads)
-    print(f"  batch-1 latency (median, interleaved): fp32 {t32:.2f} ms  int8 {t8:.2f} ms  "
-          f"(speed-up {t32 / t8:.2f}x)")
+    print(
+        f"  batch-1 latency (median, interleaved): fp32 {t32:.2f} ms  int8 {t8:.2f} ms  "
+        f"(speed-up {t32 / t8:.2f}x)"
+    )

@@ -73,14 +73,20 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    header = (f"{'variant':<14}{'params (train)':>16}{'params (fused)':>16}"
-              f"{f'GMACs @{args.size}':>13}{'attn GMACs':>12}{'input':>8}")
+    header = (
+        f"{'variant':<14}{'params (train)':>16}{'params (fused)':>16}"
+        f"{f'GMACs @{args.size}':>13}{'attn GMACs':>12}{'input':>8}"
+    )
     print(header)
     print("-" * len(header))
     for r in rows:
         attn = r["gmacs_with_attention"] - r["gmacs"]
-        print(f"{r['variant']:<14}{r['params_train_m']:>14.2f} M{r['params_fused_m']:>14.2f} M"
-              f"{r['gmacs']:>13.2f}{attn:>12.3f}{r['input_size']:>8}")
-    print("GMACs: conv + linear layers of the deployed (fused) model; 'attn GMACs' is the extra "
-          "cost of the attention matmuls.")
+        print(
+            f"{r['variant']:<14}{r['params_train_m']:>14.2f} M{r['params_fused_m']:>14.2f} M"
+            f"{r['gmacs']:>13.2f}{attn:>12.3f}{r['input_size']:>8}"
+        )
+    print(
+        "GMACs: conv + linear layers of the deployed (fused) model; 'attn GMACs' is the extra "
+        "cost of the attention matmuls."
+    )
     return 0

@@ -46,8 +46,11 @@ def error_line(e: BaseException) -> str:
         lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
         text = lines[-1]
         head, sep, rest = text.partition(": ")
-        if sep and head.replace(".", "").replace("_", "").isalnum() and head.endswith(
-                ("Error", "Exception", "Warning")):
+        if (
+            sep
+            and head.replace(".", "").replace("_", "").isalnum()
+            and head.endswith(("Error", "Exception", "Warning"))
+        ):
             text = rest
     return " ".join(text.split())
 

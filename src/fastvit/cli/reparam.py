@@ -26,20 +26,39 @@ def output_stem(path: str | Path) -> str:
 
 
 def add_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", help="training-form checkpoint (official or timm layout, any "
-                   "wrapper), or 'demo' for a randomly initialised fastvit_t8")
-    p.add_argument("-o", "--output", help="output .safetensors (default: <input stem>_reparam"
-                   ".safetensors; nothing is written for 'demo' unless given)")
+    p.add_argument(
+        "checkpoint",
+        help="training-form checkpoint (official or timm layout, any "
+        "wrapper), or 'demo' for a randomly initialised fastvit_t8",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        help="output .safetensors (default: <input stem>_reparam"
+        ".safetensors; nothing is written for 'demo' unless given)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--model", help="variant, when it cannot be detected from the checkpoint")
     p.add_argument("--size", type=int, default=128, help="verification input size (default 128)")
-    p.add_argument("--rtol", type=float, default=None,
-                   help="verification tolerance relative to the output scale (default 1e-5 "
-                        "for float32 weights)")
-    p.add_argument("--atol", type=float, default=None,
-                   help="absolute part of the tolerance (default: equal to --rtol)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads (default: chosen from the CPUs available and the load)")
+    p.add_argument(
+        "--rtol",
+        type=float,
+        default=None,
+        help="verification tolerance relative to the output scale (default 1e-5 "
+        "for float32 weights)",
+    )
+    p.add_argument(
+        "--atol",
+        type=float,
+        default=None,
+        help="absolute part of the tolerance (default: equal to --rtol)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads (default: chosen from the CPUs available and the load)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -62,8 +81,10 @@ def run(args: argparse.Namespace) -> int:
         out = Path(args.checkpoint).with_name(output_stem(args.checkpoint) + "_reparam.safetensors")
     if out is not None:  # before the (slow) load and fusion
         if out.suffix != ".safetensors":
-            raise ConfigError(f"-o {out}: reparameterized checkpoints are saved as safetensors; "
-                              "use a name ending in .safetensors")
+            raise ConfigError(
+                f"-o {out}: reparameterized checkpoints are saved as safetensors; "
+                "use a name ending in .safetensors"
+            )
         check_writable_target(out, overwrite=args.overwrite)
     extra_meta: dict[str, str] = {}
     if args.checkpoint == "demo":
@@ -84,8 +105,11 @@ def run(args: argparse.Namespace) -> int:
 
         model = fastvit.load_model(args.checkpoint, name=args.model)
         # the file's own metadata (a run's dataset, epoch, val_top1, ...) travels along
-        extra_meta = {k: v for k, v in read_checkpoint(args.checkpoint)[1].items()
-                      if k not in RESERVED_METADATA}
+        extra_meta = {
+            k: v
+            for k, v in read_checkpoint(args.checkpoint)[1].items()
+            if k not in RESERVED_METADATA
+        }
         if model.inference_mode:
             raise ConfigError(f"{args.checkpoint} is already reparameterized; nothing to do")
     model.eval()
@@ -93,15 +117,18 @@ def run(args: argparse.Namespace) -> int:
     rtol = args.rtol if args.rtol is not None else default_rtol(next(model.parameters()).dtype)
     shape = (2, model.in_chans, args.size, args.size)
     t0 = time.perf_counter()
-    fused = fastvit.reparameterize(model, verify=True, rtol=rtol, atol=args.atol,
-                                   input_shape=shape)
+    fused = fastvit.reparameterize(model, verify=True, rtol=rtol, atol=args.atol, input_shape=shape)
     seconds = time.perf_counter() - t0
     diff = output_diff(model, fused, shape, seed=1)
     n_bn = sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in fused.modules())
-    print(f"model: {model.variant}  params {count_params(model) / 1e6:.2f} M -> "
-          f"{count_params(fused) / 1e6:.2f} M  BatchNorms left: {n_bn}  {threads.describe()}")
-    print(f"reparameterized in {seconds:.2f} s; fused vs unfused on image-like "
-          f"{args.size}x{args.size} inputs: {diff.describe(rtol, args.atol)}")
+    print(
+        f"model: {model.variant}  params {count_params(model) / 1e6:.2f} M -> "
+        f"{count_params(fused) / 1e6:.2f} M  BatchNorms left: {n_bn}  {threads.describe()}"
+    )
+    print(
+        f"reparameterized in {seconds:.2f} s; fused vs unfused on image-like "
+        f"{args.size}x{args.size} inputs: {diff.describe(rtol, args.atol)}"
+    )
     if out is not None:
         fastvit.save_model(fused, out, metadata=extra_meta)
         print(f"saved {out}")

@@ -174,9 +174,14 @@ def _stack(dataset: Dataset) -> LabelledImages:
     return LabelledImages(torch.stack(list(xs)).numpy(), np.asarray(ys, dtype=np.int64))
 
 
-def load_labelled(source: str | Path | None, prep: Preprocessing | ModelCard, *,
-                  split: str = "val", limit: int | None = None,
-                  check_images: str = "auto") -> LabelledImages:
+def load_labelled(
+    source: str | Path | None,
+    prep: Preprocessing | ModelCard,
+    *,
+    split: str = "val",
+    limit: int | None = None,
+    check_images: str = "auto",
+) -> LabelledImages:
     """A labelled split of ``source`` preprocessed with ``prep``, as arrays: what accuracy
     checks (int8 vs fp32) score on. ``split='val'`` is the val split exactly as ``fastvit
     eval`` reads it (:func:`build_eval_dataset`); ``'train'`` is the digits train split or a
@@ -189,31 +194,41 @@ def load_labelled(source: str | Path | None, prep: Preprocessing | ModelCard, *,
     transform = eval_transform(prep)
     names = list(card.class_names or []) if card is not None else None
     if split == "val":
-        ds, _, _ = build_eval_dataset(source, input_size=prep.input_size[-1], transform=transform,
-                                      check_images=check_images, in_chans=prep.in_chans,
-                                      limit=limit, classes=names)
+        ds, _, _ = build_eval_dataset(
+            source,
+            input_size=prep.input_size[-1],
+            transform=transform,
+            check_images=check_images,
+            in_chans=prep.in_chans,
+            limit=limit,
+            classes=names,
+        )
     elif source is None or str(source) == "digits":
-        ds = DigitsDataset("train", prep.input_size[-1], transform, in_chans=prep.in_chans,
-                           limit=limit)
+        ds = DigitsDataset(
+            "train", prep.input_size[-1], transform, in_chans=prep.in_chans, limit=limit
+        )
     else:
         tdir, _ = resolve_split_dirs(source)
         found = list_classes(tdir)
-        scan = scan_image_folder(tdir, names if names and set(found) <= set(names) else None,
-                                 check_images)
+        scan = scan_image_folder(
+            tdir, names if names and set(found) <= set(names) else None, check_images
+        )
         report_skipped(scan, "train")
         ds = ImageFolderDataset(scan, transform, prep.in_chans)
     return _stack(ds)
 
 
-def calibration_images(source: str | Path, prep: Preprocessing, *,
-                       limit: int | None = None) -> np.ndarray:
+def calibration_images(
+    source: str | Path, prep: Preprocessing, *, limit: int | None = None
+) -> np.ndarray:
     """Preprocessed images ``(N, C, H, W)`` for int8 calibration: ``'digits'`` (the digits
     train split), a data root (its ``train/`` split), or any folder of images (recursively).
     ``limit`` keeps a spread-out subset (fixed seed), not just the first class."""
     transform = eval_transform(prep)
     if str(source) == "digits":
-        ds = DigitsDataset("train", prep.input_size[-1], transform, in_chans=prep.in_chans,
-                           limit=limit)
+        ds = DigitsDataset(
+            "train", prep.input_size[-1], transform, in_chans=prep.in_chans, limit=limit
+        )
         return _stack(ds).images
     root = Path(source)
     folder = root / "train" if (root / "train").is_dir() else root
@@ -230,8 +245,10 @@ def read_class_names(path: str | Path) -> list[str]:
     try:
         names = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
     except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"cannot read class names from {path} ({type(e).__name__}); "
-                        "give a UTF-8 text file with one name per line") from None
+        raise DataError(
+            f"cannot read class names from {path} ({type(e).__name__}); "
+            "give a UTF-8 text file with one name per line"
+        ) from None
     names = [n for n in names if n]
     if not names:
         raise DataError(f"{path} holds no class names; give one name per line")

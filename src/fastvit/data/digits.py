@@ -85,8 +85,9 @@ class DigitsDataset(Dataset):
     def pixels(self, index: int) -> np.ndarray:
         """The upscaled digit ``index`` as a uint8 ``(H, W)`` array."""
         size = (self.input_size, self.input_size)
-        x = F.interpolate(self._digits[index:index + 1], size=size, mode="bilinear",
-                          align_corners=False)
+        x = F.interpolate(
+            self._digits[index : index + 1], size=size, mode="bilinear", align_corners=False
+        )
         return (x.clamp(0, 1) * 255).round().to(torch.uint8)[0, 0].numpy()
 
     def __getitem__(self, index: int) -> tuple[object, int]:

@@ -213,8 +213,9 @@ def report_skipped(report: ScanReport, split: str) -> None:
 class ImageFolderDataset(Dataset):
     """(image, class index) pairs from a scanned class-folder directory."""
 
-    def __init__(self, report: ScanReport, transform: Callable | None = None,
-                 in_chans: int = 3) -> None:
+    def __init__(
+        self, report: ScanReport, transform: Callable | None = None, in_chans: int = 3
+    ) -> None:
         self.in_chans = in_chans  # 1: grayscale ("L") images, 3: RGB
         self.root = str(report.root)
         self.classes = list(report.classes)

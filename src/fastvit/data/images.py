@@ -22,7 +22,16 @@ from PIL import Image, UnidentifiedImageError
 from fastvit.errors import DataError
 
 IMG_EXTENSIONS: tuple[str, ...] = (
-    ".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif",
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".bmp",
+    ".ppm",
+    ".pgm",
+    ".tif",
+    ".tiff",
+    ".webp",
+    ".gif",
 )
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 _HIGH_DEPTH_MODES = ("I", "I;16", "I;16B", "I;16L", "F")
@@ -36,8 +45,10 @@ def is_image_file(path: str | os.PathLike) -> bool:
 def to_model_mode(img: Image.Image, in_chans: int = 3, name: str = "image") -> Image.Image:
     """Convert a PIL image to "RGB" (``in_chans=3``) or "L" (``in_chans=1``)."""
     if in_chans not in (1, 3):
-        raise DataError(f"the model takes {in_chans}-channel input but images have 1 (grayscale) "
-                        "or 3 (RGB) channels; use a model built with in_chans=1 or 3")
+        raise DataError(
+            f"the model takes {in_chans}-channel input but images have 1 (grayscale) "
+            "or 3 (RGB) channels; use a model built with in_chans=1 or 3"
+        )
     target = "RGB" if in_chans == 3 else "L"
     if img.mode == target:
         return img
@@ -54,8 +65,10 @@ def to_model_mode(img: Image.Image, in_chans: int = 3, name: str = "image") -> I
     try:
         return img.convert(target)
     except (ValueError, OSError) as e:
-        raise DataError(f"cannot convert {name} (mode {img.mode}) to {target} ({e}); "
-                        "save it as an RGB or grayscale image") from None
+        raise DataError(
+            f"cannot convert {name} (mode {img.mode}) to {target} ({e}); "
+            "save it as an RGB or grayscale image"
+        ) from None
 
 
 def open_image(path: str | os.PathLike) -> Image.Image:
@@ -76,8 +89,9 @@ def load_image(path: str | os.PathLike, in_chans: int = 3) -> Image.Image:
     except FileNotFoundError:
         raise DataError(f"image {path} does not exist; check the path") from None
     except Image.DecompressionBombError:  # far beyond PIL's pixel limit: refuse to decode
-        raise DataError(f"cannot read image {path}: it is too large to decode safely (a "
-                        "decompression bomb?)") from None
+        raise DataError(
+            f"cannot read image {path}: it is too large to decode safely (a decompression bomb?)"
+        ) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise DataError(f"cannot read image {path} ({reason}); is it a valid image file?") from None
@@ -96,8 +110,11 @@ def list_images(path: str | os.PathLike) -> list[Path]:
         raise DataError(f"{path} does not exist; give an image file or a folder of images")
     if path.is_file():
         return [path]
-    files = sorted(p for p in path.rglob("*")
-                   if p.is_file() and not p.name.startswith(".") and is_image_file(p))
+    files = sorted(
+        p
+        for p in path.rglob("*")
+        if p.is_file() and not p.name.startswith(".") and is_image_file(p)
+    )
     if not files:
         raise DataError(f"no images ({', '.join(IMG_EXTENSIONS)}) found in {path}")
     return files

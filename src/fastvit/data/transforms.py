@@ -102,8 +102,12 @@ def eval_transform(prep: Preprocessing) -> Callable:
     from timm.data import create_transform
 
     return create_transform(
-        input_size=prep.input_size, is_training=False, crop_pct=prep.crop_pct,
-        crop_mode=prep.crop_mode, interpolation=prep.interpolation, mean=prep.mean,
+        input_size=prep.input_size,
+        is_training=False,
+        crop_pct=prep.crop_pct,
+        crop_mode=prep.crop_mode,
+        interpolation=prep.interpolation,
+        mean=prep.mean,
         std=prep.std,
     )
 
@@ -121,8 +125,15 @@ def create_eval_transform(
         raise ConfigError(f"crop_pct must be in (0, 1], got {crop_pct}")
     if interpolation == "random":
         interpolation = "bicubic"
-    return eval_transform(Preprocessing((len(mean), input_size, input_size), crop_pct,
-                                        interpolation=interpolation, mean=mean, std=std))
+    return eval_transform(
+        Preprocessing(
+            (len(mean), input_size, input_size),
+            crop_pct,
+            interpolation=interpolation,
+            mean=mean,
+            std=std,
+        )
+    )
 
 
 def _check_auto_augment(spec: str) -> None:

@@ -36,9 +36,14 @@ class ExportReport:
     details: dict[str, object] = field(default_factory=dict)
 
     def _checks(self) -> list[tuple[str, OutputDiff]]:
-        return [(name, OutputDiff(d, scale)) for name, d, scale in (
-            ("random", self.max_abs_diff_random, self.scale_random),
-            ("real", self.max_abs_diff_real, self.scale_real)) if d is not None]
+        return [
+            (name, OutputDiff(d, scale))
+            for name, d, scale in (
+                ("random", self.max_abs_diff_random, self.scale_random),
+                ("real", self.max_abs_diff_real, self.scale_real),
+            )
+            if d is not None
+        ]
 
     @property
     def ok(self) -> bool:
@@ -55,9 +60,11 @@ class ExportReport:
     def failure(self) -> str:
         """One line for a failed parity check (absolute and relative error)."""
         name, worst = next((n, d) for n, d in self._checks() if not d.ok(self.tolerance))
-        return (f"{self.format} output differs from PyTorch on {name} inputs: "
-                f"{worst.describe(self.tolerance)}; nothing was written. Please report this "
-                "as a bug")
+        return (
+            f"{self.format} output differs from PyTorch on {name} inputs: "
+            f"{worst.describe(self.tolerance)}; nothing was written. Please report this "
+            "as a bug"
+        )
 
     def summary(self) -> str:
         """Human-readable multi-line summary (printed by ``fastvit export``)."""
@@ -82,8 +89,10 @@ def fuse_for_export(model: nn.Module) -> nn.Module:
         model = fastvit.reparameterize(model)
     model.eval()
     if _has_batchnorm(model):
-        raise ReparamError("model still contains BatchNorm after reparameterization; "
-                           "export needs a FastViT model built by fastvit.create_model")
+        raise ReparamError(
+            "model still contains BatchNorm after reparameterization; "
+            "export needs a FastViT model built by fastvit.create_model"
+        )
     return model
 
 
@@ -108,12 +117,14 @@ def load_source(source: str | Path | nn.Module) -> nn.Module:
 def random_inputs(card: ModelCard, batch: int = 2, seed: int = 0) -> torch.Tensor:
     """Random image-like inputs of the model's input size, normalized with its mean/std."""
     prep = card.preprocessing
-    return image_like_inputs((batch, *card.input_size), mean=tuple(prep.mean),
-                             std=tuple(prep.std), seed=seed)
+    return image_like_inputs(
+        (batch, *card.input_size), mean=tuple(prep.mean), std=tuple(prep.std), seed=seed
+    )
 
 
-def real_inputs(card: ModelCard, batch: int = 4, image_dir: str | Path | None = None
-                ) -> torch.Tensor:
+def real_inputs(
+    card: ModelCard, batch: int = 4, image_dir: str | Path | None = None
+) -> torch.Tensor:
     """Real images run through the model's own preprocessing.
 
     Images come from ``image_dir`` when given, otherwise from the digits val split (real

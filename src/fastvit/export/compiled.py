@@ -31,8 +31,14 @@ class CompiledInference:
     changes to ``model`` do not reach the compiled copy.
     """
 
-    def __init__(self, model: nn.Module, *, dtype: torch.dtype | None = None,
-                 channels_last: bool = True, dynamic: bool = False) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        dtype: torch.dtype | None = None,
+        channels_last: bool = True,
+        dynamic: bool = False,
+    ) -> None:
         module = copy.deepcopy(model).eval()
         if dtype is not None:
             module = module.to(dtype)
@@ -47,14 +53,20 @@ class CompiledInference:
 
     @staticmethod
     def _signature(x: Tensor) -> tuple[Any, ...]:
-        return (tuple(x.shape), x.stride(), x.dtype, x.device,
-                torch.is_autocast_enabled(x.device.type))
+        return (
+            tuple(x.shape),
+            x.stride(),
+            x.dtype,
+            x.device,
+            torch.is_autocast_enabled(x.device.type),
+        )
 
     def __call__(self, x: Tensor) -> Tensor:
         if x.ndim != 4 or (self._in_chans is not None and x.shape[1] != self._in_chans):
             want = self._in_chans if self._in_chans is not None else "C"
-            raise ConfigError(f"expected an input batch of shape (N, {want}, H, W), got "
-                              f"{tuple(x.shape)}")
+            raise ConfigError(
+                f"expected an input batch of shape (N, {want}, H, W), got {tuple(x.shape)}"
+            )
         if self._dtype is not None and x.dtype != self._dtype:
             x = x.to(self._dtype)
         if self._channels_last:

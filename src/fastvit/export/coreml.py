@@ -71,8 +71,10 @@ def export_coreml(
     therefore a numeric parity check, is only possible on macOS).
     """
     if not coreml_available():
-        raise ConfigError("CoreML export needs coremltools; install it with "
-                          "`pip install 'fastvit[coreml]'` (or `pip install coremltools`)")
+        raise ConfigError(
+            "CoreML export needs coremltools; install it with "
+            "`pip install 'fastvit[coreml]'` (or `pip install coremltools`)"
+        )
     if precision not in PRECISIONS:
         raise ConfigError(f"unknown CoreML precision {precision!r}; use float32 or float16")
     with _quiet():
@@ -86,15 +88,17 @@ def export_coreml(
     example = torch.zeros(1, *meta.input_size)
     with _quiet(), torch.no_grad():
         traced = torch.jit.trace(fused, example, check_trace=False)
-        shape = ct.Shape(shape=(ct.RangeDim(lower_bound=1, upper_bound=max_batch, default=1),
-                                *meta.input_size))
+        shape = ct.Shape(
+            shape=(ct.RangeDim(lower_bound=1, upper_bound=max_batch, default=1), *meta.input_size)
+        )
         mlmodel = ct.convert(
             traced,
             inputs=[ct.TensorType(name="input", shape=shape)],
             outputs=[ct.TensorType(name="logits")],
             convert_to="mlprogram",
-            compute_precision=(ct.precision.FLOAT32 if precision == "float32"
-                               else ct.precision.FLOAT16),
+            compute_precision=(
+                ct.precision.FLOAT32 if precision == "float32" else ct.precision.FLOAT16
+            ),
             minimum_deployment_target=ct.target.macOS13,
             skip_model_load=True,  # loading compiles the model, which only works on macOS
         )
@@ -107,11 +111,15 @@ def export_coreml(
         mlmodel.save(str(tmp))
     report = ExportReport(path=path, format="coreml")
     info = inspect_coreml(path)
-    report.details.update({
-        "inputs": info["inputs"], "outputs": info["outputs"], "ops": info["num_ops"],
-        "precision": precision,
-        "note": "CoreML prediction runs on macOS only; the spec was checked here",
-    })
+    report.details.update(
+        {
+            "inputs": info["inputs"],
+            "outputs": info["outputs"],
+            "ops": info["num_ops"],
+            "precision": precision,
+            "note": "CoreML prediction runs on macOS only; the spec was checked here",
+        }
+    )
     return report
 
 
@@ -148,7 +156,10 @@ def inspect_coreml(path: str | Path) -> dict[str, Any]:
         "outputs": [_feature(f) for f in spec.description.output],
         "num_ops": sum(ops.values()),
         "op_counts": dict(sorted(ops.items())),
-        "metadata": ModelCard.from_metadata(dict(spec.description.metadata.userDefined),
-                                            default=ModelCard(form="fused"), where=str(path)),
+        "metadata": ModelCard.from_metadata(
+            dict(spec.description.metadata.userDefined),
+            default=ModelCard(form="fused"),
+            where=str(path),
+        ),
         "spec_version": spec.specificationVersion,
     }

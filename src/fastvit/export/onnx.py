@@ -68,13 +68,13 @@ def export_onnx(
     with atomic_path(path) as tmp:  # renamed into place only once verified
         tmp.write_bytes(proto.SerializeToString())
         if verify:
-            verify_onnx(fused, tmp, meta, report, check_images=check_images,
-                        dynamic_hw=dynamic_hw)
+            verify_onnx(fused, tmp, meta, report, check_images=check_images, dynamic_hw=dynamic_hw)
     return report
 
 
-def onnx_proto(fused: nn.Module, meta: ModelCard, *, opset: int = DEFAULT_OPSET,
-               dynamic_hw: bool = False) -> Any:
+def onnx_proto(
+    fused: nn.Module, meta: ModelCard, *, opset: int = DEFAULT_OPSET, dynamic_hw: bool = False
+) -> Any:
     """Trace an already fused model into a cleaned ``onnx.ModelProto`` carrying ``meta``."""
     import onnx
 
@@ -86,8 +86,13 @@ def onnx_proto(fused: nn.Module, meta: ModelCard, *, opset: int = DEFAULT_OPSET,
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer/deprecation chatter, not user-actionable
         torch.onnx.export(
-            fused, (example,), buf, dynamo=False, opset_version=opset,
-            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            fused,
+            (example,),
+            buf,
+            dynamo=False,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
             dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: {0: "batch"}},
             do_constant_folding=True,
         )
@@ -117,7 +122,11 @@ def simplify_graph(proto: Any) -> None:
     graph = proto.graph
     graph_outputs = {o.name for o in graph.output}
     for node in list(graph.node):
-        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
+        if (
+            node.op_type == "Constant"
+            and len(node.attribute) == 1
+            and node.attribute[0].name == "value"
+        ):
             tensor = numpy_helper.to_array(node.attribute[0].t)
             graph.initializer.append(numpy_helper.from_array(tensor, node.output[0]))
             graph.node.remove(node)
@@ -165,18 +174,25 @@ def _fold_constants(proto: Any) -> None:
     graph = proto.graph
     while True:
         inits = {i.name: i for i in graph.initializer}
-        foldable = [n for n in graph.node
-                    if n.input and all((not x) or x in inits for x in n.input)]
+        foldable = [
+            n for n in graph.node if n.input and all((not x) or x in inits for x in n.input)
+        ]
         if not foldable:
             return
         for node in foldable:
             sub = onnx.helper.make_model(
                 onnx.helper.make_graph(
-                    [node], "fold", [],
-                    [onnx.helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None)
-                     for o in node.output],
-                    [inits[x] for x in node.input if x]),
-                opset_imports=proto.opset_import)
+                    [node],
+                    "fold",
+                    [],
+                    [
+                        onnx.helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None)
+                        for o in node.output
+                    ],
+                    [inits[x] for x in node.input if x],
+                ),
+                opset_imports=proto.opset_import,
+            )
             values = ReferenceEvaluator(sub).run(None, {})
             for name, value in zip(node.output, values):
                 graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
@@ -220,8 +236,13 @@ def read_onnx_metadata(proto_or_path: Any) -> ModelCard | None:
     return ModelCard.from_metadata(props, default=ModelCard(form="fused"), where=where)
 
 
-def ort_session(model: str | Path | bytes, *, threads: int | None = None,
-                optimization: str = "all", spin: bool = True) -> Any:
+def ort_session(
+    model: str | Path | bytes,
+    *,
+    threads: int | None = None,
+    optimization: str = "all",
+    spin: bool = True,
+) -> Any:
     """An onnxruntime CPU session (``threads`` intra-op threads, sequential execution).
 
     ``spin=False`` stops idle worker threads from busy-waiting, which matters when other
@@ -252,8 +273,15 @@ def ort_session(model: str | Path | bytes, *, threads: int | None = None,
         raise CheckpointError(f"onnxruntime cannot load {where}: {first}") from e
 
 
-def verify_onnx(fused: nn.Module, path: str | Path, meta: ModelCard, report: ExportReport,
-                *, check_images: str | Path | None = None, dynamic_hw: bool = False) -> None:
+def verify_onnx(
+    fused: nn.Module,
+    path: str | Path,
+    meta: ModelCard,
+    report: ExportReport,
+    *,
+    check_images: str | Path | None = None,
+    dynamic_hw: bool = False,
+) -> None:
     """Fill ``report`` with onnxruntime-vs-PyTorch differences; raise if above tolerance."""
     sess = ort_session(path)
     checks = {"random": random_inputs(meta, batch=3), "real": real_inputs(meta, 4, check_images)}
@@ -285,8 +313,10 @@ def load_onnx(path: str | Path) -> Any:
     try:
         return onnx.load(str(path))
     except Exception as e:
-        raise CheckpointError(f"{path} is not a readable ONNX model ({type(e).__name__}); "
-                              "export one with `fastvit export CKPT --format onnx`") from e
+        raise CheckpointError(
+            f"{path} is not a readable ONNX model ({type(e).__name__}); "
+            "export one with `fastvit export CKPT --format onnx`"
+        ) from e
 
 
 __all__ = [

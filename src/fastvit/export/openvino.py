@@ -62,8 +62,9 @@ def require_openvino() -> Any:
     try:
         import openvino
     except ImportError:
-        raise MissingExtraError(f"OpenVINO is not installed; install it with {INSTALL_HINT}"
-                                ) from None
+        raise MissingExtraError(
+            f"OpenVINO is not installed; install it with {INSTALL_HINT}"
+        ) from None
     return openvino
 
 
@@ -77,8 +78,9 @@ def require_nncf() -> Any:
     try:
         import nncf
     except ImportError:
-        raise MissingExtraError(f"NNCF (int8 quantization) is not installed; install it with "
-                                f"{INSTALL_HINT}") from None
+        raise MissingExtraError(
+            f"NNCF (int8 quantization) is not installed; install it with {INSTALL_HINT}"
+        ) from None
     return nncf
 
 
@@ -98,6 +100,7 @@ def _check_precision(precision: str) -> str:
 
 # --------------------------------------------------------------------------- conversion
 
+
 def convert_fused(fused: nn.Module, meta: ModelCard) -> Any:
     """``openvino.Model`` of an already fused model (through our ONNX graph, dynamic batch)."""
     from fastvit.export.onnx import onnx_proto
@@ -107,8 +110,9 @@ def convert_fused(fused: nn.Module, meta: ModelCard) -> Any:
     return ov.convert_model(io.BytesIO(proto.SerializeToString()))
 
 
-def set_card(model: Any, meta: ModelCard, precision: str, *,
-             quantization: str | None = None) -> None:
+def set_card(
+    model: Any, meta: ModelCard, precision: str, *, quantization: str | None = None
+) -> None:
     """Store the model card and the precision hint in ``model``'s runtime info."""
     for k, v in meta.to_metadata().items():
         model.set_rt_info(v, [RT_SECTION, k])
@@ -124,13 +128,22 @@ def read_card(model: Any) -> tuple[ModelCard | None, dict[str, str]]:
         return None, {}
     props = {str(k): str(v.astype(str)) for k, v in rt[RT_SECTION].items()}
     info = {k: props.pop(k) for k in ("precision", "quantization") if k in props}
-    meta = ModelCard.from_metadata(props, where="the OpenVINO model") \
-        if ModelCard.has_metadata(props) else None
+    meta = (
+        ModelCard.from_metadata(props, where="the OpenVINO model")
+        if ModelCard.has_metadata(props)
+        else None
+    )
     return meta, info
 
 
-def compile_ir(model: Any, precision: str = "f32", *, threads: int | None = None,
-               batch: int | None = None, throughput: bool = False) -> Any:
+def compile_ir(
+    model: Any,
+    precision: str = "f32",
+    *,
+    threads: int | None = None,
+    batch: int | None = None,
+    throughput: bool = False,
+) -> Any:
     """Compile for the CPU with an explicit precision hint (never OpenVINO's default).
 
     ``batch`` fixes the batch dimension (static shapes are a little faster);
@@ -163,11 +176,13 @@ def run_compiled(compiled: Any, batch: np.ndarray, request: Any = None) -> np.nd
 
 def compiled_logits(compiled: Any, images: np.ndarray, batch: int = 32) -> np.ndarray:
     req = compiled.create_infer_request()
-    return np.concatenate([run_compiled(compiled, images[i:i + batch], req)
-                           for i in range(0, len(images), batch)])
+    return np.concatenate(
+        [run_compiled(compiled, images[i : i + batch], req) for i in range(0, len(images), batch)]
+    )
 
 
 # --------------------------------------------------------------------------- reading
+
 
 @dataclass
 class OpenVinoModel:
@@ -179,8 +194,9 @@ class OpenVinoModel:
     quantization: str
     path: Path
 
-    def compile(self, *, threads: int | None = None, precision: str | None = None,
-                batch: int | None = None) -> Any:
+    def compile(
+        self, *, threads: int | None = None, precision: str | None = None, batch: int | None = None
+    ) -> Any:
         return compile_ir(self.model, precision or self.precision, threads=threads, batch=batch)
 
 
@@ -198,14 +214,17 @@ def read_openvino(path: str | Path) -> OpenVinoModel:
     if not xml.is_file():
         raise CheckpointError(f"OpenVINO model {xml} does not exist; check the path")
     if not bin_.is_file():
-        raise CheckpointError(f"{xml} has no weights file {bin_.name} next to it; copy the "
-                              ".xml and .bin together")
+        raise CheckpointError(
+            f"{xml} has no weights file {bin_.name} next to it; copy the .xml and .bin together"
+        )
     try:
         model = ov.Core().read_model(str(xml))
     except Exception as e:  # openvino raises RuntimeError with pages of text
         first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{xml} is not a readable OpenVINO IR ({first}); export one with "
-                              "`fastvit export CKPT --format openvino`") from None
+        raise CheckpointError(
+            f"{xml} is not a readable OpenVINO IR ({first}); export one with "
+            "`fastvit export CKPT --format openvino`"
+        ) from None
     meta, info = read_card(model)
     precision = info.get("precision", "f32")
     if precision not in PRECISIONS:
@@ -214,6 +233,7 @@ def read_openvino(path: str | Path) -> OpenVinoModel:
 
 
 # --------------------------------------------------------------------------- writing
+
 
 def save_ir(model: Any, xml: str | Path, *, overwrite: bool = False) -> Path:
     """Write ``xml`` + its ``.bin`` so that no reader ever sees half an IR.
@@ -229,8 +249,9 @@ def save_ir(model: Any, xml: str | Path, *, overwrite: bool = False) -> Path:
         raise ConfigError(f"an OpenVINO model is written as NAME.xml + NAME.bin; got {xml}")
     for p in (xml, bin_):
         if p.exists() and not overwrite:
-            raise WriteError(f"{p} already exists; pass --overwrite to replace it or choose "
-                             "another --output")
+            raise WriteError(
+                f"{p} already exists; pass --overwrite to replace it or choose another --output"
+            )
     folder = xml.parent
     new_folder = not folder.exists()
     # the temporary folder lives next to the final folder (new) or inside it (existing)
@@ -265,6 +286,7 @@ def _umask() -> int:
 
 # --------------------------------------------------------------------------- images
 
+
 @dataclass
 class ImageSet(LabelledImages):
     """:class:`fastvit.data.LabelledImages` (labels -1: unknown) and where they came from."""
@@ -281,11 +303,18 @@ def is_digits_model(meta: ModelCard) -> bool:
     from fastvit.data import DIGITS_CLASSES
 
     return meta.extra.get("dataset") == "digits" or (
-        meta.class_names is not None and list(meta.class_names) == list(DIGITS_CLASSES))
+        meta.class_names is not None and list(meta.class_names) == list(DIGITS_CLASSES)
+    )
 
 
-def load_image_set(source: str | Path | None, meta: ModelCard, *, split: str,
-                   limit: int | None = None, what: str = "calibration") -> ImageSet:
+def load_image_set(
+    source: str | Path | None,
+    meta: ModelCard,
+    *,
+    split: str,
+    limit: int | None = None,
+    what: str = "calibration",
+) -> ImageSet:
     """Images through the model's preprocessing, read by :mod:`fastvit.data`: ``"digits"``
     (that split, labelled), or a folder: ``split='train'`` is calibration
     (:func:`fastvit.data.calibration_images`: a data root's ``train/`` or any folder of images,
@@ -298,16 +327,20 @@ def load_image_set(source: str | Path | None, meta: ModelCard, *, split: str,
         return ImageSet(data.images, data.labels, f"digits {split}")
     root = Path(source)
     if not root.is_dir():
-        raise DataError(f"{what} folder {root} does not exist or is not a folder; give a folder "
-                        "of images (flat, or one sub-folder per class)")
+        raise DataError(
+            f"{what} folder {root} does not exist or is not a folder; give a folder "
+            "of images (flat, or one sub-folder per class)"
+        )
     if split == "val":
         data = load_labelled(root, meta, split="val", limit=limit)
         return ImageSet(data.images, data.labels, str(root))
     try:
         images = calibration_images(root, meta.preprocessing, limit=limit)
     except DataError:
-        raise DataError(f"no images found in {what} folder {root}; give a folder of images "
-                        "(.png/.jpg/...), flat or one sub-folder per class") from None
+        raise DataError(
+            f"no images found in {what} folder {root}; give a folder of images "
+            "(.png/.jpg/...), flat or one sub-folder per class"
+        ) from None
     return ImageSet(images, np.full(len(images), -1, dtype=np.int64), str(root))
 
 
@@ -317,8 +350,15 @@ def top1(logits: np.ndarray, labels: np.ndarray) -> float:
 
 # --------------------------------------------------------------------------- int8
 
-def quantize_int8(model: Any, calibration: np.ndarray, *, batch: int = 16,
-                  fast_bias_correction: bool = True, transformer: bool = False) -> Any:
+
+def quantize_int8(
+    model: Any,
+    calibration: np.ndarray,
+    *,
+    batch: int = 16,
+    fast_bias_correction: bool = True,
+    transformer: bool = False,
+) -> Any:
     """NNCF post-training int8 quantization of an ``openvino.Model``.
 
     Weights per channel (symmetric), activations per tensor, ranges from ``calibration``
@@ -330,7 +370,7 @@ def quantize_int8(model: Any, calibration: np.ndarray, *, batch: int = 16,
     nncf = require_nncf()
     if not len(calibration):
         raise DataError("no calibration images; give --calib DIR with images")
-    batches = [calibration[i:i + batch] for i in range(0, len(calibration), batch)]
+    batches = [calibration[i : i + batch] for i in range(0, len(calibration), batch)]
     import contextlib
     import logging
 
@@ -338,7 +378,9 @@ def quantize_int8(model: Any, calibration: np.ndarray, *, batch: int = 16,
     quiet = io.StringIO()  # NNCF draws progress bars on the terminal
     with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
         return nncf.quantize(
-            model, nncf.Dataset(batches), subset_size=len(batches),
+            model,
+            nncf.Dataset(batches),
+            subset_size=len(batches),
             preset=nncf.QuantizationPreset.PERFORMANCE,
             model_type=nncf.ModelType.TRANSFORMER if transformer else None,
             fast_bias_correction=fast_bias_correction,
@@ -350,6 +392,7 @@ class AccuracyDropError(FastViTError):
 
 
 # --------------------------------------------------------------------------- export
+
 
 def export_openvino(
     model: nn.Module | str | Path,
@@ -389,8 +432,9 @@ def export_openvino(
     xml = Path(path)
     for p in xml_pair(xml):  # fail before any slow work
         if p.exists() and not overwrite:
-            raise WriteError(f"{p} already exists; pass --overwrite to replace it or choose "
-                             "another --output")
+            raise WriteError(
+                f"{p} already exists; pass --overwrite to replace it or choose another --output"
+            )
     log = log or (lambda s: None)
     fused = fuse_for_export(load_source(model))
     meta = ModelCard.from_model(fused, input_size=input_size, class_names=class_names)
@@ -398,15 +442,19 @@ def export_openvino(
     calib_images = None
     if int8:
         if calib is None and not digits:
-            raise ConfigError("--int8 needs calibration images: pass --calib DIR (a folder of "
-                              "images like the ones the model will see)")
+            raise ConfigError(
+                "--int8 needs calibration images: pass --calib DIR (a folder of "
+                "images like the ones the model will see)"
+            )
         calib_images = load_image_set(calib, meta, split="train", limit=calib_count)
     if val is None and digits:
         val = "digits"
     val_set = load_image_set(val, meta, split="val", what="validation") if val else None
     if val_set is not None and int8 and not val_set.labelled:
-        raise DataError(f"{val} has no class sub-folders; --val needs an ImageFolder (one "
-                        "sub-folder per class) or 'digits'")
+        raise DataError(
+            f"{val} has no class sub-folders; --val needs an ImageFolder (one "
+            "sub-folder per class) or 'digits'"
+        )
 
     log(f"converting {meta.variant} to OpenVINO")
     ov_model = convert_fused(fused, meta)
@@ -414,20 +462,22 @@ def export_openvino(
     f32_compiled = compile_ir(ov_model, "f32", threads=threads)
     if verify:  # the float32 IR must match PyTorch, whatever is written
         with torch.no_grad():
-            for name, x in (("random", random_inputs(meta, batch=2)),
-                            ("real", real_inputs(meta, 4, check_images))):
-                report.record(name, output_diff(fused(x), run_compiled(f32_compiled,
-                                                                       x.numpy())))
+            for name, x in (
+                ("random", random_inputs(meta, batch=2)),
+                ("real", real_inputs(meta, 4, check_images)),
+            ):
+                report.record(name, output_diff(fused(x), run_compiled(f32_compiled, x.numpy())))
         if not report.ok:
             raise ReparamError(report.failure())
     quant_note = None
     if int8:
         assert calib_images is not None
-        log(f"quantizing with NNCF on {len(calib_images.images)} images from "
-            f"{calib_images.source}")
+        log(f"quantizing with NNCF on {len(calib_images.images)} images from {calib_images.source}")
         out_model = quantize_int8(ov_model, calib_images.images)
-        quant_note = (f"int8 NNCF PTQ (per-channel weights), {len(calib_images.images)} "
-                      f"calibration images from {calib_images.source}")
+        quant_note = (
+            f"int8 NNCF PTQ (per-channel weights), {len(calib_images.images)} "
+            f"calibration images from {calib_images.source}"
+        )
         report.details["quantization"] = quant_note
     else:
         out_model = ov_model
@@ -435,35 +485,52 @@ def export_openvino(
     if int8 or precision != "f32":
         # bf16/int8 cannot match to 1e-4: report agreement with PyTorch and accuracy
         compiled = compile_ir(out_model, precision, threads=threads)
-        probe = val_set if val_set is not None else ImageSet(
-            real_inputs(meta, 64, check_images).numpy(), np.full(64, -1), "real images")
+        probe = (
+            val_set
+            if val_set is not None
+            else ImageSet(
+                real_inputs(meta, 64, check_images).numpy(), np.full(64, -1), "real images"
+            )
+        )
         with torch.no_grad():
-            ref = np.concatenate([fused(torch.from_numpy(probe.images[i:i + 64])).numpy()
-                                  for i in range(0, len(probe.images), 64)])
+            ref = np.concatenate(
+                [
+                    fused(torch.from_numpy(probe.images[i : i + 64])).numpy()
+                    for i in range(0, len(probe.images), 64)
+                ]
+            )
         out = compiled_logits(compiled, probe.images)
         agree = float((out.argmax(1) == ref.argmax(1)).mean() * 100.0)
         scale = float(np.abs(ref).max())
         report.details["top-1 agreement with PyTorch"] = (
             f"{agree:.2f}% of {len(ref)} images ({probe.source}); max |logit diff| "
-            f"{max_abs_diff(ref, out):.3g} (logits up to {scale:.3g})")
+            f"{max_abs_diff(ref, out):.3g} (logits up to {scale:.3g})"
+        )
         if probe.labelled:
             a32, alow = top1(ref, probe.labels), top1(out, probe.labels)
             report.details["top-1 on " + probe.source] = (
                 f"float32 {a32:.2f}%  {'int8' if int8 else precision} {alow:.2f}%  "
-                f"(delta {alow - a32:+.2f} points)")
+                f"(delta {alow - a32:+.2f} points)"
+            )
             if int8 and a32 - alow > max_drop:
-                msg = (f"int8 top-1 on {probe.source} is {alow:.2f}% vs {a32:.2f}% in float32 "
-                       f"(drop {a32 - alow:.2f} > --max-drop {max_drop:g} points)")
+                msg = (
+                    f"int8 top-1 on {probe.source} is {alow:.2f}% vs {a32:.2f}% in float32 "
+                    f"(drop {a32 - alow:.2f} > --max-drop {max_drop:g} points)"
+                )
                 if not force:
-                    raise AccuracyDropError(f"{msg}; nothing written: calibrate on more "
-                                            "representative images (--calib), or pass --force")
+                    raise AccuracyDropError(
+                        f"{msg}; nothing written: calibrate on more "
+                        "representative images (--calib), or pass --force"
+                    )
                 report.details["warning"] = msg + "; written anyway (--force)"
         elif int8:
             report.details["accuracy"] = "not checked (no labelled --val set)"
     save_ir(out_model, xml, overwrite=overwrite)
-    report.details["precision hint"] = (f"{precision} (stored in the IR; fastvit predict/eval/"
-                                        f"bench apply it; plain OpenVINO needs "
-                                        f"INFERENCE_PRECISION_HINT={precision})")
+    report.details["precision hint"] = (
+        f"{precision} (stored in the IR; fastvit predict/eval/"
+        f"bench apply it; plain OpenVINO needs "
+        f"INFERENCE_PRECISION_HINT={precision})"
+    )
     return report
 
 

@@ -49,8 +49,9 @@ def export_program(
             ``[min_size, max_size]``; ``False`` exports the example's shape only.
     """
     if min_size < 1 or max_size < min_size or max_batch < 1:
-        raise ConfigError(f"invalid export ranges: sizes {min_size}..{max_size}, "
-                          f"batch 1..{max_batch}")
+        raise ConfigError(
+            f"invalid export ranges: sizes {min_size}..{max_size}, batch 1..{max_batch}"
+        )
     target = copy.deepcopy(model).eval().to(memory_format=torch.contiguous_format)
     if example is None:
         in_chans = getattr(model, "in_chans", 3)
@@ -60,9 +61,13 @@ def export_program(
     from torch.export import Dim
     from torch.fx.experimental import _config as fx_config
 
-    shapes = {"x": {0: Dim("batch", min=1, max=max_batch),
-                    2: Dim("height", min=min_size, max=max_size),
-                    3: Dim("width", min=min_size, max=max_size)}}
+    shapes = {
+        "x": {
+            0: Dim("batch", min=1, max=max_batch),
+            2: Dim("height", min=min_size, max=max_size),
+            3: Dim("width", min=min_size, max=max_size),
+        }
+    }
     name = next(iter(_forward_arg_names(target)), "x")
     with fx_config.patch(backed_size_oblivious=True):
         return torch.export.export(target, (example,), dynamic_shapes={name: shapes["x"]})
@@ -72,5 +77,4 @@ def _forward_arg_names(model: nn.Module) -> list[str]:
     import inspect
 
     params = inspect.signature(model.forward).parameters
-    return [n for n, p in params.items() if p.kind in (p.POSITIONAL_ONLY,
-                                                        p.POSITIONAL_OR_KEYWORD)]
+    return [n for n, p in params.items() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]

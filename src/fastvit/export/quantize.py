@@ -70,8 +70,9 @@ def quantize_onnx(
     if quant_format not in QUANT_FORMATS:
         raise ConfigError(f"unknown quantization format {quant_format!r}; use qdq or qoperator")
     if method not in CALIBRATION_METHODS:
-        raise ConfigError(f"unknown calibration method {method!r}; use "
-                          f"{', '.join(CALIBRATION_METHODS)}")
+        raise ConfigError(
+            f"unknown calibration method {method!r}; use {', '.join(CALIBRATION_METHODS)}"
+        )
     batches = [calibration] if isinstance(calibration, np.ndarray) else list(calibration)
     batches = [np.ascontiguousarray(b, dtype=np.float32) for b in batches if len(b)]
     if not batches:
@@ -93,31 +94,39 @@ def quantize_onnx(
         _ort_optimize(fp32_path, opt)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            quant_pre_process(str(opt), str(pre), skip_optimization=True,
-                              skip_symbolic_shape=True)
+            quant_pre_process(str(opt), str(pre), skip_optimization=True, skip_symbolic_shape=True)
         model = _annotate_contrib_types(onnx.load(str(pre)))
         for i, node in enumerate(model.graph.node):  # the optimizer leaves some unnamed
             if not node.name:
                 node.name = f"{node.op_type}_fastvit_{i}"
         onnx.save(model, str(pre))
-        exclude = [n.name for n in model.graph.node
-                   if not _worth_quantizing(n, model, quantize_depthwise)]
+        exclude = [
+            n.name for n in model.graph.node if not _worth_quantizing(n, model, quantize_depthwise)
+        ]
         with atomic_path(out_path) as tmp_out:
             quiet = contextlib.redirect_stdout(io.StringIO())  # calibrators print progress
             with quiet:
                 quantize_static(
-                    str(pre), str(tmp_out), _Reader(),
-                    quant_format=QuantFormat.QDQ if quant_format == "qdq" else QuantFormat.QOperator,
+                    str(pre),
+                    str(tmp_out),
+                    _Reader(),
+                    quant_format=QuantFormat.QDQ
+                    if quant_format == "qdq"
+                    else QuantFormat.QOperator,
                     per_channel=per_channel,
                     activation_type=QuantType.QUInt8 if activations == "uint8" else QuantType.QInt8,
                     weight_type=QuantType.QInt8,
                     op_types_to_quantize=list(op_types),
                     nodes_to_exclude=exclude,
-                    calibrate_method={"minmax": CalibrationMethod.MinMax,
-                                      "percentile": CalibrationMethod.Percentile,
-                                      "entropy": CalibrationMethod.Entropy}[method],
-                    extra_options={"WeightSymmetric": True,
-                                   "ActivationSymmetric": symmetric_activations},
+                    calibrate_method={
+                        "minmax": CalibrationMethod.MinMax,
+                        "percentile": CalibrationMethod.Percentile,
+                        "entropy": CalibrationMethod.Entropy,
+                    }[method],
+                    extra_options={
+                        "WeightSymmetric": True,
+                        "ActivationSymmetric": symmetric_activations,
+                    },
                 )
             q = onnx.load(str(tmp_out))
             del q.metadata_props[:]
@@ -127,7 +136,8 @@ def quantize_onnx(
             q.metadata_props.add(
                 key="quantization",
                 value=f"int8 static {quant_format} per_channel={per_channel} calibration={method} "
-                      f"images={n_images} depthwise={'int8' if quantize_depthwise else 'fp32'}")
+                f"images={n_images} depthwise={'int8' if quantize_depthwise else 'fp32'}",
+            )
             onnx.save(q, str(tmp_out))
     return out_path
 
@@ -157,8 +167,7 @@ def _annotate_contrib_types(model: Any) -> Any:
 
     for _ in range(3):  # each pass lets shape inference propagate past one more contrib op
         model = onnx.shape_inference.infer_shapes(model)
-        known = {v.name for v in (*model.graph.value_info, *model.graph.input,
-                                  *model.graph.output)}
+        known = {v.name for v in (*model.graph.value_info, *model.graph.input, *model.graph.output)}
         known |= {i.name for i in model.graph.initializer}
         added = 0
         for node in model.graph.node:
@@ -167,7 +176,8 @@ def _annotate_contrib_types(model: Any) -> Any:
             for out in node.output:
                 if out and out not in known:
                     model.graph.value_info.append(
-                        onnx.helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, None))
+                        onnx.helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, None)
+                    )
                     added += 1
         if not added:
             break
@@ -191,8 +201,13 @@ def _worth_quantizing(node: Any, model: Any, quantize_depthwise: bool) -> bool:
     return True
 
 
-def onnx_top1(path_or_session: str | Path | Any, data: LabelledImages, *, batch: int = 64,
-              threads: int | None = None) -> float:
+def onnx_top1(
+    path_or_session: str | Path | Any,
+    data: LabelledImages,
+    *,
+    batch: int = 64,
+    threads: int | None = None,
+) -> float:
     """Top-1 accuracy (%) of an ONNX model on preprocessed, labelled images."""
     from fastvit.export.onnx import ort_session
 
@@ -200,22 +215,25 @@ def onnx_top1(path_or_session: str | Path | Any, data: LabelledImages, *, batch:
     if isinstance(path_or_session, (str, Path)):
         sess = ort_session(path_or_session, threads=threads)
     name = sess.get_inputs()[0].name
-    preds = [np.argmax(sess.run(None, {name: data.images[i:i + batch]})[0], axis=1)
-             for i in range(0, len(data.images), batch)]
+    preds = [
+        np.argmax(sess.run(None, {name: data.images[i : i + batch]})[0], axis=1)
+        for i in range(0, len(data.images), batch)
+    ]
     return float((np.concatenate(preds) == data.labels).mean() * 100.0)
 
 
-def torch_top1(model: nn.Module, data: LabelledImages, *, batch: int = 64,
-               dtype: torch.dtype = torch.float32) -> float:
+def torch_top1(
+    model: nn.Module, data: LabelledImages, *, batch: int = 64, dtype: torch.dtype = torch.float32
+) -> float:
     """Top-1 accuracy (%) of a PyTorch model (optionally run in bf16)."""
     correct = 0
     with torch.inference_mode():
         for i in range(0, len(data.images), batch):
-            x = torch.from_numpy(data.images[i:i + batch]).to(dtype)
+            x = torch.from_numpy(data.images[i : i + batch]).to(dtype)
             if dtype != torch.float32:
                 x = x.contiguous(memory_format=torch.channels_last)
             pred = model(x).float().argmax(1).numpy()
-            correct += int((pred == data.labels[i:i + batch]).sum())
+            correct += int((pred == data.labels[i : i + batch]).sum())
     return 100.0 * correct / len(data.images)
 
 
@@ -232,7 +250,9 @@ def to_bf16(fused: nn.Module) -> nn.Module:
     import copy
 
     if not bf16_supported():
-        raise ConfigError("this CPU has no native bf16 support (AVX-512 BF16 / AMX); "
-                          "use fp32 or the onnxruntime int8 backend")
+        raise ConfigError(
+            "this CPU has no native bf16 support (AVX-512 BF16 / AMX); "
+            "use fp32 or the onnxruntime int8 backend"
+        )
     m = copy.deepcopy(fused).eval().to(torch.bfloat16)
     return m.to(memory_format=torch.channels_last)

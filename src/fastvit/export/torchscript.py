@@ -83,8 +83,10 @@ def load_torchscript(path: str | Path) -> tuple[torch.jit.ScriptModule, ModelCar
         raise CheckpointError(f"cannot load TorchScript file {path} ({first})") from None
     raw = extra[EXTRA_FILE]
     if not raw:
-        raise CheckpointError(f"{path} has no fastvit metadata; re-export it with "
-                              "`fastvit export CKPT --format torchscript`")
+        raise CheckpointError(
+            f"{path} has no fastvit metadata; re-export it with "
+            "`fastvit export CKPT --format torchscript`"
+        )
     try:
         props = json.loads(raw if isinstance(raw, str) else raw.decode("utf-8"))
     except (ValueError, UnicodeDecodeError):

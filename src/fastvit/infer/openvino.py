@@ -33,14 +33,21 @@ class OpenVinoPredictor(Predictor):
         c, h, w = card.input_size
         dims = [d.get_length() if d.is_static else None for d in shape]
         if len(dims) != 4:
-            raise DataError(f"the OpenVINO model takes a {len(dims)}-D input; predict needs an "
-                            "image model with an (N, C, H, W) input")
-        for dim, want, what in ((dims[1], c, "channels"), (dims[2], h, "height"),
-                                (dims[3], w, "width")):
+            raise DataError(
+                f"the OpenVINO model takes a {len(dims)}-D input; predict needs an "
+                "image model with an (N, C, H, W) input"
+            )
+        for dim, want, what in (
+            (dims[1], c, "channels"),
+            (dims[2], h, "height"),
+            (dims[3], w, "width"),
+        ):
             if dim is not None and dim != want:
-                raise DataError(f"OpenVINO input shape {dims} does not match the preprocessing "
-                                f"({c}x{h}x{w}): {what} {dim} != {want}; pass --size {dims[2]} "
-                                "or re-export with the wanted size")
+                raise DataError(
+                    f"OpenVINO input shape {dims} does not match the preprocessing "
+                    f"({c}x{h}x{w}): {what} {dim} != {want}; pass --size {dims[2]} "
+                    "or re-export with the wanted size"
+                )
         self._fixed_batch = dims[0]
 
     @property
@@ -58,9 +65,13 @@ class OpenVinoPredictor(Predictor):
         return run_compiled(self.compiled, batch, self._request)
 
 
-def openvino_file_predictor(path: str | Path, *, size: int | None = None,
-                            threads: int | None = None,
-                            precision: str | None = None) -> OpenVinoPredictor:
+def openvino_file_predictor(
+    path: str | Path,
+    *,
+    size: int | None = None,
+    threads: int | None = None,
+    precision: str | None = None,
+) -> OpenVinoPredictor:
     """A predictor for an IR file with the card stored in it (``size`` reshapes the input;
     the caller applies class-name overrides). A foreign IR gets ImageNet defaults and a
     warning."""
@@ -75,10 +86,13 @@ def openvino_file_predictor(path: str | Path, *, size: int | None = None,
         num_classes = out[-1].get_length() if out[-1].is_static else 1000
         c, hw = (dims[1], dims[2:4]) if len(dims) == 4 else (3, [256, 256])
         prep = Preprocessing(crop_pct=0.875).with_in_chans(c).with_input_size(hw)
-        card = ModelCard(variant=Path(path).stem, num_classes=num_classes, form="fused",
-                         preprocessing=prep)
-        warnings.warn(f"{path} has no fastvit model card; assuming ImageNet preprocessing at "
-                      f"{hw[0]}x{hw[1]}", stacklevel=2)
+        card = ModelCard(
+            variant=Path(path).stem, num_classes=num_classes, form="fused", preprocessing=prep
+        )
+        warnings.warn(
+            f"{path} has no fastvit model card; assuming ImageNet preprocessing at {hw[0]}x{hw[1]}",
+            stacklevel=2,
+        )
     model = ir.model
     if size is not None and size != card.input_size[1]:
         model = model.clone()
@@ -90,8 +104,9 @@ def openvino_file_predictor(path: str | Path, *, size: int | None = None,
     return OpenVinoPredictor(compile_ir(model, prec, threads=threads), card, prec)
 
 
-def module_predictor(fused: nn.Module, card: ModelCard, *, threads: int | None = None,
-                     precision: str = "f32") -> OpenVinoPredictor:
+def module_predictor(
+    fused: nn.Module, card: ModelCard, *, threads: int | None = None, precision: str = "f32"
+) -> OpenVinoPredictor:
     """A fused PyTorch model converted to OpenVINO in memory (``--backend openvino``)."""
     from fastvit.export.openvino import compile_ir, convert_fused
 

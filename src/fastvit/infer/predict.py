@@ -29,9 +29,20 @@ from fastvit.errors import CheckpointError, ConfigError, DataError
 from fastvit.infer.base import Predictor
 
 BACKENDS = ("torch", "onnxruntime", "openvino")
-__all__ = ["BACKENDS", "MissingClassNamesWarning", "OnnxPredictor", "Prediction", "Predictor",
-           "PredictorModule", "TorchPredictor", "is_export_file", "is_torchscript",
-           "load_predictor", "predict_images", "read_class_names"]
+__all__ = [
+    "BACKENDS",
+    "MissingClassNamesWarning",
+    "OnnxPredictor",
+    "Prediction",
+    "Predictor",
+    "PredictorModule",
+    "TorchPredictor",
+    "is_export_file",
+    "is_torchscript",
+    "load_predictor",
+    "predict_images",
+    "read_class_names",
+]
 
 
 class MissingClassNamesWarning(UserWarning):
@@ -39,6 +50,7 @@ class MissingClassNamesWarning(UserWarning):
 
 
 # --------------------------------------------------------------------------- predictors
+
 
 class TorchPredictor(Predictor):
     """Runs a fused PyTorch (or TorchScript) module."""
@@ -72,15 +84,21 @@ class OnnxPredictor(Predictor):
         shape = self.shape
         c, h, w = self.card.input_size
         if len(shape) != 4:
-            raise DataError(f"the ONNX model takes a {len(shape)}-D input {shape}; predict needs "
-                            "an image model with an (N, C, H, W) input")
-        for dim, want, what in ((shape[1], c, "channels"), (shape[2], h, "height"),
-                                (shape[3], w, "width")):
+            raise DataError(
+                f"the ONNX model takes a {len(shape)}-D input {shape}; predict needs "
+                "an image model with an (N, C, H, W) input"
+            )
+        for dim, want, what in (
+            (shape[1], c, "channels"),
+            (shape[2], h, "height"),
+            (shape[3], w, "width"),
+        ):
             if isinstance(dim, int) and dim > 0 and dim != want:
                 raise DataError(
                     f"ONNX input shape {shape} does not match the preprocessing "
                     f"({c}x{h}x{w}): {what} {dim} != {want}; pass --size {shape[2]} or re-export "
-                    "with the wanted size")
+                    "with the wanted size"
+                )
 
     @property
     def max_batch(self) -> int | None:
@@ -111,7 +129,7 @@ class PredictorModule(nn.Module):
         fixed = self.predictor.max_batch
         outs = []
         for start in range(0, n, fixed or max(n, 1)):
-            chunk = batch[start:start + (fixed or n)]
+            chunk = batch[start : start + (fixed or n)]
             if fixed is not None and len(chunk) < fixed:
                 pad = np.zeros((fixed - len(chunk), *chunk.shape[1:]), dtype=chunk.dtype)
                 chunk = np.concatenate([chunk, pad])
@@ -133,8 +151,9 @@ def is_export_file(path: str | Path) -> bool:
     from fastvit.checkpoints.filetype import ONNX, OPENVINO_XML, TORCHSCRIPT, detect_file_type
 
     path = Path(path)
-    return path.is_file() and (detect_file_type(path) in (ONNX, TORCHSCRIPT, OPENVINO_XML)
-                               or path.suffix.lower() == ".xml")
+    return path.is_file() and (
+        detect_file_type(path) in (ONNX, TORCHSCRIPT, OPENVINO_XML) or path.suffix.lower() == ".xml"
+    )
 
 
 def load_predictor(
@@ -172,8 +191,12 @@ def load_predictor(
         )
 
         found = detect_file_type(source)
-        kind = {ONNX: "onnx", TORCHSCRIPT: "torchscript", OPENVINO_XML: "openvino",
-                OPENVINO_BIN: "openvino"}.get(found, "checkpoint")
+        kind = {
+            ONNX: "onnx",
+            TORCHSCRIPT: "torchscript",
+            OPENVINO_XML: "openvino",
+            OPENVINO_BIN: "openvino",
+        }.get(found, "checkpoint")
         if found == OPENVINO_BIN:  # the weights half of an IR: run its .xml
             source = source.with_suffix(".xml")
         elif source.suffix.lower() == ".xml":  # a broken IR is reported as one
@@ -220,8 +243,9 @@ def load_predictor(
     return OnnxPredictor(ort_session(proto.SerializeToString(), threads=threads), meta)
 
 
-def _onnx_file_predictor(path: Path, size: int | None, class_names: Sequence[str] | None,
-                         threads: int | None) -> OnnxPredictor:
+def _onnx_file_predictor(
+    path: Path, size: int | None, class_names: Sequence[str] | None, threads: int | None
+) -> OnnxPredictor:
     from fastvit.export.onnx import load_onnx, onnx_input_shape, ort_session, read_onnx_metadata
 
     proto = load_onnx(path)
@@ -231,33 +255,41 @@ def _onnx_file_predictor(path: Path, size: int | None, class_names: Sequence[str
         out = proto.graph.output[0].type.tensor_type.shape.dim
         num_classes = int(out[-1].dim_value) if out and out[-1].dim_value else 1000
         c = shape[1] if len(shape) == 4 and isinstance(shape[1], int) and shape[1] > 0 else 3
-        hw = [d if isinstance(d, int) and d > 0 else 256 for d in (shape[2:4] if len(shape) == 4
-                                                                   else [256, 256])]
+        hw = [
+            d if isinstance(d, int) and d > 0 else 256
+            for d in (shape[2:4] if len(shape) == 4 else [256, 256])
+        ]
         prep = Preprocessing(crop_pct=0.875).with_in_chans(c).with_input_size(hw)
-        meta = ModelCard(variant=path.stem, num_classes=num_classes, form="fused",
-                         preprocessing=prep)
-        warnings.warn(f"{path} has no fastvit metadata; assuming ImageNet preprocessing "
-                      f"at {hw[0]}x{hw[1]}", stacklevel=2)
+        meta = ModelCard(
+            variant=path.stem, num_classes=num_classes, form="fused", preprocessing=prep
+        )
+        warnings.warn(
+            f"{path} has no fastvit metadata; assuming ImageNet preprocessing at {hw[0]}x{hw[1]}",
+            stacklevel=2,
+        )
     meta = _finish_meta(meta, size, class_names)
     return OnnxPredictor(ort_session(path, threads=threads), meta)
 
 
-def _finish_meta(meta: ModelCard, size: int | None,
-                 class_names: Sequence[str] | None) -> ModelCard:
+def _finish_meta(meta: ModelCard, size: int | None, class_names: Sequence[str] | None) -> ModelCard:
     if size is not None:
         if size < 32:
-            raise ConfigError(f"--size {size} is too small; FastViT downsamples by 32, "
-                              "use 32 or more")
+            raise ConfigError(
+                f"--size {size} is too small; FastViT downsamples by 32, use 32 or more"
+            )
         meta = meta.with_input_size(size)
     if class_names is not None:
         if len(class_names) != meta.num_classes:
-            raise ConfigError(f"{len(class_names)} class names given for a {meta.num_classes}-class "
-                              "model; give exactly one name per class (one per line)")
+            raise ConfigError(
+                f"{len(class_names)} class names given for a {meta.num_classes}-class "
+                "model; give exactly one name per class (one per line)"
+            )
         meta = meta.with_class_names(class_names)
     return meta
 
 
 # --------------------------------------------------------------------------- predict
+
 
 @dataclass
 class Prediction:
@@ -269,9 +301,13 @@ class Prediction:
     probs: list[float]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path,
-                "top_k": [{"index": i, "label": lb, "prob": p}
-                          for i, lb, p in zip(self.indices, self.labels, self.probs)]}
+        return {
+            "path": self.path,
+            "top_k": [
+                {"index": i, "label": lb, "prob": p}
+                for i, lb, p in zip(self.indices, self.labels, self.probs)
+            ],
+        }
 
     def format(self) -> str:
         body = ", ".join(f"{lb} ({p:.3f})" for lb, p in zip(self.labels, self.probs))
@@ -298,11 +334,17 @@ def predict_images(
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
     meta = predictor.card
     if meta.in_chans not in (1, 3):
-        raise DataError(f"the model takes {meta.in_chans}-channel input but images have 1 "
-                        "(grayscale) or 3 (RGB) channels; use a model built with in_chans=1 or 3")
+        raise DataError(
+            f"the model takes {meta.in_chans}-channel input but images have 1 "
+            "(grayscale) or 3 (RGB) channels; use a model built with in_chans=1 or 3"
+        )
     if meta.class_names is None:
-        warnings.warn("the model has no class names; showing class indices (pass --class-names "
-                      "FILE with one name per line)", MissingClassNamesWarning, stacklevel=2)
+        warnings.warn(
+            "the model has no class names; showing class indices (pass --class-names "
+            "FILE with one name per line)",
+            MissingClassNamesWarning,
+            stacklevel=2,
+        )
     labels = meta.labels()
     k = min(top_k, meta.num_classes)
     bs = min(batch_size, predictor.max_batch or batch_size)
@@ -318,7 +360,7 @@ def predict_images(
     try:
         for start in range(0, len(paths), bs):
             chunk, tensors = [], []
-            for p in paths[start:start + bs]:
+            for p in paths[start : start + bs]:
                 try:
                     tensors.append(transform(load_image(p, meta.in_chans)))
                 except DataError as e:
@@ -328,7 +370,7 @@ def predict_images(
                     continue
                 chunk.append(p)
             if bar is not None:
-                bar.update(len(paths[start:start + bs]) - len(chunk))
+                bar.update(len(paths[start : start + bs]) - len(chunk))
             if not chunk:
                 continue
             batch = torch.stack(tensors).numpy()
@@ -338,13 +380,16 @@ def predict_images(
                 batch = np.concatenate([batch, pad])
             logits = predictor.logits(batch)[: len(chunk)]
             if logits.ndim != 2 or logits.shape[1] != meta.num_classes:
-                raise DataError(f"model returned shape {tuple(logits.shape)}, expected "
-                                f"(N, {meta.num_classes}); is this a classification model?")
+                raise DataError(
+                    f"model returned shape {tuple(logits.shape)}, expected "
+                    f"(N, {meta.num_classes}); is this a classification model?"
+                )
             probs = torch.from_numpy(logits).double().softmax(-1)
             top_p, top_i = probs.topk(k, dim=-1)
             for p, pi, ii in zip(chunk, top_p.tolist(), top_i.tolist()):
-                results.append(Prediction(str(p), ii, [labels[i] for i in ii],
-                                          [float(v) for v in pi]))
+                results.append(
+                    Prediction(str(p), ii, [labels[i] for i in ii], [float(v) for v in pi])
+                )
             if bar is not None:
                 bar.update(len(chunk))
     finally:

@@ -7,5 +7,13 @@ from fastvit.layers.mobileone import MobileOneBlock, RepStem
 from fastvit.layers.repmixer import RepMixer, TokenRepMixer
 from fastvit.layers.se import SEBlock
 
-__all__ = ["ConvBN", "ConvFFN", "MobileOneBlock", "RepMixer", "RepStem", "ReparamLargeKernelConv",
-           "SEBlock", "TokenRepMixer"]
+__all__ = [
+    "ConvBN",
+    "ConvFFN",
+    "MobileOneBlock",
+    "RepMixer",
+    "RepStem",
+    "ReparamLargeKernelConv",
+    "SEBlock",
+    "TokenRepMixer",
+]

@@ -38,12 +38,19 @@ class ConvBN(Reparameterizable):
         if inference_mode:
             self.conv = None
             self.bn = None
-            self.reparam_conv = FusedConv2d(in_channels, out_channels, kernel_size, stride,
-                                            padding, groups=groups, bias=True)
+            self.reparam_conv = FusedConv2d(
+                in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=True
+            )
         else:
-            self.conv = nn.Conv2d(in_channels, out_channels, kernel_size,
-                                  stride if self.subsample == 1 else 1, padding,
-                                  groups=groups, bias=False)
+            self.conv = nn.Conv2d(
+                in_channels,
+                out_channels,
+                kernel_size,
+                stride if self.subsample == 1 else 1,
+                padding,
+                groups=groups,
+                bias=False,
+            )
             self.bn = nn.BatchNorm2d(out_channels)
             self.reparam_conv = None
 
@@ -64,7 +71,8 @@ class ConvBN(Reparameterizable):
 
     def _reparameterize(self) -> None:
         kernel, bias = self.get_kernel_bias()
-        self.reparam_conv = FusedConv2d.from_kernel(kernel, bias, stride=self.stride,
-                                                    padding=self.padding, groups=self.groups)
+        self.reparam_conv = FusedConv2d.from_kernel(
+            kernel, bias, stride=self.stride, padding=self.padding, groups=self.groups
+        )
         self.conv = None
         self.bn = None

@@ -32,8 +32,14 @@ class ConvFFN(Reparameterizable):
         out_channels = out_channels or in_channels
         hidden_channels = hidden_channels or in_channels
         self.inference_mode = inference_mode
-        self.conv = ConvBN(in_channels, out_channels, 7, padding=3, groups=in_channels,
-                           inference_mode=inference_mode)
+        self.conv = ConvBN(
+            in_channels,
+            out_channels,
+            7,
+            padding=3,
+            groups=in_channels,
+            inference_mode=inference_mode,
+        )
         self.fc1 = nn.Conv2d(in_channels, hidden_channels, kernel_size=1)
         self.act = act_layer()
         self.fc2 = nn.Conv2d(hidden_channels, out_channels, kernel_size=1)
@@ -59,8 +65,9 @@ class ConvFFN(Reparameterizable):
     def fold_output_scale(self, scale: Tensor) -> None:
         """Multiply the FFN output by ``scale`` per channel, by rescaling ``fc2`` (in place)."""
         w, b = scale_output(self.fc2.weight, self.fc2.bias, scale)
-        fc2 = nn.Conv2d(self.fc2.in_channels, self.fc2.out_channels, 1, device=w.device,
-                        dtype=w.dtype)
+        fc2 = nn.Conv2d(
+            self.fc2.in_channels, self.fc2.out_channels, 1, device=w.device, dtype=w.dtype
+        )
         with torch.no_grad():
             fc2.weight.copy_(w)
             fc2.bias.copy_(b)

@@ -37,8 +37,9 @@ class ReparamLargeKernelConv(Reparameterizable):
     ) -> None:
         super().__init__()
         if small_kernel is not None and small_kernel > kernel_size:
-            raise ValueError(f"small_kernel ({small_kernel}) must not exceed kernel_size "
-                             f"({kernel_size})")
+            raise ValueError(
+                f"small_kernel ({small_kernel}) must not exceed kernel_size ({kernel_size})"
+            )
         self.inference_mode = inference_mode
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.small_kernel = kernel_size, small_kernel
@@ -46,17 +47,27 @@ class ReparamLargeKernelConv(Reparameterizable):
         self.se = SEBlock(out_channels, rd_ratio=0.25) if use_se else nn.Identity()
         self.activation = activation() if apply_act else nn.Identity()
         if inference_mode:
-            self.lkb_reparam = FusedConv2d(in_channels, out_channels, kernel_size, stride,
-                                           self.padding, groups=groups, bias=True)
+            self.lkb_reparam = FusedConv2d(
+                in_channels,
+                out_channels,
+                kernel_size,
+                stride,
+                self.padding,
+                groups=groups,
+                bias=True,
+            )
             self.lkb_origin = None
             self.small_conv = None
         else:
             self.lkb_reparam = None
-            self.lkb_origin = ConvBN(in_channels, out_channels, kernel_size, stride,
-                                     self.padding, groups)
-            self.small_conv = (ConvBN(in_channels, out_channels, small_kernel, stride,
-                                      small_kernel // 2, groups)
-                               if small_kernel is not None else None)
+            self.lkb_origin = ConvBN(
+                in_channels, out_channels, kernel_size, stride, self.padding, groups
+            )
+            self.small_conv = (
+                ConvBN(in_channels, out_channels, small_kernel, stride, small_kernel // 2, groups)
+                if small_kernel is not None
+                else None
+            )
 
     def forward(self, x: Tensor) -> Tensor:
         if self.lkb_reparam is not None:
@@ -82,7 +93,8 @@ class ReparamLargeKernelConv(Reparameterizable):
 
     def _reparameterize(self) -> None:
         kernel, bias = self.get_kernel_bias()
-        self.lkb_reparam = FusedConv2d.from_kernel(kernel, bias, stride=self.stride,
-                                                   padding=self.padding, groups=self.groups)
+        self.lkb_reparam = FusedConv2d.from_kernel(
+            kernel, bias, stride=self.stride, padding=self.padding, groups=self.groups
+        )
         self.lkb_origin = None
         self.small_conv = None

@@ -43,7 +43,11 @@ class MobileOneBlock(Reparameterizable):
         self.inference_mode = inference_mode
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.padding, self.groups = (
-            kernel_size, stride, padding, groups)
+            kernel_size,
+            stride,
+            padding,
+            groups,
+        )
         self.num_conv_branches = num_conv_branches
 
         self.se = SEBlock(out_channels) if use_se else nn.Identity()
@@ -54,24 +58,37 @@ class MobileOneBlock(Reparameterizable):
         if (has_skip or has_scale) and padding != kernel_size // 2:
             raise ConfigError(
                 f"MobileOneBlock with a skip or 1x1 branch needs padding={kernel_size // 2} "
-                f"for kernel_size={kernel_size}, got padding={padding}")
+                f"for kernel_size={kernel_size}, got padding={padding}"
+            )
 
         if inference_mode:
-            self.reparam_conv = FusedConv2d(in_channels, out_channels, kernel_size, stride,
-                                            padding, groups=groups, bias=True,
-                                            act=self._take_activation())
+            self.reparam_conv = FusedConv2d(
+                in_channels,
+                out_channels,
+                kernel_size,
+                stride,
+                padding,
+                groups=groups,
+                bias=True,
+                act=self._take_activation(),
+            )
             self.rbr_skip = None
             self.rbr_conv = None
             self.rbr_scale = None
         else:
             self.reparam_conv = None
             self.rbr_skip = nn.BatchNorm2d(in_channels) if has_skip else None
-            self.rbr_conv = nn.ModuleList(
-                ConvBN(in_channels, out_channels, kernel_size, stride, padding, groups)
-                for _ in range(num_conv_branches)
-            ) if num_conv_branches > 0 else None
-            self.rbr_scale = (ConvBN(in_channels, out_channels, 1, stride, 0, groups)
-                              if has_scale else None)
+            self.rbr_conv = (
+                nn.ModuleList(
+                    ConvBN(in_channels, out_channels, kernel_size, stride, padding, groups)
+                    for _ in range(num_conv_branches)
+                )
+                if num_conv_branches > 0
+                else None
+            )
+            self.rbr_scale = (
+                ConvBN(in_channels, out_channels, 1, stride, 0, groups) if has_scale else None
+            )
 
     def forward(self, x: Tensor) -> Tensor:
         if self.reparam_conv is not None:
@@ -125,9 +142,14 @@ class MobileOneBlock(Reparameterizable):
 
     def _reparameterize(self) -> None:
         kernel, bias = self._get_kernel_bias()
-        self.reparam_conv = FusedConv2d.from_kernel(kernel, bias, stride=self.stride,
-                                                    padding=self.padding, groups=self.groups,
-                                                    act=self._take_activation())
+        self.reparam_conv = FusedConv2d.from_kernel(
+            kernel,
+            bias,
+            stride=self.stride,
+            padding=self.padding,
+            groups=self.groups,
+            act=self._take_activation(),
+        )
         self.rbr_skip = None
         self.rbr_conv = None
         self.rbr_scale = None
@@ -152,12 +174,14 @@ class RepStem(ReparamContainer, nn.Sequential):
         activation: type[nn.Module] = nn.GELU,
         use_scale_branch: bool = True,
     ) -> None:
-        kw = dict(inference_mode=inference_mode, activation=activation,
-                  use_scale_branch=use_scale_branch)
+        kw = dict(
+            inference_mode=inference_mode, activation=activation, use_scale_branch=use_scale_branch
+        )
         super().__init__(
             MobileOneBlock(in_channels, out_channels, 3, stride=2, padding=1, **kw),
-            MobileOneBlock(out_channels, out_channels, 3, stride=2, padding=1,
-                           groups=out_channels, **kw),
+            MobileOneBlock(
+                out_channels, out_channels, 3, stride=2, padding=1, groups=out_channels, **kw
+            ),
             MobileOneBlock(out_channels, out_channels, 1, stride=1, padding=0, **kw),
         )
 
@@ -172,5 +196,3 @@ class RepStem(ReparamContainer, nn.Sequential):
     @property
     def conv3(self) -> MobileOneBlock:
         return self[2]
-
-

@@ -45,8 +45,9 @@ def freeze_stages(model: FastViT, trainable_stages: int) -> None:
     if not 0 <= trainable_stages <= len(groups):
         raise ConfigError(
             f"trainable_stages must be in 0..{len(groups)} (stem + {len(groups) - 1} stages), "
-            f"got {trainable_stages}")
-    train = [p for g in groups[len(groups) - trainable_stages:] for p in g]
+            f"got {trainable_stages}"
+        )
+    train = [p for g in groups[len(groups) - trainable_stages :] for p in g]
     for name, param in model.named_parameters():
         if not any(name.startswith(p) for p in train):
             param.requires_grad_(False)
@@ -134,9 +135,11 @@ def fpn_backbone(
     stages = list(range(1, n_stages + 1)) if returned_stages is None else list(returned_stages)
     if not stages or min(stages) < 1 or max(stages) > n_stages or len(set(stages)) != len(stages):
         raise ConfigError(
-            f"returned_stages must be distinct stages in 1..{n_stages}, got {returned_stages}")
-    body = create_model(name, features_only=True, out_indices=tuple(s - 1 for s in sorted(stages)),
-                        **kwargs)
+            f"returned_stages must be distinct stages in 1..{n_stages}, got {returned_stages}"
+        )
+    body = create_model(
+        name, features_only=True, out_indices=tuple(s - 1 for s in sorted(stages)), **kwargs
+    )
     freeze_stages(body, trainable_stages)
     body = convert_norms(body, norm)
     return FastViTFPN(body, out_channels, extra_blocks, fpn_norm_layer)

@@ -31,8 +31,15 @@ from fastvit.reparam.fuse import (
     scale_output,
 )
 
-__all__ = ["Attention", "AttentionBlock", "ConvFFN", "PatchEmbed", "RepCPE", "RepMixer",
-           "RepMixerBlock"]
+__all__ = [
+    "Attention",
+    "AttentionBlock",
+    "ConvFFN",
+    "PatchEmbed",
+    "RepCPE",
+    "RepMixer",
+    "RepMixerBlock",
+]
 
 
 def _layer_scale(dim: int, init_value: float) -> nn.Parameter:
@@ -87,8 +94,7 @@ class RepCPE(Reparameterizable):
         self.inference_mode = inference_mode
         pad = spatial_shape[0] // 2
         conv = FusedConv2d if inference_mode else nn.Conv2d
-        conv = conv(in_channels, embed_dim, self.spatial_shape, 1, pad, groups=embed_dim,
-                    bias=True)
+        conv = conv(in_channels, embed_dim, self.spatial_shape, 1, pad, groups=embed_dim, bias=True)
         if inference_mode:
             self.reparam_conv, self.pe = conv, None
         else:
@@ -102,11 +108,16 @@ class RepCPE(Reparameterizable):
 
     def _reparameterize(self) -> None:
         assert self.pe is not None
-        k = self.pe.weight + identity_kernel(self.in_channels, self.groups, self.spatial_shape,
-                                             dtype=self.pe.weight.dtype,
-                                             device=self.pe.weight.device)
-        self.reparam_conv = FusedConv2d.from_kernel(k, self.pe.bias, padding=self.pe.padding,
-                                                    groups=self.groups)
+        k = self.pe.weight + identity_kernel(
+            self.in_channels,
+            self.groups,
+            self.spatial_shape,
+            dtype=self.pe.weight.dtype,
+            device=self.pe.weight.device,
+        )
+        self.reparam_conv = FusedConv2d.from_kernel(
+            k, self.pe.bias, padding=self.pe.padding, groups=self.groups
+        )
         self.pe = None
 
 
@@ -139,13 +150,15 @@ class Attention(nn.Module):
         qkv = self.qkv(tokens).reshape(B, N, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, N, head_dim)
         out = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
+            q, k, v, dropout_p=self.attn_drop if self.training else 0.0
+        )
         out = self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, N, C)))
         return out.transpose(1, 2).reshape(B, C, H, W)
 
 
-def _conv_ffn(dim: int, mlp_ratio: float, act_layer: type[nn.Module], drop: float,
-              inference_mode: bool) -> ConvFFN:
+def _conv_ffn(
+    dim: int, mlp_ratio: float, act_layer: type[nn.Module], drop: float, inference_mode: bool
+) -> ConvFFN:
     """A block's FFN: plain ConvFFN in training form, FusedConvFFN in inference form."""
     hidden = int(dim * mlp_ratio)
     if inference_mode:
@@ -172,8 +185,9 @@ class RepMixerBlock(Reparameterizable):
         if mlp_ratio <= 0:
             raise ValueError(f"mlp_ratio must be positive, got {mlp_ratio}")
         self.inference_mode = inference_mode
-        self.token_mixer = RepMixer(dim, kernel_size, use_layer_scale, layer_scale_init_value,
-                                    inference_mode)
+        self.token_mixer = RepMixer(
+            dim, kernel_size, use_layer_scale, layer_scale_init_value, inference_mode
+        )
         self.convffn = _conv_ffn(dim, mlp_ratio, act_layer, drop, inference_mode)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         if use_layer_scale and not inference_mode:
@@ -283,12 +297,27 @@ class PatchEmbed(ReparamContainer):
     ) -> None:
         super().__init__()
         self.proj = nn.Sequential(
-            ReparamLargeKernelConv(in_channels, embed_dim, patch_size, stride,
-                                   groups=in_channels, small_kernel=3,
-                                   inference_mode=inference_mode, activation=act_layer,
-                                   apply_act=lkc_apply_act, use_se=use_se),
-            MobileOneBlock(embed_dim, embed_dim, 1, stride=1, padding=0,
-                           inference_mode=inference_mode, activation=act_layer),
+            ReparamLargeKernelConv(
+                in_channels,
+                embed_dim,
+                patch_size,
+                stride,
+                groups=in_channels,
+                small_kernel=3,
+                inference_mode=inference_mode,
+                activation=act_layer,
+                apply_act=lkc_apply_act,
+                use_se=use_se,
+            ),
+            MobileOneBlock(
+                embed_dim,
+                embed_dim,
+                1,
+                stride=1,
+                padding=0,
+                inference_mode=inference_mode,
+                activation=act_layer,
+            ),
         )
 
     def forward(self, x: Tensor) -> Tensor:

@@ -44,9 +44,7 @@ def count_macs(
 
 
 @torch.no_grad()
-def _count(
-    model: nn.Module, input_size: int | tuple[int, int], in_chans: int
-) -> tuple[int, int]:
+def _count(model: nn.Module, input_size: int | tuple[int, int], in_chans: int) -> tuple[int, int]:
     """(conv + linear MACs, attention-matmul MACs) of one forward pass of an NCHW model."""
     h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
     total = 0
@@ -102,12 +100,14 @@ def model_summary(name: str, input_size: int = 256, *, train_macs: bool = False)
         row["gmacs_train"] = _count(model, input_size, model.in_chans)[0] / 1e9
     fused = reparameterize(model, inplace=True, channels_last=False)  # NCHW: hooks see all
     macs, attn = _count(fused, input_size, fused.in_chans)
-    row.update({
-        "params_fused_m": count_params(fused) / 1e6,
-        "gmacs": macs / 1e9,
-        "gmacs_with_attention": (macs + attn) / 1e9,
-        "input_size": fused.preprocessing.input_size[-1],
-    })
+    row.update(
+        {
+            "params_fused_m": count_params(fused) / 1e6,
+            "gmacs": macs / 1e9,
+            "gmacs_with_attention": (macs + attn) / 1e9,
+            "input_size": fused.preprocessing.input_size[-1],
+        }
+    )
     return row
 
 
@@ -135,9 +135,11 @@ def activation_bytes(name: str, input_size: int, batch: int = 1, *, training: bo
         b, _c, hh, ww = inp[0].shape
         attn.append(b * m.num_heads * (hh * ww) ** 2)  # the (N x N) map per head
 
-    handles = [m.register_forward_hook(attn_hook if isinstance(m, Attention) else leaf_hook)
-               for m in model.modules()
-               if isinstance(m, Attention) or not list(m.children())]
+    handles = [
+        m.register_forward_hook(attn_hook if isinstance(m, Attention) else leaf_hook)
+        for m in model.modules()
+        if isinstance(m, Attention) or not list(m.children())
+    ]
     try:
         model(torch.zeros(1, model.in_chans, input_size, input_size, device="meta"))
     finally:
@@ -179,8 +181,15 @@ def memory_limit(device: str = "cpu") -> tuple[int | None, str]:
     return total, "this machine"
 
 
-def check_activation_memory(variant: str, size: int, batch: int, *, training: bool,
-                            option: str = "--input-size", device: str = "cpu") -> None:
+def check_activation_memory(
+    variant: str,
+    size: int,
+    batch: int,
+    *,
+    training: bool,
+    option: str = "--input-size",
+    device: str = "cpu",
+) -> None:
     """Refuse an input size whose activations cannot fit in memory, with the estimate."""
     need = activation_bytes(variant, size, batch, training=training)
     have, where = memory_limit(device)
@@ -188,4 +197,5 @@ def check_activation_memory(variant: str, size: int, batch: int, *, training: bo
         raise ConfigError(
             f"{option} {size} needs about {need / 2**30:.1f} GiB of activation memory for "
             f"{variant} at batch {batch} ({where} has {have / 2**30:.1f} GiB in all); "
-            f"use a smaller {option} or batch size")
+            f"use a smaller {option} or batch size"
+        )

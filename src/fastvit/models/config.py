@@ -49,13 +49,15 @@ class StageConfig:
 
     def __post_init__(self) -> None:
         if int(self.depth) < 1 or int(self.dim) < 1:
-            raise ConfigError(f"stage depth and dim must be >= 1, got depth={self.depth}, "
-                              f"dim={self.dim}")
+            raise ConfigError(
+                f"stage depth and dim must be >= 1, got depth={self.depth}, dim={self.dim}"
+            )
         if not float(self.mlp_ratio) > 0:
             raise ConfigError(f"mlp_ratio must be positive, got {self.mlp_ratio}")
         if self.token_mixer not in TOKEN_MIXERS:
-            raise ConfigError(f"unknown token mixer '{self.token_mixer}'; use one of "
-                              f"{', '.join(TOKEN_MIXERS)}")
+            raise ConfigError(
+                f"unknown token mixer '{self.token_mixer}'; use one of {', '.join(TOKEN_MIXERS)}"
+            )
         if self.se and not self.downsample:
             raise ConfigError("se=True needs downsample=True (SE sits in the downsampling conv)")
 
@@ -95,8 +97,7 @@ class FastViTConfig:
     preprocessing: Preprocessing = IMAGENET_EVAL
 
     def __post_init__(self) -> None:
-        stages = tuple(s if isinstance(s, StageConfig) else StageConfig(**s)
-                       for s in self.stages)
+        stages = tuple(s if isinstance(s, StageConfig) else StageConfig(**s) for s in self.stages)
         object.__setattr__(self, "stages", stages)
         if isinstance(self.preprocessing, dict):
             object.__setattr__(self, "preprocessing", Preprocessing.from_dict(self.preprocessing))
@@ -104,14 +105,18 @@ class FastViTConfig:
             raise ConfigError("a FastViT config needs at least one stage")
         for i in range(1, len(stages)):
             if stages[i].dim != stages[i - 1].dim and not stages[i].downsample:
-                raise ConfigError(f"stage {i} changes width ({stages[i - 1].dim} -> "
-                                  f"{stages[i].dim}) and so needs downsample=True")
+                raise ConfigError(
+                    f"stage {i} changes width ({stages[i - 1].dim} -> "
+                    f"{stages[i].dim}) and so needs downsample=True"
+                )
         if stages[0].downsample or stages[0].se:
-            raise ConfigError("stage 0 follows the stem and cannot downsample; set "
-                              "downsample=False for it")
+            raise ConfigError(
+                "stage 0 follows the stem and cannot downsample; set downsample=False for it"
+            )
         if self.norm_layer not in NORM_LAYERS:
-            raise ConfigError(f"unknown norm_layer '{self.norm_layer}'; use one of "
-                              f"{', '.join(NORM_LAYERS)}")
+            raise ConfigError(
+                f"unknown norm_layer '{self.norm_layer}'; use one of {', '.join(NORM_LAYERS)}"
+            )
         if self.head not in HEADS:
             raise ConfigError(f"unknown head '{self.head}'; use one of {', '.join(HEADS)}")
         if self.num_classes < 0:
@@ -190,8 +195,10 @@ class FastViTConfig:
             parsed = []
             for i, s in enumerate(stages):
                 if not isinstance(s, dict) or set(s) - stage_keys:
-                    raise ConfigError(f"stage {i} must be an object with fields from "
-                                      f"{sorted(stage_keys)}, got {s!r}")
+                    raise ConfigError(
+                        f"stage {i} must be an object with fields from "
+                        f"{sorted(stage_keys)}, got {s!r}"
+                    )
                 parsed.append(StageConfig(**s))
             d["stages"] = tuple(parsed)
             if "preprocessing" in d:
@@ -233,33 +240,54 @@ def _from_flat(d: dict[str, Any]) -> dict[str, Any]:
         mixers = list(d.pop("token_mixers", ["repmixer"] * n))
         pos = list(d.pop("pos_embs", [False] * n))
     except (KeyError, TypeError) as e:
-        raise ConfigError(f"incomplete flat FastViT config ({e}); give layers and embed_dims"
-                          ) from None
+        raise ConfigError(
+            f"incomplete flat FastViT config ({e}); give layers and embed_dims"
+        ) from None
     if not all(len(v) == n for v in (dims, ratios, mixers, pos)):
-        raise ConfigError("flat FastViT config lists (layers, embed_dims, mlp_ratios, "
-                          "token_mixers, pos_embs) must have one entry per stage")
-    d["stages"] = [dict(depth=depths[i], dim=dims[i], mlp_ratio=float(ratios[i]),
-                        token_mixer=mixers[i], pos_emb=bool(pos[i]), downsample=i > 0)
-                   for i in range(n)]
+        raise ConfigError(
+            "flat FastViT config lists (layers, embed_dims, mlp_ratios, "
+            "token_mixers, pos_embs) must have one entry per stage"
+        )
+    d["stages"] = [
+        dict(
+            depth=depths[i],
+            dim=dims[i],
+            mlp_ratio=float(ratios[i]),
+            token_mixer=mixers[i],
+            pos_emb=bool(pos[i]),
+            downsample=i > 0,
+        )
+        for i in range(n)
+    ]
     return d
 
 
 def _stages(depths, dims, ratios, mixers="RRRA", pos="---P", down=None, se="----"):
     down = down or (False,) + (True,) * (len(depths) - 1)
-    return tuple(StageConfig(d, w, float(r), "attention" if m == "A" else "repmixer",
-                             p == "P", bool(ds), s == "S")
-                 for d, w, r, m, p, ds, s in zip(depths, dims, ratios, mixers, pos, down, se))
+    return tuple(
+        StageConfig(
+            d, w, float(r), "attention" if m == "A" else "repmixer", p == "P", bool(ds), s == "S"
+        )
+        for d, w, r, m, p, ds, s in zip(depths, dims, ratios, mixers, pos, down, se)
+    )
 
 
 _W = (64, 128, 256, 512)
 _R3, _R4 = (3,) * 4, (4,) * 4
 _CROP95 = Preprocessing(crop_pct=0.95)
-_MCLIP = dict(lkc_apply_act=True, head="clip", num_classes=512,
-              preprocessing=Preprocessing(crop_pct=0.95, mean=(0.0, 0.0, 0.0),
-                                          std=(1.0, 1.0, 1.0)))
-_MCLIP2 = dict(_MCLIP, norm_layer="layernorm2d", stem_scale_branch=False, num_classes=768,
-               preprocessing=Preprocessing(crop_pct=0.95, mean=OPENAI_CLIP_MEAN,
-                                           std=OPENAI_CLIP_STD))
+_MCLIP = dict(
+    lkc_apply_act=True,
+    head="clip",
+    num_classes=512,
+    preprocessing=Preprocessing(crop_pct=0.95, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)),
+)
+_MCLIP2 = dict(
+    _MCLIP,
+    norm_layer="layernorm2d",
+    stem_scale_branch=False,
+    num_classes=768,
+    preprocessing=Preprocessing(crop_pct=0.95, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD),
+)
 _FIVE = dict(mixers="RRRAA", pos="---PP", down=(False, True, True, True, True), se="-----")
 
 VARIANTS: dict[str, FastViTConfig] = {
@@ -270,20 +298,37 @@ VARIANTS: dict[str, FastViTConfig] = {
         FastViTConfig("fastvit_s12", _stages((2, 2, 6, 2), _W, _R4, "RRRR", "----")),
         FastViTConfig("fastvit_sa12", _stages((2, 2, 6, 2), _W, _R4), drop_path_rate=0.1),
         FastViTConfig("fastvit_sa24", _stages((4, 4, 12, 4), _W, _R4), drop_path_rate=0.1),
-        FastViTConfig("fastvit_sa36", _stages((6, 6, 18, 6), _W, _R4),
-                      layer_scale_init_value=1e-6, drop_path_rate=0.2, preprocessing=_CROP95),
-        FastViTConfig("fastvit_ma36", _stages((6, 6, 18, 6), (76, 152, 304, 608), _R4),
-                      layer_scale_init_value=1e-6, drop_path_rate=0.35, preprocessing=_CROP95),
+        FastViTConfig(
+            "fastvit_sa36",
+            _stages((6, 6, 18, 6), _W, _R4),
+            layer_scale_init_value=1e-6,
+            drop_path_rate=0.2,
+            preprocessing=_CROP95,
+        ),
+        FastViTConfig(
+            "fastvit_ma36",
+            _stages((6, 6, 18, 6), (76, 152, 304, 608), _R4),
+            layer_scale_init_value=1e-6,
+            drop_path_rate=0.35,
+            preprocessing=_CROP95,
+        ),
         # MobileCLIP image towers (Vasu et al., CVPR 2024): SE in the stage-3/4 downsampling.
         FastViTConfig("fastvit_mci0", _stages((2, 6, 10, 2), _W, _R3, se="--SS"), **_MCLIP),
         FastViTConfig("fastvit_mci1", _stages((4, 12, 20, 4), _W, _R3, se="--SS"), **_MCLIP),
-        FastViTConfig("fastvit_mci2", _stages((4, 12, 24, 4), (80, 160, 320, 640), _R3,
-                                              se="--SS"), **_MCLIP),
+        FastViTConfig(
+            "fastvit_mci2", _stages((4, 12, 24, 4), (80, 160, 320, 640), _R3, se="--SS"), **_MCLIP
+        ),
         # MobileCLIP2 (2025): five stages, LayerNorm2d attention in the last two.
-        FastViTConfig("fastvit_mci3", _stages((2, 12, 24, 4, 2), (96, 192, 384, 768, 1536),
-                                              (4,) * 5, **_FIVE), **_MCLIP2),
-        FastViTConfig("fastvit_mci4", _stages((2, 12, 24, 4, 4), (128, 256, 512, 1024, 2048),
-                                              (4,) * 5, **_FIVE), **_MCLIP2),
+        FastViTConfig(
+            "fastvit_mci3",
+            _stages((2, 12, 24, 4, 2), (96, 192, 384, 768, 1536), (4,) * 5, **_FIVE),
+            **_MCLIP2,
+        ),
+        FastViTConfig(
+            "fastvit_mci4",
+            _stages((2, 12, 24, 4, 4), (128, 256, 512, 1024, 2048), (4,) * 5, **_FIVE),
+            **_MCLIP2,
+        ),
     )
 }
 

@@ -71,7 +71,11 @@ class FastViT(ReparamContainer):
 
     # properties TorchScript must not compile (they build Python objects or are derived)
     __jit_unused_properties__ = [  # noqa: RUF012
-        "card", "pretrained_cfg", "default_cfg", "inference_mode"]
+        "card",
+        "pretrained_cfg",
+        "default_cfg",
+        "inference_mode",
+    ]
 
     def __init__(
         self,
@@ -108,8 +112,11 @@ class FastViT(ReparamContainer):
         out_indices = tuple(int(i) % n_stages for i in out_indices)
         if features_only and not out_indices:
             raise ConfigError(f"features_only needs at least one out index in 0..{n_stages - 1}")
-        ls_init = cfg.layer_scale_init_value if layer_scale_init_value is None else (
-            layer_scale_init_value)
+        ls_init = (
+            cfg.layer_scale_init_value
+            if layer_scale_init_value is None
+            else (layer_scale_init_value)
+        )
         if norm_layer is None:
             norm_layer = norm_layer_class(cfg.norm_layer, cfg.norm_eps)
         if lkc_apply_act is None:
@@ -127,8 +134,13 @@ class FastViT(ReparamContainer):
         self.preprocessing = cfg.preprocessing.with_in_chans(in_chans)
         self._pretrained_source = dict(_PRETRAINED_SOURCE)
 
-        self.patch_embed = RepStem(in_chans, cfg.stages[0].dim, inference_mode, act_layer,
-                                   use_scale_branch=cfg.stem_scale_branch)
+        self.patch_embed = RepStem(
+            in_chans,
+            cfg.stages[0].dim,
+            inference_mode,
+            act_layer,
+            use_scale_branch=cfg.stem_scale_branch,
+        )
 
         network: list[nn.Module] = []
         stage_ends: list[int] = []
@@ -138,24 +150,58 @@ class FastViT(ReparamContainer):
         for i, (st, reduction) in enumerate(zip(cfg.stages, cfg.reductions)):
             dim = st.dim
             if st.downsample:
-                network.append(PatchEmbed(cfg.down_patch_size, cfg.down_stride, prev_dim, dim,
-                                          inference_mode, act_layer, lkc_apply_act,
-                                          use_se=st.se))
+                network.append(
+                    PatchEmbed(
+                        cfg.down_patch_size,
+                        cfg.down_stride,
+                        prev_dim,
+                        dim,
+                        inference_mode,
+                        act_layer,
+                        lkc_apply_act,
+                        use_se=st.se,
+                    )
+                )
             if st.pos_emb:
                 k = cfg.pos_emb_kernel_size
                 network.append(RepCPE(dim, dim, (k, k), inference_mode))
             if st.token_mixer == "repmixer":
-                blocks = [RepMixerBlock(dim, cfg.repmixer_kernel_size, st.mlp_ratio, act_layer,
-                                        drop_rate, dpr[i][j], use_layer_scale, ls_init,
-                                        inference_mode) for j in range(st.depth)]
+                blocks = [
+                    RepMixerBlock(
+                        dim,
+                        cfg.repmixer_kernel_size,
+                        st.mlp_ratio,
+                        act_layer,
+                        drop_rate,
+                        dpr[i][j],
+                        use_layer_scale,
+                        ls_init,
+                        inference_mode,
+                    )
+                    for j in range(st.depth)
+                ]
             else:
-                blocks = [AttentionBlock(dim, st.mlp_ratio, act_layer, norm_layer, drop_rate,
-                                         dpr[i][j], use_layer_scale, ls_init, inference_mode)
-                          for j in range(st.depth)]
+                blocks = [
+                    AttentionBlock(
+                        dim,
+                        st.mlp_ratio,
+                        act_layer,
+                        norm_layer,
+                        drop_rate,
+                        dpr[i][j],
+                        use_layer_scale,
+                        ls_init,
+                        inference_mode,
+                    )
+                    for j in range(st.depth)
+                ]
             stage_ends.append(len(network))
             network.append(nn.Sequential(*blocks))
-            feature_info.append(dict(num_chs=dim, reduction=reduction,
-                                     module=f"network.{len(network) - 1}", stage=i))
+            feature_info.append(
+                dict(
+                    num_chs=dim, reduction=reduction, module=f"network.{len(network) - 1}", stage=i
+                )
+            )
             prev_dim = dim
         self.network = nn.ModuleList(network)
         self.stage_ends = stage_ends
@@ -173,15 +219,23 @@ class FastViT(ReparamContainer):
             self.feature_info = FeatureInfo(feature_info, out_indices)
         else:
             self.num_features = self.head_hidden_size = int(last_dim * cfg.cls_ratio)
-            self.conv_exp = MobileOneBlock(last_dim, self.num_features, 3, stride=1,
-                                           padding=1, groups=last_dim,
-                                           inference_mode=inference_mode, use_se=True,
-                                           activation=act_layer)
+            self.conv_exp = MobileOneBlock(
+                last_dim,
+                self.num_features,
+                3,
+                stride=1,
+                padding=1,
+                groups=last_dim,
+                inference_mode=inference_mode,
+                use_se=True,
+                activation=act_layer,
+            )
             self.num_classes = num_classes
             # "classifier" and "clip" heads are both a linear layer on the pooled features;
             # a CLIP projection (official ``head.proj``, no bias) loads with a zero bias.
-            self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else (
-                nn.Identity())
+            self.head = (
+                nn.Linear(self.num_features, num_classes) if num_classes > 0 else (nn.Identity())
+            )
             self.feature_info = feature_info
         self.apply(self._init_linear)
 
@@ -200,9 +254,12 @@ class FastViT(ReparamContainer):
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict:
-        return dict(stem=r"^patch_embed",
-                    blocks=r"^network\.(\d+)" if coarse else [
-                        (r"^network\.(\d+)\.(\d+)", None), (r"^network\.(\d+)", (0,))])
+        return dict(
+            stem=r"^patch_embed",
+            blocks=r"^network\.(\d+)"
+            if coarse
+            else [(r"^network\.(\d+)\.(\d+)", None), (r"^network\.(\d+)", (0,))],
+        )
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -230,8 +287,11 @@ class FastViT(ReparamContainer):
             _check_global_pool(self.global_pool, num_classes)
         p = next(self.parameters())
         self.num_classes = num_classes
-        self.head = (nn.Linear(self.num_features, num_classes, device=p.device, dtype=p.dtype)
-                     if num_classes > 0 else nn.Identity())
+        self.head = (
+            nn.Linear(self.num_features, num_classes, device=p.device, dtype=p.dtype)
+            if num_classes > 0
+            else nn.Identity()
+        )
         if num_classes > 0:
             self._init_linear(self.head)
         if self.class_names is not None and len(self.class_names) != num_classes:
@@ -241,17 +301,22 @@ class FastViT(ReparamContainer):
     @property
     def card(self) -> ModelCard:
         """The model card: variant, form, classes and preprocessing (read by every file writer)."""
-        return ModelCard(variant=self.variant, num_classes=self.num_classes,
-                         form="fused" if self.inference_mode else "unfused",
-                         class_names=None if self.class_names is None else tuple(self.class_names),
-                         preprocessing=self.preprocessing)
+        return ModelCard(
+            variant=self.variant,
+            num_classes=self.num_classes,
+            form="fused" if self.inference_mode else "unfused",
+            class_names=None if self.class_names is None else tuple(self.class_names),
+            preprocessing=self.preprocessing,
+        )
 
     @card.setter
     def card(self, card: ModelCard) -> None:
         """Adopt a card's preprocessing and class names (variant and classes must match)."""
         if card.num_classes != self.num_classes:
-            raise ConfigError(f"the card describes {card.num_classes} classes but the model has "
-                              f"{self.num_classes}; call reset_classifier first")
+            raise ConfigError(
+                f"the card describes {card.num_classes} classes but the model has "
+                f"{self.num_classes}; call reset_classifier first"
+            )
         self.preprocessing = card.preprocessing.with_in_chans(self.in_chans)
         self.class_names = None if card.class_names is None else list(card.class_names)
 
@@ -265,8 +330,9 @@ class FastViT(ReparamContainer):
             "architecture": self.variant,
             "tag": src.get("tag"),
             "url": src.get("url", ""),
-            "hf_hub_id": src.get("hf_hub_id", f"timm/{self.variant}.{src['tag']}"
-                                 if src.get("tag") else None),
+            "hf_hub_id": src.get(
+                "hf_hub_id", f"timm/{self.variant}.{src['tag']}" if src.get("tag") else None
+            ),
             "license": src.get("license"),
             "custom_load": False,
             "num_classes": self.num_classes,
@@ -285,15 +351,20 @@ class FastViT(ReparamContainer):
     @pretrained_cfg.setter
     def pretrained_cfg(self, cfg: dict[str, Any]) -> None:
         """Set preprocessing (and the weights' source keys) from a timm-style dict."""
-        self.preprocessing = Preprocessing.from_dict(cfg, in_chans=self.in_chans,
-                                                     default=self.preprocessing)
-        self._pretrained_source = {k: cfg[k] for k in ("tag", "url", "hf_hub_id", "license")
-                                   if k in cfg}
+        self.preprocessing = Preprocessing.from_dict(
+            cfg, in_chans=self.in_chans, default=self.preprocessing
+        )
+        self._pretrained_source = {
+            k: cfg[k] for k in ("tag", "url", "hf_hub_id", "license") if k in cfg
+        }
 
     def _first_conv(self) -> str | tuple[str, ...]:
         """Names of the convolutions that read the input image (one when fused)."""
-        names = tuple(f"patch_embed.0.{n}" for n, m in self.patch_embed[0].named_modules()
-                      if isinstance(m, nn.Conv2d) and m.in_channels == self.in_chans)
+        names = tuple(
+            f"patch_embed.0.{n}"
+            for n, m in self.patch_embed[0].named_modules()
+            if isinstance(m, nn.Conv2d) and m.in_channels == self.in_chans
+        )
         return names[0] if len(names) == 1 else names
 
     def _run_network(self, x: Tensor, last: int) -> tuple[Tensor, list[Tensor]]:
@@ -322,8 +393,11 @@ class FastViT(ReparamContainer):
         if output_fmt != "NCHW":
             raise ConfigError("forward_intermediates supports output_fmt='NCHW' only")
         take_indices, max_index = feature_take_indices(len(self.stage_ends), indices)
-        last = self.stage_ends[max_index] if stop_early or intermediates_only else (
-            len(self.network) - 1)
+        last = (
+            self.stage_ends[max_index]
+            if stop_early or intermediates_only
+            else (len(self.network) - 1)
+        )
         x = self.patch_embed(x)
         x, stage_outs = self._run_network(x, last)
         intermediates = [stage_outs[i] for i in take_indices]
@@ -401,8 +475,10 @@ def create_model(
     (timm's ``FeatureGraphNet``, a torch.fx graph cut at the stage outputs) timm's wrappers.
     """
     if pretrained:
-        raise ConfigError("fastvit.models.create_model builds random weights; use "
-                          "fastvit.create_model(name, pretrained=True) for published weights")
+        raise ConfigError(
+            "fastvit.models.create_model builds random weights; use "
+            "fastvit.create_model(name, pretrained=True) for published weights"
+        )
     if feature_cls is not None:
         if not features_only:
             raise ConfigError("feature_cls needs features_only=True")
@@ -411,16 +487,29 @@ def create_model(
         from timm.models._features import FeatureGetterNet
         from timm.models._features_fx import FeatureGraphNet
 
-        full = create_model(name, num_classes=0, in_chans=in_chans, drop_rate=drop_rate,
-                            drop_path_rate=drop_path_rate, inference_mode=inference_mode,
-                            **kwargs)
+        full = create_model(
+            name,
+            num_classes=0,
+            in_chans=in_chans,
+            drop_rate=drop_rate,
+            drop_path_rate=drop_path_rate,
+            inference_mode=inference_mode,
+            **kwargs,
+        )
         idx = tuple(range(len(full.stage_ends))) if out_indices is None else tuple(out_indices)
         wrapper = FeatureGetterNet if feature_cls == "getter" else FeatureGraphNet
         return wrapper(full, out_indices=idx)
-    model = FastViT(get_config(name), num_classes=num_classes, in_chans=in_chans,
-                    drop_rate=drop_rate, drop_path_rate=drop_path_rate,
-                    inference_mode=inference_mode, features_only=features_only,
-                    out_indices=out_indices, **kwargs)
+    model = FastViT(
+        get_config(name),
+        num_classes=num_classes,
+        in_chans=in_chans,
+        drop_rate=drop_rate,
+        drop_path_rate=drop_path_rate,
+        inference_mode=inference_mode,
+        features_only=features_only,
+        out_indices=out_indices,
+        **kwargs,
+    )
     if inference_mode:  # fused weights in NHWC, as fastvit.reparameterize leaves them
         model.to(memory_format=torch.channels_last)
     return model

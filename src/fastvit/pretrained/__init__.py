@@ -24,7 +24,19 @@ from fastvit.pretrained.registry import (
 )
 
 __all__ = [
-    "PRETRAINED", "DownloadError", "PretrainedEntry", "Source", "create_model",
-    "download_url", "fastvit_home", "fetch", "get_pretrained", "is_remote", "list_pretrained",
-    "load_model", "manual_file", "resolve_weights", "weights_dir",
+    "PRETRAINED",
+    "DownloadError",
+    "PretrainedEntry",
+    "Source",
+    "create_model",
+    "download_url",
+    "fastvit_home",
+    "fetch",
+    "get_pretrained",
+    "is_remote",
+    "list_pretrained",
+    "load_model",
+    "manual_file",
+    "resolve_weights",
+    "weights_dir",
 ]

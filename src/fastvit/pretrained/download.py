@@ -50,8 +50,16 @@ def _progress_bar(total: int | None, initial: int, name: str, show: bool | None)
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024,
-                desc=name, file=sys.stderr, leave=False)
+    return tqdm(
+        total=total,
+        initial=initial,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        desc=name,
+        file=sys.stderr,
+        leave=False,
+    )
 
 
 def download_url(
@@ -84,13 +92,13 @@ def download_url(
     if have:
         headers["Range"] = f"bytes={have}-"
     try:
-        resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers),
-                                      timeout=timeout)
+        resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
     except urllib.error.HTTPError as e:
         if e.code == 416 and have:  # our partial file is not a prefix of theirs: restart
             part.unlink()
-            return download_url(url, dest, sha256=sha256, size=size, progress=progress,
-                                timeout=timeout)
+            return download_url(
+                url, dest, sha256=sha256, size=size, progress=progress, timeout=timeout
+            )
         raise DownloadError(f"HTTP {e.code} {e.reason}") from None
     except (urllib.error.URLError, OSError, HTTPException, ValueError) as e:
         reason = getattr(e, "reason", e)
@@ -115,19 +123,24 @@ def download_url(
                         bar.update(len(chunk))
         except (OSError, HTTPException) as e:
             got = part.stat().st_size if part.exists() else 0
-            if isinstance(e, OSError) and not isinstance(e, (ConnectionError, TimeoutError)) \
-                    and e.errno is not None:
+            if (
+                isinstance(e, OSError)
+                and not isinstance(e, (ConnectionError, TimeoutError))
+                and e.errno is not None
+            ):
                 raise WriteError(f"cannot write {part}: {e.strerror}") from None
             of = f" of {total}" if total else ""
-            raise DownloadError(f"download interrupted after {got}{of} bytes; run again to "
-                                "resume it") from None
+            raise DownloadError(
+                f"download interrupted after {got}{of} bytes; run again to resume it"
+            ) from None
         finally:
             if bar is not None:
                 bar.close()
     got = part.stat().st_size
     if total is not None and got != total:
-        raise DownloadError(f"download interrupted after {got} of {total} bytes; run again "
-                            "to resume it")
+        raise DownloadError(
+            f"download interrupted after {got} of {total} bytes; run again to resume it"
+        )
     problem = _check_file(part, sha256, size)
     if problem:
         part.unlink()
@@ -168,35 +181,56 @@ def hub_cache_dir() -> str | None:
     return None
 
 
-def hub_download(repo_id: str, filenames: tuple[str, ...], revision: str | None = None
-                 ) -> Path:
+def hub_download(repo_id: str, filenames: tuple[str, ...], revision: str | None = None) -> Path:
     """The first of ``filenames`` that the Hub repository has, through ``huggingface_hub``
     (cached; offline mode uses the cache only). Raises a one-line DownloadError."""
     try:
         import huggingface_hub
         from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
     except ImportError:
-        raise DownloadError("huggingface_hub is not installed (pip install huggingface_hub)"
-                            ) from None
+        raise DownloadError(
+            "huggingface_hub is not installed (pip install huggingface_hub)"
+        ) from None
     offline = is_offline()
     hub_logger = logging.getLogger("huggingface_hub")
     level = hub_logger.level
     hub_logger.setLevel(logging.ERROR)  # its retry warnings would break our one-line errors
     try:
-        return _hub_try(huggingface_hub, repo_id, filenames, revision, offline,
-                        EntryNotFoundError, LocalEntryNotFoundError)
+        return _hub_try(
+            huggingface_hub,
+            repo_id,
+            filenames,
+            revision,
+            offline,
+            EntryNotFoundError,
+            LocalEntryNotFoundError,
+        )
     finally:
         hub_logger.setLevel(level)
 
 
-def _hub_try(huggingface_hub, repo_id, filenames, revision, offline, EntryNotFoundError,
-             LocalEntryNotFoundError) -> Path:
+def _hub_try(
+    huggingface_hub,
+    repo_id,
+    filenames,
+    revision,
+    offline,
+    EntryNotFoundError,
+    LocalEntryNotFoundError,
+) -> Path:
     last = "no file found"
     for name in filenames:
         try:
-            return Path(huggingface_hub.hf_hub_download(
-                repo_id, name, revision=revision, cache_dir=hub_cache_dir(),
-                local_files_only=offline, library_name="fastvit"))
+            return Path(
+                huggingface_hub.hf_hub_download(
+                    repo_id,
+                    name,
+                    revision=revision,
+                    cache_dir=hub_cache_dir(),
+                    local_files_only=offline,
+                    library_name="fastvit",
+                )
+            )
         except LocalEntryNotFoundError:  # (a subclass of EntryNotFoundError: first)
             last = "offline mode and not in the Hub cache" if offline else "Hub unreachable"
             if offline:

@@ -67,14 +67,20 @@ def resolve_weights(entry: PretrainedEntry, progress: bool | None = None) -> Pat
             tried.append(f"https://huggingface.co/{entry.hf_hub_id} ({e})")
     for src in entry.sources:
         try:
-            return download_url(src.url, weights_dir(entry) / src.filename, sha256=src.sha256,
-                                size=src.size, progress=progress)
+            return download_url(
+                src.url,
+                weights_dir(entry) / src.filename,
+                sha256=src.sha256,
+                size=src.size,
+                progress=progress,
+            )
         except DownloadError as e:
             tried.append(f"{src.url} ({e})")
     mode = "offline mode: " if is_offline() else ""
     raise DownloadError(
         f"{mode}cannot get pretrained weights for {entry.tag}: tried {'; '.join(tried) or '-'}; "
-        f"download the file manually to {manual_file(entry)}")
+        f"download the file manually to {manual_file(entry)}"
+    )
 
 
 def _imagenet_class_names() -> list[str]:
@@ -87,8 +93,7 @@ def _finish(model: nn.Module, entry: PretrainedEntry | None, loaded: bool) -> nn
     if entry is None:
         return model
     n = int(getattr(model, "num_classes", 0))
-    model.pretrained_cfg = {**getattr(model, "pretrained_cfg", {}),
-                            **entry.pretrained_cfg(n)}
+    model.pretrained_cfg = {**getattr(model, "pretrained_cfg", {}), **entry.pretrained_cfg(n)}
     if loaded and entry.imagenet_classes and n == 1000 and not model.class_names:
         model.class_names = _imagenet_class_names()
     return model
@@ -126,8 +131,10 @@ def create_model(
 
     if isinstance(model_name, FastViTConfig):
         if pretrained:
-            raise ConfigError("a custom FastViTConfig has no published weights; use "
-                              "pretrained=False (and checkpoint_path= for your own weights)")
+            raise ConfigError(
+                "a custom FastViTConfig has no published weights; use "
+                "pretrained=False (and checkpoint_path= for your own weights)"
+            )
         arch, entry = model_name, None
     else:
         arch_name, tag = split_name(model_name)
@@ -150,23 +157,31 @@ def create_model(
         else:
             path = resolve_weights(entry, progress)
         model = load_checkpoint(path, name=arch, **kwargs)
-        if (num_classes is not None and num_classes != model.num_classes
-                and not kwargs.get("features_only")):
+        if (
+            num_classes is not None
+            and num_classes != model.num_classes
+            and not kwargs.get("features_only")
+        ):
             model.reset_classifier(num_classes)  # a new head for the new task
         return _finish(model, entry, loaded=True).train()
     default = entry.num_classes if entry else get_config(arch).num_classes
     n = default if num_classes is None else num_classes
     if checkpoint_path is not None:
-        model = load_checkpoint(checkpoint_path, name=arch if isinstance(arch, str) else None,
-                                num_classes=n, **kwargs)
+        model = load_checkpoint(
+            checkpoint_path, name=arch if isinstance(arch, str) else None, num_classes=n, **kwargs
+        )
         return _finish(model, entry, loaded=True).train()
     return _finish(build(arch, num_classes=n, **kwargs), entry, loaded=False)
 
 
 def _is_tag(source: str) -> bool:
     arch, tag = split_name(source)
-    return tag is not None and arch in list_models() and "/" not in source and (
-        source in PRETRAINED or not Path(source).exists())
+    return (
+        tag is not None
+        and arch in list_models()
+        and "/" not in source
+        and (source in PRETRAINED or not Path(source).exists())
+    )
 
 
 def _entry_for_hub(repo: str) -> PretrainedEntry | None:
@@ -183,14 +198,15 @@ def fetch(source: str, progress: bool | None = None) -> tuple[Path, PretrainedEn
     """A local file for ``hf-hub:org/name[@revision]``, an ``http(s)://`` URL or a pretrained
     tag, plus the registry entry it corresponds to (if any)."""
     if source.startswith("hf-hub:"):
-        repo, _, revision = source[len("hf-hub:"):].partition("@")
+        repo, _, revision = source[len("hf-hub:") :].partition("@")
         entry = _entry_for_hub(repo)
         try:
             return hub_download(repo, HUB_FILES, revision or None), entry
         except DownloadError as e:
             hint = f"; download the file manually to {manual_file(entry)}" if entry else ""
-            raise DownloadError(f"cannot get {source} from https://huggingface.co/{repo} "
-                                f"({e}){hint}") from None
+            raise DownloadError(
+                f"cannot get {source} from https://huggingface.co/{repo} ({e}){hint}"
+            ) from None
     if source.startswith(("http://", "https://")):
         dest = _url_cache_path(source)
         if dest.is_file():
@@ -198,8 +214,9 @@ def fetch(source: str, progress: bool | None = None) -> tuple[Path, PretrainedEn
         try:
             return download_url(source, dest, progress=progress), None
         except DownloadError as e:
-            raise DownloadError(f"cannot download {source} ({e}); download the file manually "
-                                f"to {dest}") from None
+            raise DownloadError(
+                f"cannot download {source} ({e}); download the file manually to {dest}"
+            ) from None
     entry = get_pretrained(source)
     return resolve_weights(entry, progress), entry
 
@@ -207,11 +224,13 @@ def fetch(source: str, progress: bool | None = None) -> tuple[Path, PretrainedEn
 def is_remote(source: object) -> bool:
     """True for sources :func:`load_model` fetches: ``hf-hub:``, URLs and pretrained tags."""
     return isinstance(source, str) and (
-        source.startswith(("hf-hub:", "http://", "https://")) or _is_tag(source))
+        source.startswith(("hf-hub:", "http://", "https://")) or _is_tag(source)
+    )
 
 
-def load_model(source: Any, name: str | None = None, *, progress: bool | None = None,
-               **create_kwargs: Any) -> nn.Module:
+def load_model(
+    source: Any, name: str | None = None, *, progress: bool | None = None, **create_kwargs: Any
+) -> nn.Module:
     """:func:`fastvit.checkpoints.load_model` that also takes ``hf-hub:org/name``, an
     ``http(s)://`` URL (downloaded and cached, verified) or a pretrained tag."""
     from fastvit.checkpoints import load_model as load_checkpoint

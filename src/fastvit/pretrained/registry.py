@@ -22,8 +22,12 @@ _APPLE = "https://docs-assets.developer.apple.com/ml-research"
 FASTVIT_LICENSE = "https://github.com/apple/ml-fastvit/blob/main/LICENSE"
 AMLR_LICENSE = "https://github.com/apple/ml-mobileclip/blob/main/LICENSE_weights_data"
 #: Files tried, in order, in a Hub repository (timm's convention).
-HUB_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_model.safetensors",
-             "open_clip_pytorch_model.bin")
+HUB_FILES = (
+    "model.safetensors",
+    "pytorch_model.bin",
+    "open_clip_model.safetensors",
+    "open_clip_pytorch_model.bin",
+)
 
 
 @dataclass(frozen=True)
@@ -109,13 +113,17 @@ class PretrainedEntry:
         changes = {k: v for k, v in overlay.items() if k in self.__dataclass_fields__}
         if "url" in overlay:
             src = self.sources[0] if self.sources else Source(overlay["url"])
-            changes["sources"] = (replace(src, url=overlay["url"],
-                                          sha256=overlay.get("sha256"),
-                                          size=overlay.get("size")),)
+            changes["sources"] = (
+                replace(
+                    src, url=overlay["url"], sha256=overlay.get("sha256"), size=overlay.get("size")
+                ),
+            )
         unknown = set(overlay) - set(changes) - {"url", "file", "sha256", "size"}
         if unknown:
-            raise ConfigError(f"unknown pretrained_cfg_overlay keys {sorted(unknown)}; use "
-                              "file, url, hf_hub_id, sha256 or a metadata field")
+            raise ConfigError(
+                f"unknown pretrained_cfg_overlay keys {sorted(unknown)}; use "
+                "file, url, hf_hub_id, sha256 or a metadata field"
+            )
         return replace(self, **changes)
 
 
@@ -124,37 +132,63 @@ def _in1k(arch: str, top1: float, dist: bool, crop_pct: float = 0.9) -> Pretrain
     base = f"{_APPLE}/models/fastvit/{folder}/{arch}"
     tag = f"{arch}.apple_dist_in1k" if dist else f"{arch}.apple_in1k"
     return PretrainedEntry(
-        tag, hf_hub_id=f"timm/{tag}",
-        sources=(Source(f"{base}.pth.tar", "official", "unfused"),
-                 Source(f"{base}_reparam.pth.tar", "official", "fused")),
-        crop_pct=crop_pct, top1=top1,
+        tag,
+        hf_hub_id=f"timm/{tag}",
+        sources=(
+            Source(f"{base}.pth.tar", "official", "unfused"),
+            Source(f"{base}_reparam.pth.tar", "official", "fused"),
+        ),
+        crop_pct=crop_pct,
+        top1=top1,
         description="FastViT trained on ImageNet-1k by the paper authors"
-                    + (" with hard distillation" if dist else ""))
+        + (" with hard distillation" if dist else ""),
+    )
 
 
 def _mclip(arch: str, size: str, top1: float) -> PretrainedEntry:
     return PretrainedEntry(
-        f"{arch}.apple_mclip", hf_hub_id=f"apple/mobileclip_{size}_timm",
+        f"{arch}.apple_mclip",
+        hf_hub_id=f"apple/mobileclip_{size}_timm",
         sources=(Source(f"{_APPLE}/datasets/mobileclip/mobileclip_{size}.pt", "mobileclip"),),
-        num_classes=512, crop_pct=0.95, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
-        license="apple-amlr", license_url=AMLR_LICENSE, top1=top1,
-        top1_kind="ImageNet-1k zero-shot top-1", dataset="datacompdr",
-        description=f"MobileCLIP-{size.upper()} image tower (CLIP embedding, 512-d)")
+        num_classes=512,
+        crop_pct=0.95,
+        mean=(0.0, 0.0, 0.0),
+        std=(1.0, 1.0, 1.0),
+        license="apple-amlr",
+        license_url=AMLR_LICENSE,
+        top1=top1,
+        top1_kind="ImageNet-1k zero-shot top-1",
+        dataset="datacompdr",
+        description=f"MobileCLIP-{size.upper()} image tower (CLIP embedding, 512-d)",
+    )
 
 
 def _mclip2(arch: str, dims: int, crop_pct: float, clip_norm: bool) -> PretrainedEntry:
     mean, std = (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD) if clip_norm else ((0.0,) * 3, (1.0,) * 3)
     tag = f"{arch}.apple_mclip2_dfndr2b"
     return PretrainedEntry(
-        tag, hf_hub_id=f"timm/{tag}", num_classes=dims, crop_pct=crop_pct, mean=mean, std=std,
-        license="apple-amlr", license_url=AMLR_LICENSE, top1=None,
-        top1_kind="ImageNet-1k zero-shot top-1", dataset="dfndr-2b",
-        description=f"MobileCLIP2 image tower (CLIP embedding, {dims}-d)")
+        tag,
+        hf_hub_id=f"timm/{tag}",
+        num_classes=dims,
+        crop_pct=crop_pct,
+        mean=mean,
+        std=std,
+        license="apple-amlr",
+        license_url=AMLR_LICENSE,
+        top1=None,
+        top1_kind="ImageNet-1k zero-shot top-1",
+        dataset="dfndr-2b",
+        description=f"MobileCLIP2 image tower (CLIP embedding, {dims}-d)",
+    )
 
 
 _TOP1 = {  # apple/ml-fastvit README: (ImageNet-1k, with distillation)
-    "fastvit_t8": (76.2, 77.2), "fastvit_t12": (79.3, 80.3), "fastvit_s12": (79.9, 81.1),
-    "fastvit_sa12": (80.9, 81.9), "fastvit_sa24": (82.7, 83.4), "fastvit_sa36": (83.6, 84.2),
+    "fastvit_t8": (76.2, 77.2),
+    "fastvit_t12": (79.3, 80.3),
+    "fastvit_s12": (79.9, 81.1),
+    "fastvit_sa12": (80.9, 81.9),
+    "fastvit_sa24": (82.7, 83.4),
+    "fastvit_sa36": (83.6, 84.2),
     "fastvit_ma36": (83.9, 84.6),
 }
 

@@ -10,5 +10,13 @@ from fastvit.reparam.walk import (
     reparameterize,
 )
 
-__all__ = ["OutputDiff", "Reparameterizable", "image_like_inputs", "is_fused", "max_abs_diff",
-           "output_diff", "reparameterize", "reparameterize_tree"]
+__all__ = [
+    "OutputDiff",
+    "Reparameterizable",
+    "image_like_inputs",
+    "is_fused",
+    "max_abs_diff",
+    "output_diff",
+    "reparameterize",
+    "reparameterize_tree",
+]

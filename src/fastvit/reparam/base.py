@@ -19,7 +19,6 @@ class Reparameterizable(nn.Module):
     Subclasses implement :meth:`_reparameterize` (only called while not yet fused).
     """
 
-
     def reparameterize(self) -> None:
         """Fuse this module (and its reparameterizable children) in place."""
         if self.inference_mode:
@@ -51,8 +50,11 @@ class ReparamContainer(Reparameterizable):
     @property
     @torch.jit.unused
     def inference_mode(self) -> bool:
-        return all(m.inference_mode for m in self.modules()
-                   if isinstance(m, Reparameterizable) and not isinstance(m, ReparamContainer))
+        return all(
+            m.inference_mode
+            for m in self.modules()
+            if isinstance(m, Reparameterizable) and not isinstance(m, ReparamContainer)
+        )
 
     @inference_mode.setter
     def inference_mode(self, value: bool) -> None:
@@ -76,8 +78,9 @@ def reparameterize_tree(module: nn.Module) -> None:
 
 def new_linear(weight: Tensor, bias: Tensor) -> nn.Linear:
     """A biased Linear holding ``weight``/``bias`` (same dtype/device)."""
-    lin = nn.Linear(weight.shape[1], weight.shape[0], bias=True,
-                    device=weight.device, dtype=weight.dtype)
+    lin = nn.Linear(
+        weight.shape[1], weight.shape[0], bias=True, device=weight.device, dtype=weight.dtype
+    )
     with torch.no_grad():
         lin.weight.copy_(weight)
         lin.bias.copy_(bias)

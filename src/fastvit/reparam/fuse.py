@@ -28,7 +28,8 @@ def is_batchnorm(m: nn.Module) -> bool:
     if isinstance(m, nn.modules.batchnorm._BatchNorm):
         return True
     return type(m).__name__.startswith("FrozenBatchNorm") and all(
-        hasattr(m, a) for a in ("running_mean", "running_var", "weight", "bias", "eps"))
+        hasattr(m, a) for a in ("running_mean", "running_var", "weight", "bias", "eps")
+    )
 
 
 def bn_affine(bn: nn.Module) -> tuple[Tensor, Tensor]:
@@ -38,8 +39,10 @@ def bn_affine(bn: nn.Module) -> tuple[Tensor, Tensor]:
     Works for BatchNorm1d/2d, SyncBatchNorm and FrozenBatchNorm2d, affine or not.
     """
     if bn.running_mean is None or bn.running_var is None:
-        raise ValueError("cannot fuse a BatchNorm without running statistics "
-                         "(track_running_stats=False); train with running stats to reparameterize")
+        raise ValueError(
+            "cannot fuse a BatchNorm without running statistics "
+            "(track_running_stats=False); train with running stats to reparameterize"
+        )
     return affine_from_stats(bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.eps)
 
 
@@ -53,8 +56,9 @@ def affine_from_stats(
     return a, c
 
 
-def scale_shift_conv(weight: Tensor, bias: Tensor | None, a: Tensor, c: Tensor
-                     ) -> tuple[Tensor, Tensor]:
+def scale_shift_conv(
+    weight: Tensor, bias: Tensor | None, a: Tensor, c: Tensor
+) -> tuple[Tensor, Tensor]:
     """Fold ``a * y + c`` (per output channel) after a conv/linear ``y = W x + b``."""
     kernel = weight * a.reshape(-1, *([1] * (weight.dim() - 1)))
     return kernel, (c if bias is None else a * bias + c)

@@ -24,8 +24,10 @@ def _input_channels(model: nn.Module) -> int:
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             return m.in_channels
-    raise ReparamError("cannot verify: the model has no Conv2d to infer input channels from; "
-                       "pass input_shape=(N, C, H, W)")
+    raise ReparamError(
+        "cannot verify: the model has no Conv2d to infer input channels from; "
+        "pass input_shape=(N, C, H, W)"
+    )
 
 
 #: Default relative tolerances of a verification, by dtype (see :class:`OutputDiff`). Float32
@@ -70,8 +72,10 @@ class OutputDiff:
     def describe(self, rtol: float, atol: float | None = None) -> str:
         """'max |diff| 8.5e-04 (2.0e-06 of the output scale 430; tolerance 4.3e-03)'."""
         at = "" if self.where == "output" else f" at {self.where}"
-        return (f"max |diff| {self.max_abs:.2e}{at} ({self.rel:.1e} of the output scale "
-                f"{self.scale:.3g}; tolerance {self.tolerance(rtol, atol):.1e})")
+        return (
+            f"max |diff| {self.max_abs:.2e}{at} ({self.rel:.1e} of the output scale "
+            f"{self.scale:.3g}; tolerance {self.tolerance(rtol, atol):.1e})"
+        )
 
 
 def image_like_inputs(
@@ -130,14 +134,18 @@ def output_diff(
     out = fused(x)
     ref_leaves, out_leaves = dict(_leaves(ref_out)), dict(_leaves(out))
     if ref_leaves.keys() != out_leaves.keys():
-        raise ReparamError(f"the fused model returns {sorted(out_leaves)} where the original "
-                           f"returns {sorted(ref_leaves)}; a module changes its outputs on fusion")
+        raise ReparamError(
+            f"the fused model returns {sorted(out_leaves)} where the original "
+            f"returns {sorted(ref_leaves)}; a module changes its outputs on fusion"
+        )
     worst: OutputDiff | None = None
     for where, a in ref_leaves.items():
         b = out_leaves[where]
         if a.shape != b.shape:
-            raise ReparamError(f"{where} has shape {tuple(b.shape)} after fusion, "
-                               f"{tuple(a.shape)} before; a module does not fuse exactly")
+            raise ReparamError(
+                f"{where} has shape {tuple(b.shape)} after fusion, "
+                f"{tuple(a.shape)} before; a module does not fuse exactly"
+            )
         if a.numel() == 0:
             continue
         a, b = a.double(), b.double()
@@ -231,7 +239,11 @@ def reparameterize(
             raise ReparamError(
                 f"reparameterized model differs from the original by {diff.max_abs:.3g}{at} "
                 f"({diff.rel:.1e} of the output scale {diff.scale:.3g}; tolerance "
-                f"{diff.tolerance(rtol, atol):.1e}); a module in it does not fuse exactly")
-        logger.info("reparameterize: verified, max abs difference %.3g (%.1e relative)",
-                    diff.max_abs, diff.rel)
+                f"{diff.tolerance(rtol, atol):.1e}); a module in it does not fuse exactly"
+            )
+        logger.info(
+            "reparameterize: verified, max abs difference %.3g (%.1e relative)",
+            diff.max_abs,
+            diff.rel,
+        )
     return target

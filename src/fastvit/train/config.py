@@ -464,8 +464,9 @@ def check_train_memory(cfg: TrainConfig) -> None:
     from fastvit.models.complexity import check_activation_memory
 
     variant = cfg.model if cfg.model in list_models() else DEFAULT_MODEL
-    check_activation_memory(variant, cfg.input_size, cfg.batch_size, training=True,
-                            device=cfg.device)
+    check_activation_memory(
+        variant, cfg.input_size, cfg.batch_size, training=True, device=cfg.device
+    )
 
 
 # --------------------------------------------------------------------------- resume policy

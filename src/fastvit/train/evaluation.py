@@ -30,8 +30,9 @@ def load_for_eval(
         if use_ema is not None:
             raise ConfigError(f"{path} is an exported model; --ema/--no-ema apply to run files")
         # the export's runtime (onnxruntime/OpenVINO) uses the threads chosen for torch
-        module = PredictorModule(load_predictor(path, size=input_size,
-                                                threads=torch.get_num_threads()))
+        module = PredictorModule(
+            load_predictor(path, size=input_size, threads=torch.get_num_threads())
+        )
         return module.eval(), module.card
     if use_ema is not None and path.suffix == ".safetensors":
         raise ConfigError(

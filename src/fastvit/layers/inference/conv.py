@@ -36,8 +36,13 @@ class FusedConv2d(nn.Conv2d):
         super().__init__(*args, **kwargs)
         self.act = act  # None: no activation (and no module call for it)
         m = self.out_channels // self.in_channels
-        self.channel_multiplier = (m if self.groups == self.in_channels and m > 1
-                                   and self.out_channels == m * self.in_channels else 1)
+        self.channel_multiplier = (
+            m
+            if self.groups == self.in_channels
+            and m > 1
+            and self.out_channels == m * self.in_channels
+            else 1
+        )
 
     @classmethod
     def from_kernel(
@@ -53,9 +58,19 @@ class FusedConv2d(nn.Conv2d):
     ) -> FusedConv2d:
         """A fused conv holding ``weight``/``bias`` (same dtype/device), e.g. a fusion result."""
         out_ch, in_per_group = weight.shape[:2]
-        conv = cls(in_per_group * groups, out_ch, tuple(weight.shape[2:]), stride=stride,
-                   padding=padding, dilation=dilation, groups=groups, bias=True,
-                   device=weight.device, dtype=weight.dtype, act=act)
+        conv = cls(
+            in_per_group * groups,
+            out_ch,
+            tuple(weight.shape[2:]),
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            groups=groups,
+            bias=True,
+            device=weight.device,
+            dtype=weight.dtype,
+            act=act,
+        )
         with torch.no_grad():
             conv.weight.copy_(weight)
             conv.bias.copy_(bias)
@@ -76,14 +91,27 @@ class FusedConv2d(nn.Conv2d):
         if self.channel_multiplier > 1:
             return eager(x)
         # GELU post-op: cheap module checks first, then the input (which may be an fx proxy)
-        return (self.act is not None and is_exact_gelu(self.act) and not self.training
-                and unhooked(self.act) and eager(x) and kernels_apply(x, self.weight))
+        return (
+            self.act is not None
+            and is_exact_gelu(self.act)
+            and not self.training
+            and unhooked(self.act)
+            and eager(x)
+            and kernels_apply(x, self.weight)
+        )
 
     @torch.jit.unused
     def _forward_fast(self, x):  # (unannotated: TorchScript reads unused signatures)
         if self.channel_multiplier > 1:
             x = repeat_channels(x, self.channel_multiplier)
-            y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
-                         self.out_channels)
+            y = F.conv2d(
+                x,
+                self.weight,
+                self.bias,
+                self.stride,
+                self.padding,
+                self.dilation,
+                self.out_channels,
+            )
             return y if self.act is None else self.act(y)
         return conv_gelu(self, x)  # GELU as a oneDNN post-op

@@ -37,8 +37,9 @@ class FusedConvFFN(ConvFFN):
         act_layer: type[nn.Module] = nn.GELU,
         drop: float = 0.0,
     ) -> None:
-        super().__init__(in_channels, hidden_channels, out_channels, act_layer, drop,
-                         inference_mode=True)
+        super().__init__(
+            in_channels, hidden_channels, out_channels, act_layer, drop, inference_mode=True
+        )
 
     @classmethod
     def from_ffn(cls, ffn: ConvFFN) -> FusedConvFFN:
@@ -62,8 +63,11 @@ class FusedConvFFN(ConvFFN):
 
     @torch.jit.unused
     def _use_nhwc(self, x):  # (unannotated: TorchScript reads unused signatures)
-        return (eager(x) and x.is_contiguous(memory_format=torch.channels_last)
-                and unhooked(self.fc1, self.fc2, self.act))
+        return (
+            eager(x)
+            and x.is_contiguous(memory_format=torch.channels_last)
+            and unhooked(self.fc1, self.fc2, self.act)
+        )
 
     @torch.jit.unused
     def _forward_nhwc(self, x, residual):  # (unannotated: TorchScript reads unused signatures)
@@ -78,6 +82,7 @@ class FusedConvFFN(ConvFFN):
             return self.drop(F.linear(y, w2, self.fc2.bias)).permute(0, 3, 1, 2)
         if fast and residual.is_contiguous(memory_format=torch.channels_last):
             return linear_add(y, w2, self.fc2.bias, residual.permute(0, 2, 3, 1)).permute(
-                0, 3, 1, 2)
+                0, 3, 1, 2
+            )
         out = residual.permute(0, 2, 3, 1) + self.drop(F.linear(y, w2, self.fc2.bias))
         return out.permute(0, 3, 1, 2)

@@ -70,11 +70,14 @@ def kernels_available() -> bool:
             wc = w[:, :, None, None]
             xc = x.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
             got_conv = torch.ops.mkldnn._convolution_pointwise(
-                xc, wc, b, [0, 0], [1, 1], [1, 1], 1, "gelu", [], "none")
+                xc, wc, b, [0, 0], [1, 1], [1, 1], 1, "gelu", [], "none"
+            )
             ref = F.linear(x, w, b)
-            ok = (torch.allclose(got_gelu, F.gelu(ref), atol=1e-4)
-                  and torch.allclose(got_add, ref + r, atol=1e-4)
-                  and torch.allclose(got_conv.permute(0, 2, 3, 1), F.gelu(ref), atol=1e-4))
+            ok = (
+                torch.allclose(got_gelu, F.gelu(ref), atol=1e-4)
+                and torch.allclose(got_add, ref + r, atol=1e-4)
+                and torch.allclose(got_conv.permute(0, 2, 3, 1), F.gelu(ref), atol=1e-4)
+            )
         return bool(ok)
     except (AttributeError, RuntimeError, NotImplementedError):
         return False
@@ -92,9 +95,13 @@ def eager(x) -> bool:  # (unannotated: TorchScript reads unused signatures)
     """True when ``x`` is a real tensor in plain eager execution: not an fx proxy, not under
     jit tracing/scripting, dynamo compiling/exporting or a dispatch mode. Speed tricks that
     change the op sequence run only then, so every graph capture sees the plain ops."""
-    return (not isinstance(x, torch.fx.Proxy) and not torch.jit.is_scripting()
-            and not torch.jit.is_tracing() and not torch.compiler.is_compiling()
-            and not _dispatch_mode_active())
+    return (
+        not isinstance(x, torch.fx.Proxy)
+        and not torch.jit.is_scripting()
+        and not torch.jit.is_tracing()
+        and not torch.compiler.is_compiling()
+        and not _dispatch_mode_active()
+    )
 
 
 @torch.jit.unused
@@ -106,10 +113,15 @@ def can_fuse(x, *weights) -> bool:  # (unannotated: TorchScript reads unused sig
 @torch.jit.unused
 def kernels_apply(x, *weights) -> bool:  # (unannotated: TorchScript reads unused signatures)
     """:func:`can_fuse` for a caller that has checked :func:`eager` already (hot path)."""
-    return (x.device.type == "cpu" and x.dtype in _FAST_DTYPES
-            and all(w.dtype == x.dtype and w.device == x.device for w in weights)
-            and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
-            and torch.backends.mkldnn.enabled and kernels_available())
+    return (
+        x.device.type == "cpu"
+        and x.dtype in _FAST_DTYPES
+        and all(w.dtype == x.dtype and w.device == x.device for w in weights)
+        and not torch.is_grad_enabled()
+        and not torch.is_autocast_enabled("cpu")
+        and torch.backends.mkldnn.enabled
+        and kernels_available()
+    )
 
 
 def unhooked(*modules: nn.Module) -> bool:
@@ -142,8 +154,17 @@ def linear_add(x: Tensor, weight: Tensor, bias: Tensor | None, residual: Tensor)
 def conv_gelu(conv: nn.Conv2d, x: Tensor) -> Tensor:
     """``gelu(conv(x))`` in one oneDNN convolution; call only where :func:`can_fuse`."""
     return torch.ops.mkldnn._convolution_pointwise(
-        x, conv.weight, conv.bias, list(conv.padding), list(conv.stride), list(conv.dilation),
-        conv.groups, "gelu", [], "none")
+        x,
+        conv.weight,
+        conv.bias,
+        list(conv.padding),
+        list(conv.stride),
+        list(conv.dilation),
+        conv.groups,
+        "gelu",
+        [],
+        "none",
+    )
 
 
 def repeat_channels(x: Tensor, m: int) -> Tensor:
