@@ -119,8 +119,8 @@ def _detection_case(kind: str, variant: str):
     [
         ("faster", "fastvit_t8"),
         ("retina", "fastvit_t8"),
-        ("mask", "fastvit_t8"),
-        ("faster", "fastvit_sa12"),
+        pytest.param("mask", "fastvit_t8", marks=pytest.mark.slow),
+        pytest.param("faster", "fastvit_sa12", marks=pytest.mark.slow),
     ],
 )
 def test_torchvision_detectors_train_and_fuse(kind, variant):
@@ -196,7 +196,9 @@ def test_verify_compares_nested_outputs_and_names_the_worst_leaf():
         fastvit.reparameterize(Broken(bb), verify=True, input_shape=(1, 3, 64, 64))
 
 
-@pytest.mark.parametrize("variant", ["fastvit_t8", "fastvit_sa12"])
+@pytest.mark.parametrize(
+    "variant", ["fastvit_t8", pytest.param("fastvit_sa12", marks=pytest.mark.slow)]
+)
 @pytest.mark.parametrize("form", ["train", "fused", "features"])
 def test_torch_export_dynamic_batch_and_size_down_to_32(variant, form):
     from fastvit.export import export_program

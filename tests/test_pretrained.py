@@ -141,8 +141,9 @@ def test_registry_covers_every_timm_tag() -> None:
         assert e.architecture in fastvit.list_models()
         # sa36: the official code evaluates with crop 0.95 (its "fastvit_m" cfg); timm says 0.9
         crop = 0.95 if tag.startswith("fastvit_sa36") else tcfg["crop_pct"]
-        assert (e.num_classes, e.crop_pct) == (tcfg["num_classes"], crop), tag
-        assert e.mean == pytest.approx(tcfg["mean"]) and e.std == pytest.approx(tcfg["std"])
+        p = e.preprocessing
+        assert (e.num_classes, p.crop_pct) == (tcfg["num_classes"], crop), tag
+        assert p.mean == pytest.approx(tcfg["mean"]) and p.std == pytest.approx(tcfg["std"])
         hub = tcfg["hf_hub_id"] if tcfg["hf_hub_id"] != "timm/" else f"timm/{tag}"
         assert e.hf_hub_id == hub and e.license == tcfg["license"], tag
     t8 = PRETRAINED[TAG]

@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         top1 = f"{e.top1:.1f}" if e.top1 is not None else "-"
         kind = "*" if e.top1 is not None and "zero-shot" in e.top1_kind else " "
         print(
-            f"{e.tag:<36}{e.num_classes:>8}{top1:>6}{kind}  {e.crop_pct:>5.2f}  "
+            f"{e.tag:<36}{e.num_classes:>8}{top1:>6}{kind}  {e.preprocessing.crop_pct:>5.2f}  "
             f"{e.license:<16}{e.urls()[0]}"
         )
     print(

@@ -14,9 +14,9 @@ from typing import Any
 
 from timm.data import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-from fastvit.card import IMAGENET_MEAN, IMAGENET_STD
+from fastvit.card import PREPROCESSING_KEYS, Preprocessing
 from fastvit.errors import ConfigError
-from fastvit.models.config import get_config
+from fastvit.models.config import IMAGENET_EVAL, get_config
 
 _APPLE = "https://docs-assets.developer.apple.com/ml-research"
 FASTVIT_LICENSE = "https://github.com/apple/ml-fastvit/blob/main/LICENSE"
@@ -56,11 +56,7 @@ class PretrainedEntry:
     hub_layout: str = "timm"
     sources: tuple[Source, ...] = ()
     num_classes: int = 1000
-    input_size: tuple[int, int, int] = (3, 256, 256)
-    crop_pct: float = 0.9
-    interpolation: str = "bicubic"
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    preprocessing: Preprocessing = IMAGENET_EVAL  # how the weights were evaluated
     license: str = "fastvit-license"
     license_url: str = FASTVIT_LICENSE
     top1: float | None = None
@@ -95,11 +91,10 @@ class PretrainedEntry:
             "hf_hub_id": self.hf_hub_id,
             "url": self.sources[0].url if self.sources else "",
             "num_classes": self.num_classes if num_classes is None else num_classes,
-            "input_size": self.input_size,
-            "crop_pct": self.crop_pct,
-            "interpolation": self.interpolation,
-            "mean": self.mean,
-            "std": self.std,
+            **{
+                k: tuple(v) if isinstance(v, list) else v
+                for k, v in self.preprocessing.to_dict().items()
+            },
             "license": self.license,
             "first_conv": "patch_embed.0.rbr_conv.0.conv",
             "classifier": "head",
@@ -110,7 +105,14 @@ class PretrainedEntry:
         fields replace this entry's (``file`` is handled by the loader)."""
         if not overlay:
             return self
-        changes = {k: v for k, v in overlay.items() if k in self.__dataclass_fields__}
+        changes = {
+            k: v
+            for k, v in overlay.items()
+            if k in self.__dataclass_fields__ and k != "preprocessing"
+        }
+        prep = {k: v for k, v in overlay.items() if k in PREPROCESSING_KEYS}
+        if prep:  # preprocessing fields (crop_pct, mean, ...) change the entry's Preprocessing
+            changes["preprocessing"] = Preprocessing.from_dict(prep, default=self.preprocessing)
         if "url" in overlay:
             src = self.sources[0] if self.sources else Source(overlay["url"])
             changes["sources"] = (
@@ -118,7 +120,7 @@ class PretrainedEntry:
                     src, url=overlay["url"], sha256=overlay.get("sha256"), size=overlay.get("size")
                 ),
             )
-        unknown = set(overlay) - set(changes) - {"url", "file", "sha256", "size"}
+        unknown = set(overlay) - set(changes) - set(prep) - {"url", "file", "sha256", "size"}
         if unknown:
             raise ConfigError(
                 f"unknown pretrained_cfg_overlay keys {sorted(unknown)}; use "
@@ -138,7 +140,7 @@ def _in1k(arch: str, top1: float, dist: bool, crop_pct: float = 0.9) -> Pretrain
             Source(f"{base}.pth.tar", "official", "unfused"),
             Source(f"{base}_reparam.pth.tar", "official", "fused"),
         ),
-        crop_pct=crop_pct,
+        preprocessing=Preprocessing(crop_pct=crop_pct),
         top1=top1,
         description="FastViT trained on ImageNet-1k by the paper authors"
         + (" with hard distillation" if dist else ""),
@@ -151,9 +153,7 @@ def _mclip(arch: str, size: str, top1: float) -> PretrainedEntry:
         hf_hub_id=f"apple/mobileclip_{size}_timm",
         sources=(Source(f"{_APPLE}/datasets/mobileclip/mobileclip_{size}.pt", "mobileclip"),),
         num_classes=512,
-        crop_pct=0.95,
-        mean=(0.0, 0.0, 0.0),
-        std=(1.0, 1.0, 1.0),
+        preprocessing=Preprocessing(crop_pct=0.95, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)),
         license="apple-amlr",
         license_url=AMLR_LICENSE,
         top1=top1,
@@ -170,9 +170,7 @@ def _mclip2(arch: str, dims: int, crop_pct: float, clip_norm: bool) -> Pretraine
         tag,
         hf_hub_id=f"timm/{tag}",
         num_classes=dims,
-        crop_pct=crop_pct,
-        mean=mean,
-        std=std,
+        preprocessing=Preprocessing(crop_pct=crop_pct, mean=mean, std=std),
         license="apple-amlr",
         license_url=AMLR_LICENSE,
         top1=None,
