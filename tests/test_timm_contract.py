@@ -94,7 +94,8 @@ def test_default_cfg_pool_size_and_classifier_reset(variant):
     assert model.num_classes == fastvit.get_config(variant).num_classes
     assert model.num_features > 0 and model.head_hidden_size > 0
     size = cfg["input_size"][1]
-    assert cfg["pool_size"] == (size // 32, size // 32)
+    stride = fastvit.get_config(variant).reductions[-1]  # 32, or 64 for the five-stage towers
+    assert cfg["pool_size"] == (size // stride, size // stride)
     x = _x(size=size)
     with torch.no_grad():
         feats = model.forward_features(x)
