@@ -108,6 +108,27 @@ def _rss_bytes() -> int:
         return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
+def _peak_rss_increase_mb(work: Callable[[], None]) -> float:
+    """Peak RSS increase (MiB) while ``work()`` runs, sampled every millisecond by a thread."""
+    base = _rss_bytes()
+    peak = [base]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], _rss_bytes())
+            time.sleep(0.001)
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    try:
+        work()
+    finally:
+        stop.set()
+        t.join()
+    return (max(peak[0], _rss_bytes()) - base) / 2**20
+
+
 def _memory_child(spec: RunnerSpec, warmup: int, conn: Any) -> None:
     try:
         import numpy  # noqa: F401  (import cost is not the model's)
@@ -119,24 +140,12 @@ def _memory_child(spec: RunnerSpec, warmup: int, conn: Any) -> None:
         if spec.backend.startswith("openvino"):
             import openvino  # noqa: F401
 
-        base = _rss_bytes()
-        peak = [base]
-        stop = threading.Event()
+        def work() -> None:
+            runner = build_runner(spec)
+            for _ in range(max(1, warmup) + 3):
+                runner.fn()
 
-        def sample() -> None:
-            while not stop.is_set():
-                peak[0] = max(peak[0], _rss_bytes())
-                time.sleep(0.001)
-
-        t = threading.Thread(target=sample, daemon=True)
-        t.start()
-        runner = build_runner(spec)
-        for _ in range(max(1, warmup) + 3):
-            runner.fn()
-        stop.set()
-        t.join()
-        peak[0] = max(peak[0], _rss_bytes())
-        conn.send(("ok", (peak[0] - base) / 2**20))
+        conn.send(("ok", _peak_rss_increase_mb(work)))
     except Exception as e:  # report, never hang the parent
         conn.send(("error", f"{type(e).__name__}: {e}"))
     finally:
@@ -206,24 +215,13 @@ def _callable_memory_child(
             prime_fn()
             del prime_fn
             gc.collect()
-        base = _rss_bytes()
-        peak = [base]
-        stop = threading.Event()
 
-        def sample() -> None:
-            while not stop.is_set():
-                peak[0] = max(peak[0], _rss_bytes())
-                time.sleep(0.001)
+        def work() -> None:
+            fn = build(*args)
+            for _ in range(max(1, warmup) + max(1, calls)):
+                fn()
 
-        t = threading.Thread(target=sample, daemon=True)
-        t.start()
-        fn = build(*args)
-        for _ in range(max(1, warmup) + max(1, calls)):
-            fn()
-        stop.set()
-        t.join()
-        peak[0] = max(peak[0], _rss_bytes())
-        conn.send(("ok", (peak[0] - base) / 2**20))
+        conn.send(("ok", _peak_rss_increase_mb(work)))
     except Exception as e:  # report, never hang the parent
         conn.send(("error", f"{type(e).__name__}: {e}"))
     finally:
