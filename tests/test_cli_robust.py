@@ -630,6 +630,37 @@ def test_thread_choice_follows_cpus_and_load():
         choose_threads(0)
 
 
+def test_load_is_measured_now_not_the_lagging_average(monkeypatch):
+    """The 1-minute load average kept counting a job that had ended (and read ~0.9 on an idle
+    container), so a command run right after another got 1 thread on an idle 2-CPU machine."""
+    import os
+    import subprocess
+    import sys
+
+    import fastvit.threads as threads
+
+    monkeypatch.setattr(os, "getloadavg", lambda: (7.0, 7.0, 7.0))
+    monkeypatch.setattr(threads, "_busy_cpus", lambda interval=0.2: 0.05)
+    monkeypatch.setattr(threads, "_runnable_others", lambda: 0)
+    assert threads.current_load() == 0.05
+    assert threads.choose_threads(cpus=2).threads == 2
+    monkeypatch.undo()
+
+    # a real competitor: two spinning processes are seen within the sample
+    spin = [sys.executable, "-c", "while True: pass"]
+    procs = [subprocess.Popen(spin) for _ in range(2)]
+    try:
+        import time
+
+        time.sleep(0.3)
+        assert threads.current_load() >= 1.5
+        assert threads.choose_threads(cpus=2).threads == 1
+    finally:
+        for pr in procs:
+            pr.kill()
+            pr.wait()
+
+
 def test_affinity_limits_the_cpus():
     """A process pinned to one CPU (taskset / docker --cpuset-cpus) uses one thread."""
     import os
@@ -651,6 +682,20 @@ def test_eval_has_threads_and_prints_the_choice(ckpt, tmp_path, capsys):
     rc, out, err = run_cli(["eval", ckpt, "--data", root, "--threads", "1"], capsys)
     assert rc == 0, err
     assert "threads 1 (--threads; " in out and "CPUs available" in out
+
+
+def test_shipped_info_table_is_current():
+    """The 256 px table shipped for a torch-free first `fastvit info` equals a fresh
+    computation for every built-in variant (regenerate it when a config or the counts change:
+    ``{config_key(n, 256): model_summary(n, 256) for n in list_models()}``)."""
+    import json
+
+    from fastvit.cli.info import SHIPPED, config_key
+
+    shipped = json.loads(SHIPPED.read_text())
+    assert len(shipped) == len(fastvit.list_models())
+    for n in fastvit.list_models():
+        assert shipped[config_key(n, 256)] == model_summary(n, 256), n
 
 
 def test_info_table_is_cached_per_config(tmp_path, capsys, monkeypatch):

@@ -109,3 +109,73 @@ def test_extras_cover_what_the_code_imports() -> None:
     assert optional <= in_extras and not optional & core
     assert {"torch", "torchvision", "timm", "safetensors"} <= core
     assert "fastvit[train,export,bench,openvino]" in extras["test"]
+
+
+def test_quick_commands_import_neither_torch_nor_timm(tmp_path: Path) -> None:
+    """`import fastvit`, `fastvit --version`, `fastvit list [--pretrained]` and a cached
+    `fastvit info` import no torch/timm (their import alone took ~5 s: timm imports
+    torchvision.models and torch._dynamo), so `fastvit info` prints in well under 3 s."""
+    proc = _run(f"""
+        import io, os, sys, contextlib
+        os.environ["XDG_CACHE_HOME"] = {str(tmp_path)!r}
+        import fastvit
+        from fastvit.cli.main import main
+        assert "load_model" in dir(fastvit) and "Any" not in dir(fastvit)
+        for argv in (["--version"], ["list"], ["list", "--pretrained"]):
+            with contextlib.redirect_stdout(io.StringIO()):
+                try:
+                    main(argv)
+                except SystemExit:
+                    pass
+        print(sorted({{"torch", "timm", "torchvision"}} & set(sys.modules)))
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]", proc.stdout
+    # `info` at the default size reads the shipped table; at another size the first call
+    # computes (torch) and caches, the second reads the cache: neither then imports torch
+    for size in ("256", "224"):
+        argv = ["info", "fastvit_t8", "fastvit_sa12", "--size", size]
+        fill = _run(f"""
+            import os; os.environ["XDG_CACHE_HOME"] = {str(tmp_path)!r}
+            from fastvit.cli.main import main
+            main({argv!r})
+        """)
+        assert fill.returncode == 0, fill.stderr
+        cached = _run(f"""
+            import os, sys, time; os.environ["XDG_CACHE_HOME"] = {str(tmp_path)!r}
+            t = time.perf_counter()
+            from fastvit.cli.main import main
+            main({argv!r})
+            print("torch" in sys.modules, "timm" in sys.modules, time.perf_counter() - t)
+        """)
+        assert cached.returncode == 0, cached.stderr
+        *table, last = cached.stdout.strip().splitlines()
+        assert table == fill.stdout.strip().splitlines() and f"GMACs @{size}" in table[0]
+        torch_loaded, timm_loaded, seconds = last.split()
+        assert (torch_loaded, timm_loaded) == ("False", "False") and float(seconds) < 3.0, last
+
+
+def test_lazy_api_lists_every_name_and_resolves_it() -> None:
+    """`__all__` of the lazy packages names exactly what they resolve; the written-out
+    normalisation constants equal timm's."""
+    import timm.data
+
+    import fastvit
+    import fastvit.models
+    import fastvit.pretrained
+    from fastvit import card
+
+    for pkg, extra in (
+        (fastvit, {"__version__"}),
+        (fastvit.models, set()),
+        (fastvit.pretrained, set()),
+    ):
+        assert set(pkg.__all__) == set(pkg._EXPORTS) | extra
+        for name in pkg.__all__:
+            assert getattr(pkg, name) is not None
+    with pytest.raises(AttributeError, match="has no attribute 'nope'"):
+        fastvit.nope  # noqa: B018
+    assert tuple(timm.data.IMAGENET_DEFAULT_MEAN) == card.IMAGENET_MEAN
+    assert tuple(timm.data.IMAGENET_DEFAULT_STD) == card.IMAGENET_STD
+    assert tuple(timm.data.OPENAI_CLIP_MEAN) == card.OPENAI_CLIP_MEAN
+    assert tuple(timm.data.OPENAI_CLIP_STD) == card.OPENAI_CLIP_STD

@@ -1,18 +1,55 @@
 """fastvit: FastViT hybrid vision transformers with exact, verified reparameterization.
 
-The model/reparameterization API and the pretrained registry are imported eagerly (torch +
-timm only); checkpoint I/O and downloads (huggingface_hub) are imported on first use.
-``create_model``/``load_model`` accept pretrained tags (``"fastvit_t8.apple_in1k"``),
-``hf-hub:`` repositories and URLs.
+The public API is imported on first use (PEP 562): ``import fastvit`` imports only the standard
+library, so the CLI's quick commands never pay for torch and timm. ``create_model`` /
+``load_model`` accept pretrained tags (``"fastvit_t8.apple_in1k"``), ``hf-hub:`` repositories
+and URLs.
 """
 
-from fastvit.card import ModelCard, Preprocessing
-from fastvit.errors import CheckpointError, ConfigError, DataError, FastViTError, ReparamError
-from fastvit.models import FastViT, FastViTConfig, StageConfig, get_config, list_models
-from fastvit.pretrained import create_model, list_pretrained, load_model
-from fastvit.reparam import is_fused, reparameterize
+from typing import TYPE_CHECKING
+
+from fastvit._lazy import lazy_attributes
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "CheckpointError": "fastvit.errors",
+    "ConfigError": "fastvit.errors",
+    "DataError": "fastvit.errors",
+    "FastViTError": "fastvit.errors",
+    "ReparamError": "fastvit.errors",
+    "ModelCard": "fastvit.card",
+    "Preprocessing": "fastvit.card",
+    "FastViTConfig": "fastvit.models.config",
+    "StageConfig": "fastvit.models.config",
+    "get_config": "fastvit.models.config",
+    "list_models": "fastvit.models.config",
+    "FastViT": "fastvit.models.fastvit",
+    "create_model": "fastvit.pretrained.factory",
+    "load_model": "fastvit.pretrained.factory",
+    "list_pretrained": "fastvit.pretrained.registry",
+    "is_fused": "fastvit.reparam",
+    "reparameterize": "fastvit.reparam",
+    "save_model": "fastvit.checkpoints",
+    "convert_state_dict": "fastvit.checkpoints",
+}
+_SUBPACKAGES = (
+    "bench",
+    "card",
+    "checkpoints",
+    "cli",
+    "data",
+    "errors",
+    "export",
+    "fileio",
+    "infer",
+    "layers",
+    "models",
+    "pretrained",
+    "reparam",
+    "threads",
+    "train",
+)
 
 __all__ = [
     "CheckpointError",
@@ -36,21 +73,20 @@ __all__ = [
     "reparameterize",
     "save_model",
 ]
+__getattr__, __dir__ = lazy_attributes(__name__, _EXPORTS, _SUBPACKAGES)
 
-_LAZY = ("save_model", "convert_state_dict")
-
-
-def __getattr__(name: str) -> object:
-    if name in _LAZY:
-        from fastvit import checkpoints
-
-        return getattr(checkpoints, name)
-    raise AttributeError(f"module 'fastvit' has no attribute '{name}'")
-
-
-def __dir__() -> list[str]:
-    """The public API (lazy names included) and the sub-packages, not import helpers."""
-    import pkgutil
-
-    subpackages = [m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")]
-    return sorted({*__all__, *subpackages})
+if TYPE_CHECKING:  # what static tools and IDEs see
+    from fastvit.card import ModelCard, Preprocessing
+    from fastvit.checkpoints import convert_state_dict, save_model
+    from fastvit.errors import (
+        CheckpointError,
+        ConfigError,
+        DataError,
+        FastViTError,
+        ReparamError,
+    )
+    from fastvit.models.config import FastViTConfig, StageConfig, get_config, list_models
+    from fastvit.models.fastvit import FastViT
+    from fastvit.pretrained.factory import create_model, load_model
+    from fastvit.pretrained.registry import list_pretrained
+    from fastvit.reparam import is_fused, reparameterize

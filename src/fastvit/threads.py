@@ -6,8 +6,9 @@ cores busy, OpenMP's spinning threads wait on each other and a job can run 20x s
 
 * the CPUs available to the process: the affinity mask (``taskset``, ``docker --cpuset-cpus``)
   and the cgroup CPU quota (``docker --cpus``, Kubernetes limits), not ``os.cpu_count()``;
-* the current load: the threads other processes keep runnable (the 1-minute load average, or
-  the CPUs busy during a 0.1 s sample of /proc/stat when that is higher: the average lags).
+* the current load: the CPUs other processes keep busy during a 0.2 s sample of /proc/stat,
+  or the threads runnable at that instant when more (not the 1-minute load average: it lags a
+  job that just started or ended by a minute).
 
 ``--threads N`` overrides the choice; the setup line of each command prints it, and a warning
 says when the machine is oversubscribed (more runnable threads than CPUs).
@@ -53,7 +54,7 @@ def available_cpus() -> int:
     return max(1, cpus)
 
 
-def _busy_cpus(interval: float = 0.1) -> float | None:
+def _busy_cpus(interval: float = 0.2) -> float | None:
     """CPUs kept busy by other processes right now, sampled from /proc/stat over ``interval``."""
 
     def snapshot() -> tuple[int, int]:
@@ -77,16 +78,32 @@ def _busy_cpus(interval: float = 0.1) -> float | None:
     return max(0.0, busy - own / interval)
 
 
-def current_load() -> float | None:
-    """Threads other processes keep runnable: the larger of the 1-minute load average and the
-    CPUs busy right now (the load average lags a job that started seconds ago)."""
+def _runnable_others() -> int | None:
+    """Threads of other processes runnable at this instant (/proc/loadavg's 4th field, minus
+    the one reading it)."""
     try:
-        avg: float | None = os.getloadavg()[0]
+        running = int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return max(0, running - 1)
+
+
+def current_load(sample: float = 0.2) -> float | None:
+    """Threads other processes keep runnable now: the larger of the CPUs they kept busy over a
+    ``sample``-second window and the threads runnable at this instant.
+
+    The 1-minute load average is only the fallback where /proc is missing: it lags both ways
+    (it keeps counting a job that ended a minute ago, so a command run right after another got
+    one thread on an idle machine) and in some containers it never falls below ~1 on an idle
+    host.
+    """
+    values = [v for v in (_busy_cpus(sample), _runnable_others()) if v is not None]
+    if values:
+        return float(max(values))
+    try:
+        return os.getloadavg()[0]
     except (AttributeError, OSError):
-        avg = None
-    now = _busy_cpus()
-    values = [v for v in (avg, now) if v is not None]
-    return max(values) if values else None
+        return None
 
 
 @dataclass(frozen=True)

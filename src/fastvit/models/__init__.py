@@ -1,17 +1,35 @@
-"""FastViT-specific assembly: blocks, configs, the model and its builder."""
+"""FastViT-specific assembly: blocks, configs, the model and its builder.
 
-from fastvit.models.blocks import (
-    Attention,
-    AttentionBlock,
-    ConvFFN,
-    PatchEmbed,
-    RepCPE,
-    RepMixer,
-    RepMixerBlock,
-)
-from fastvit.models.config import VARIANTS, FastViTConfig, StageConfig, get_config, list_models
-from fastvit.models.fastvit import FastViT, create_model
-from fastvit.models.repmixer_vit import RepMixerViTBlock, repmixer_vit
+Names are imported on first use (see :mod:`fastvit._lazy`): ``fastvit.models.config`` (the
+variant table) needs neither torch nor timm.
+"""
+
+from typing import TYPE_CHECKING
+
+from fastvit._lazy import lazy_attributes
+
+_EXPORTS = {
+    **dict.fromkeys(
+        (
+            "Attention",
+            "AttentionBlock",
+            "ConvFFN",
+            "PatchEmbed",
+            "RepCPE",
+            "RepMixer",
+            "RepMixerBlock",
+        ),
+        "fastvit.models.blocks",
+    ),
+    **dict.fromkeys(
+        ("VARIANTS", "FastViTConfig", "StageConfig", "get_config", "list_models"),
+        "fastvit.models.config",
+    ),
+    "FastViT": "fastvit.models.fastvit",
+    "create_model": "fastvit.models.fastvit",
+    "RepMixerViTBlock": "fastvit.models.repmixer_vit",
+    "repmixer_vit": "fastvit.models.repmixer_vit",
+}
 
 __all__ = [
     "VARIANTS",
@@ -31,3 +49,26 @@ __all__ = [
     "list_models",
     "repmixer_vit",
 ]
+__getattr__, __dir__ = lazy_attributes(
+    __name__, _EXPORTS, ("backbones", "blocks", "complexity", "config", "fastvit", "repmixer_vit")
+)
+
+if TYPE_CHECKING:
+    from fastvit.models.blocks import (
+        Attention,
+        AttentionBlock,
+        ConvFFN,
+        PatchEmbed,
+        RepCPE,
+        RepMixer,
+        RepMixerBlock,
+    )
+    from fastvit.models.config import (
+        VARIANTS,
+        FastViTConfig,
+        StageConfig,
+        get_config,
+        list_models,
+    )
+    from fastvit.models.fastvit import FastViT, create_model
+    from fastvit.models.repmixer_vit import RepMixerViTBlock, repmixer_vit

@@ -14,9 +14,7 @@ import json
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from timm.data import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-
-from fastvit.card import Preprocessing
+from fastvit.card import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Preprocessing
 from fastvit.errors import ConfigError
 
 #: How the official ImageNet weights are evaluated (256 px, crop 0.9, bicubic, ImageNet stats).

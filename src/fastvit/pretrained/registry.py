@@ -12,9 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from timm.data import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-
-from fastvit.card import PREPROCESSING_KEYS, Preprocessing
+from fastvit.card import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PREPROCESSING_KEYS, Preprocessing
 from fastvit.errors import ConfigError
 from fastvit.models.config import IMAGENET_EVAL, get_config
 

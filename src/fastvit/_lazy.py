@@ -1,0 +1,31 @@
+"""Lazy package attributes (PEP 562): a package names its public API without importing it.
+
+``import fastvit`` then costs nothing but the standard library; torch and timm (several
+seconds to import, most of it timm importing torchvision.models) load on the first use of a
+model. ``fastvit --version``, ``fastvit list`` and a cached ``fastvit info`` never import them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+
+
+def lazy_attributes(
+    package: str, exports: Mapping[str, str], subpackages: tuple[str, ...] = ()
+) -> tuple[Callable[[str], object], Callable[[], list[str]]]:
+    """``(__getattr__, __dir__)`` for ``package``: ``exports`` maps a public name to the module
+    that defines it; ``subpackages`` are importable as attributes too."""
+
+    def __getattr__(name: str) -> object:
+        module = exports.get(name)
+        if module is not None:
+            return getattr(importlib.import_module(module), name)
+        if name in subpackages:
+            return importlib.import_module(f"{package}.{name}")
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    def __dir__() -> list[str]:
+        return sorted({*exports, *subpackages})
+
+    return __getattr__, __dir__
