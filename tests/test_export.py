@@ -378,3 +378,31 @@ def test_compiled_inference_matches_eager_and_skips_guards_only_when_seen(
     torch.testing.assert_close(compiled(x1), want1, atol=1e-4, rtol=1e-4)
     with pytest.raises(ConfigError, match=r"shape \(N, 3, H, W\), got \(1, 2, 64, 64\)"):
         compiled(torch.randn(1, 2, 64, 64))
+
+
+def test_channel_multiplier_convs_are_depthwise_in_the_graph(tmp_path: Path) -> None:
+    """The patch embeddings' and conv_exp's grouped convs (groups = C, 2C outputs) are exported
+    as Gather (each channel twice) + depthwise conv: the same numbers, and no grouped conv left
+    for runtimes whose grouped kernels are slow (OpenVINO int8 spent more time in T8's first
+    patch embedding than in all its 1x1 convs)."""
+    from fastvit.export.onnx import depthwise_multiplier_convs, onnx_proto, ort_session
+
+    model = fastvit.reparameterize(_model("fastvit_t8", seed=3))
+    card = ModelCard.from_model(model, input_size=64)
+    proto = onnx_proto(model, card)
+    inits = {i.name: i for i in proto.graph.initializer}
+    convs = [n for n in proto.graph.node if n.op_type == "Conv"]
+    gathers = [n for n in proto.graph.node if n.op_type == "Gather"]
+    depthwise = 0
+    for n in convs:
+        group = next((a.i for a in n.attribute if a.name == "group"), 1)
+        out_ch, per_group = inits[n.input[1]].dims[:2]
+        assert group in (1, out_ch) or per_group > 1, n.name  # no channel-multiplier group conv
+        depthwise += group == out_ch and group > 1
+    assert len(gathers) == 4 and depthwise > 4  # 3 patch embeddings + conv_exp
+    assert depthwise_multiplier_convs(proto) == 0  # idempotent
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x).numpy()
+    got = ort_session(proto.SerializeToString()).run(None, {"input": x.numpy()})[0]
+    assert np.abs(got - ref).max() <= 1e-5 * max(1.0, float(np.abs(ref).max()))

@@ -407,3 +407,22 @@ def test_hub_repo_with_open_clip_file_only(tmp_path, mci0):
     )
     m = fastvit.create_model("fastvit_mci0.apple_mclip", pretrained=True)
     assert torch.equal(_out(m), _out(mci0)) and m.class_names is None
+
+
+def test_default_tag_per_architecture_in_pretrained_cfg():
+    """An architecture built without a tag names its own default tag (timm's behaviour); the
+    MobileCLIP towers used to claim `apple_in1k` and a Hub repo that does not exist."""
+    from fastvit.models import create_model as build
+
+    for arch, tag in (
+        ("fastvit_t8", "apple_in1k"),
+        ("fastvit_mci0", "apple_mclip"),
+        ("fastvit_mci3", "apple_mclip2_dfndr2b"),
+    ):
+        cfg = fastvit.create_model(arch).pretrained_cfg
+        assert cfg["tag"] == tag and cfg["hf_hub_id"] == fastvit.pretrained.get_pretrained(
+            f"{arch}.{tag}"
+        ).hf_hub_id
+        assert cfg["license"] == ("fastvit-license" if tag == "apple_in1k" else "apple-amlr")
+    bare = build("fastvit_mci0").pretrained_cfg
+    assert bare["tag"] is None and bare["hf_hub_id"] is None and bare["license"] is None

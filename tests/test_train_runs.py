@@ -303,6 +303,27 @@ def test_sigterm_during_a_checkpoint_write(finished, tmp_path, capsys, monkeypat
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handler restored
 
 
+def test_ctrl_c_says_how_to_resume(finished, tmp_path, capsys, monkeypatch):
+    """Ctrl-C (KeyboardInterrupt) mid-epoch: one line naming the checkpoint to resume from,
+    exit 130, no traceback, last.pt intact."""
+    import fastvit.train.engine as engine
+
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    before = (run / "last.pt").read_bytes()
+
+    def interrupted(*_a, **_k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "train_one_epoch", interrupted)
+    rc, _out, err = cli(["train", "--resume", run / "last.pt", "--epochs", "2"], capsys)
+    assert rc == 130, err
+    assert f"interrupted (Ctrl-C); resume with --resume {run / 'last.pt'}" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert (run / "last.pt").read_bytes() == before
+    assert hidden(run) == []
+
+
 def test_failed_run_leaves_no_output_directory(tmp_path, capsys):
     """Item 6: a run that fails before its first checkpoint removes what it created."""
     data = class_folder(tmp_path / "one", classes=("only",))

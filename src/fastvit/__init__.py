@@ -73,7 +73,7 @@ __all__ = [
     "reparameterize",
     "save_model",
 ]
-__getattr__, __dir__ = lazy_attributes(__name__, _EXPORTS, _SUBPACKAGES)
+__getattr__, __dir__ = lazy_attributes(__name__, _EXPORTS, _SUBPACKAGES, ("__version__",))
 
 if TYPE_CHECKING:  # what static tools and IDEs see
     from fastvit.card import ModelCard, Preprocessing

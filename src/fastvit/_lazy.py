@@ -12,10 +12,14 @@ from collections.abc import Callable, Mapping
 
 
 def lazy_attributes(
-    package: str, exports: Mapping[str, str], subpackages: tuple[str, ...] = ()
+    package: str,
+    exports: Mapping[str, str],
+    subpackages: tuple[str, ...] = (),
+    defined: tuple[str, ...] = (),
 ) -> tuple[Callable[[str], object], Callable[[], list[str]]]:
     """``(__getattr__, __dir__)`` for ``package``: ``exports`` maps a public name to the module
-    that defines it; ``subpackages`` are importable as attributes too."""
+    that defines it; ``subpackages`` are importable as attributes too; ``defined`` are public
+    names the package defines itself (listed by ``dir``)."""
 
     def __getattr__(name: str) -> object:
         module = exports.get(name)
@@ -26,6 +30,6 @@ def lazy_attributes(
         raise AttributeError(f"module {package!r} has no attribute {name!r}")
 
     def __dir__() -> list[str]:
-        return sorted({*exports, *subpackages})
+        return sorted({*exports, *subpackages, *defined})
 
     return __getattr__, __dir__

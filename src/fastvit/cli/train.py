@@ -21,7 +21,6 @@ from dataclasses import MISSING, Field, fields
 from typing import Any
 
 #: exit status of a run stopped by SIGTERM (128 + 15, like a shell reports it)
-EXIT_SIGTERM = 143
 
 
 def _value_type(f: Field, hints: dict[str, Any]) -> tuple[type | None, int | None]:
@@ -135,14 +134,14 @@ def config_from_args(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from fastvit.train import TrainingTerminated, format_summary, train
+    from fastvit.train.engine import TrainingStopped, format_summary, train
 
     cfg, ckpt = config_from_args(args)
     try:
         result = train(cfg, resume_checkpoint=ckpt)
-    except TrainingTerminated as e:
+    except TrainingStopped as e:  # Ctrl-C (130) or SIGTERM (143), with the resume command
         print(f"fastvit train: {e}", file=sys.stderr)
-        return EXIT_SIGTERM
+        return e.exit_code
     if result.final is not None:
         print(format_summary(result))
     return 0

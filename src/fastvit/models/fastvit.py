@@ -27,9 +27,6 @@ from fastvit.models.blocks import AttentionBlock, PatchEmbed, RepCPE, RepMixerBl
 from fastvit.models.config import FastViTConfig, get_config
 from fastvit.reparam.base import ReparamContainer
 
-#: Where the official ImageNet-1k weights of the FastViT variants are published (timm's tags).
-_PRETRAINED_SOURCE = {"tag": "apple_in1k", "license": "fastvit-license"}
-
 
 def norm_layer_class(name: str, eps: float = 1e-5) -> type[nn.Module]:
     """The attention blocks' norm layer class for a config's ``norm_layer`` name."""
@@ -132,7 +129,9 @@ class FastViT(ReparamContainer):
         self.global_pool = global_pool
         self.class_names: list[str] | None = None
         self.preprocessing = cfg.preprocessing.with_in_chans(in_chans)
-        self._pretrained_source = dict(_PRETRAINED_SOURCE)
+        # where the weights come from (tag/url/hf_hub_id/license): set by the pretrained
+        # factory (fastvit.create_model / load_model); a bare builder reports none
+        self._pretrained_source = {}
 
         self.patch_embed = RepStem(
             in_chans,

@@ -24,6 +24,7 @@ from fastvit.pretrained.registry import (
     HUB_FILES,
     PRETRAINED,
     PretrainedEntry,
+    default_tag,
     get_pretrained,
     split_name,
 )
@@ -90,7 +91,12 @@ def _imagenet_class_names() -> list[str]:
 
 
 def _finish(model: nn.Module, entry: PretrainedEntry | None, loaded: bool) -> nn.Module:
-    if entry is None:
+    if entry is None:  # an architecture without a tag: name its default tag, as timm does
+        tag = default_tag(getattr(model, "variant", ""))
+        if tag is not None and hasattr(model, "pretrained_cfg"):
+            src = PRETRAINED[tag].pretrained_cfg()
+            keys = ("tag", "url", "hf_hub_id", "license")
+            model.pretrained_cfg = {**model.pretrained_cfg, **{k: src[k] for k in keys}}
         return model
     n = int(getattr(model, "num_classes", 0))
     model.pretrained_cfg = {**getattr(model, "pretrained_cfg", {}), **entry.pretrained_cfg(n)}

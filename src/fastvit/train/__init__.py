@@ -13,6 +13,8 @@ _EXPORTS = {
     **dict.fromkeys(
         (
             "TrainingDiverged",
+            "TrainingInterrupted",
+            "TrainingStopped",
             "TrainingTerminated",
             "TrainResult",
             "evaluate",
@@ -33,6 +35,8 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "TrainingDiverged",
+    "TrainingInterrupted",
+    "TrainingStopped",
     "TrainingTerminated",
     "evaluate",
     "format_summary",

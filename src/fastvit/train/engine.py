@@ -73,8 +73,21 @@ class TrainingDiverged(FastViTError):
     """The loss became NaN or infinite."""
 
 
-class TrainingTerminated(KeyboardInterrupt):
+class TrainingStopped(KeyboardInterrupt):
+    """A run stopped by the user (Ctrl-C or SIGTERM); the message says how to resume and
+    ``exit_code`` is the shell's convention for the signal (128 + signal number)."""
+
+    exit_code = 130
+
+
+class TrainingInterrupted(TrainingStopped):
+    """Ctrl-C (SIGINT): the last checkpoint stays valid."""
+
+
+class TrainingTerminated(TrainingStopped):
     """The process received SIGTERM; handled like Ctrl-C (the last checkpoint stays valid)."""
+
+    exit_code = 143
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -677,12 +690,19 @@ def train(
         out = Path(cfg.output)
         last = out / "last.pt"
 
-        def stopped() -> str:
-            hint = f"resume with --resume {last}" if last.is_file() else "no epoch was saved"
-            return f"terminated (SIGTERM); {hint}"
+        def hint() -> str:
+            return f"resume with --resume {last}" if last.is_file() else "no epoch was saved"
 
-        with sigterm_as_interrupt(stopped), _run_dir(cfg, env) as rd:
-            return _run(cfg, env, say, t_start, resume, init_src, notes, rd, threads)
+        try:
+            with (
+                sigterm_as_interrupt(lambda: f"terminated (SIGTERM); {hint()}"),
+                _run_dir(cfg, env) as rd,
+            ):
+                return _run(cfg, env, say, t_start, resume, init_src, notes, rd, threads)
+        except KeyboardInterrupt as e:
+            if isinstance(e, TrainingStopped):
+                raise
+            raise TrainingInterrupted(f"interrupted (Ctrl-C); {hint()}") from None
     finally:
         cleanup_distributed(env)
 
