@@ -100,6 +100,25 @@ def randomize_bn_and_scales(model: nn.Module, seed: int = 0, eps: float | None =
                 p.copy_(torch.rand(p.shape, generator=g) * 0.5 + 0.05)
 
 
+def assert_same_detections(ref: dict, out: dict, tol: float = 1e-4) -> None:
+    """Every reference detection clear of the cut-off (the lowest kept score, where ranks of
+    near-equal scores may swap) appears in ``out`` with the same label, box and score."""
+    assert len(ref["boxes"]) > 0
+    cutoff = ref["scores"].min().item() + 10 * tol
+    checked = 0
+    for box, score, label in zip(ref["boxes"], ref["scores"], ref["labels"]):
+        if score.item() <= cutoff:
+            continue
+        same = (
+            (out["labels"] == label)
+            & ((out["boxes"] - box).abs().amax(1) <= tol)
+            & ((out["scores"] - score).abs() <= tol)
+        )
+        assert same.any(), (box, score, label)
+        checked += 1
+    assert checked >= min(5, len(ref["boxes"]) // 2), checked
+
+
 @pytest.fixture
 def full_fixtures() -> Path:
     """The full-size official fixtures; skips (one line) where they are not available."""

@@ -9,7 +9,7 @@ from torchvision.models.detection import FasterRCNN, MaskRCNN, RetinaNet
 from torchvision.ops import FrozenBatchNorm2d
 
 import fastvit
-from conftest import randomize_bn_and_scales
+from conftest import assert_same_detections, randomize_bn_and_scales
 from fastvit.errors import ConfigError
 from fastvit.models.backbones import convert_norms, fpn_backbone, stage_prefixes
 
@@ -148,26 +148,7 @@ def test_torchvision_detectors_train_and_fuse(kind, variant):
         out = fused(images)
     assert fastvit.is_fused(fused.backbone.body)
     for r, o in zip(ref, out):
-        _assert_same_detections(r, o)
-
-
-def _assert_same_detections(ref: dict, out: dict, tol: float = 1e-4) -> None:
-    """Every reference detection clear of the cut-off (the lowest kept score, where ranks of
-    near-equal scores may swap) appears in ``out`` with the same label, box and score."""
-    assert len(ref["boxes"]) > 0
-    cutoff = ref["scores"].min().item() + 10 * tol
-    checked = 0
-    for box, score, label in zip(ref["boxes"], ref["scores"], ref["labels"]):
-        if score.item() <= cutoff:
-            continue
-        same = (
-            (out["labels"] == label)
-            & ((out["boxes"] - box).abs().amax(1) <= tol)
-            & ((out["scores"] - score).abs() <= tol)
-        )
-        assert same.any(), (box, score, label)
-        checked += 1
-    assert checked >= min(5, len(ref["boxes"]) // 2), checked
+        assert_same_detections(r, o)
 
 
 def test_verify_compares_nested_outputs_and_names_the_worst_leaf():

@@ -13,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# top-level modules of the optional extras (train, export, bench, openvino, coreml)
+# top-level modules of the optional extras (train, export, bench, openvino, coreml, detection)
 EXTRAS = (
     "onnx",
     "onnxruntime",
@@ -24,6 +24,8 @@ EXTRAS = (
     "openvino",
     "nncf",
     "coremltools",
+    "torchmetrics",
+    "pycocotools",
 )
 
 
@@ -105,10 +107,13 @@ def test_extras_cover_what_the_code_imports() -> None:
         "nncf",
         "coremltools",
         "tqdm",
+        "torchmetrics",
+        "pycocotools",
     }
     assert optional <= in_extras and not optional & core
     assert {"torch", "torchvision", "timm", "safetensors"} <= core
-    assert "fastvit[train,export,bench,openvino]" in extras["test"]
+    assert "fastvit[train,export,bench,openvino,detection]" in extras["test"]
+    assert "detection" in extras["all"][0]
 
 
 def test_quick_commands_import_neither_torch_nor_timm(tmp_path: Path) -> None:
