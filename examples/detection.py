@@ -9,7 +9,8 @@ for the trained detector and for the same detector after ``fastvit.reparameteriz
 
     python examples/detection.py --steps 300
 
-Needs the ``detection`` extra (``pip install -e '.[detection]'``: torchmetrics, pycocotools).
+Needs the ``detection`` extra (``pip install -e '.[detection]'``: torchmetrics, pycocotools,
+scikit-learn).
 """
 
 from __future__ import annotations
@@ -21,15 +22,11 @@ import torch
 from timm.scheduler import CosineLRScheduler
 from torch import Tensor
 from torchvision.models.detection import FasterRCNN
-from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 
 import fastvit
 from fastvit.data.digits import DigitsDataset
 from fastvit.models.backbones import fpn_backbone
-
-# one anchor size per FPN level (strides 4, 8, 16, 32, 64): the digits' ink boxes are ~5-40 px
-ANCHORS = (16, 32, 64, 128, 256)
 
 
 class DigitScenes(torch.utils.data.Dataset):
@@ -101,31 +98,24 @@ def evaluate(model: torch.nn.Module, loader) -> tuple[float, list[dict[str, Tens
     return float(metric.compute()["map"]), detections
 
 
-def build_detector(
-    name: str, size: int, anchors: tuple[int, ...] = ANCHORS, out_channels: int = 128
-) -> FasterRCNN:
+def build_detector(name: str, size: int, out_channels: int = 128) -> FasterRCNN:
     """Faster R-CNN (10 digit classes + background) on a ``name`` + FPN backbone, sized for
-    ``size`` px scenes: no resizing (torchvision's default rescales to 800 px) and one anchor
-    size per pyramid level (strides 4 ... 64), three aspect ratios each."""
+    ``size`` px scenes: no resizing (torchvision's default rescales to 800 px) and a box head
+    for a few objects per scene. torchvision's anchors (32 ... 512 px, one size per level)
+    stay: 16 ... 256 px anchors for the 5-40 px digit boxes scored lower (mAP@0.5 0.56 vs
+    0.66 after 300 steps)."""
     # Trained from scratch here (no download): BatchNorm trains ("bn") and every stage learns;
     # with ImageNet weights (pretrained=True) the usual recipe keeps the default norm="frozen".
     backbone = fpn_backbone(name, norm="bn", trainable_stages=5, out_channels=out_channels)
-    n_levels = len(backbone.in_channels_list) + 1  # + the max-pool level
-    if len(anchors) != n_levels:
-        raise SystemExit(f"--anchors needs {n_levels} sizes (one per FPN level), got {anchors}")
-    # A box head sized for 1-4 objects a scene: torchvision's default (512 sampled RoIs per
-    # image into a 1024-wide MLP on 7x7xC features) made ~3/4 of a CPU training step.
-    box_head = TwoMLPHead(out_channels * 7 * 7, 256)
+    # torchvision's default box head (512 sampled RoIs per image into a 1024-wide MLP on
+    # 7x7xC features) made ~3/4 of a CPU training step; 128 RoIs into 256 suffice here.
     return FasterRCNN(
         backbone,
         min_size=size,
         max_size=size,
         image_mean=[0.5] * 3,
         image_std=[0.25] * 3,
-        rpn_anchor_generator=AnchorGenerator(
-            sizes=tuple((a,) for a in anchors), aspect_ratios=((0.5, 1.0, 2.0),) * n_levels
-        ),
-        box_head=box_head,
+        box_head=TwoMLPHead(out_channels * 7 * 7, 256),
         box_predictor=FastRCNNPredictor(256, num_classes=11),
         box_batch_size_per_image=128,
     )
@@ -140,11 +130,6 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--size", type=int, default=128, help="scene size in px")
     p.add_argument("--lr", type=float, default=0.02)
-    p.add_argument(
-        "--anchors",
-        default=",".join(map(str, ANCHORS)),
-        help="anchor size (px) per FPN level; torchvision's default is 32,64,128,256,512",
-    )
     p.add_argument("--val-scenes", type=int, default=200)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
@@ -153,8 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
 
-    anchors = tuple(int(a) for a in args.anchors.split(","))
-    model = build_detector(args.model, args.size, anchors)
+    model = build_detector(args.model, args.size)
     train = torch.utils.data.DataLoader(
         DigitScenes("train", args.steps * args.batch_size, args.size, args.seed),
         batch_size=args.batch_size,

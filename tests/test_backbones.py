@@ -204,3 +204,23 @@ def test_torch_export_dynamic_batch_and_size_down_to_32(variant, form):
             assert r.shape == g.shape and (r - g).abs().max().item() < 1e-5
     static = export_program(model, torch.randn(1, 3, 64, 64), dynamic=False)
     assert static.module()(torch.randn(1, 3, 64, 64)) is not None
+
+
+def test_fused_fpn_backbone_exports_with_dynamic_batch_and_size():
+    """The README's deployment path for a detector backbone: fuse, then ``export_program``;
+    the one program serves other batch sizes and (odd) image sizes with the eager outputs."""
+    from fastvit.export import export_program
+
+    torch.manual_seed(0)
+    bb = fpn_backbone("fastvit_t8", out_channels=32)
+    randomize_bn_and_scales(bb.body)
+    fused = fastvit.reparameterize(bb)
+    program = export_program(fused)
+    for shape in ((1, 3, 64, 64), (3, 3, 72, 104)):
+        x = torch.randn(shape)
+        with torch.no_grad():
+            ref, got = fused(x), program.module()(x)
+        assert list(got) == list(ref) == ["0", "1", "2", "3", "pool"]
+        for name, r in ref.items():
+            assert got[name].shape == r.shape
+            assert (got[name] - r).abs().max().item() <= 1e-5 * (1 + r.abs().max().item())

@@ -58,8 +58,3 @@ def test_detection_example_trains_evaluates_and_fuses():
     assert len(res["detections"]) == len(res["detections_fused"]) == 4
     for ref, out in zip(res["detections"], res["detections_fused"]):
         assert_same_detections(ref, out)
-
-
-def test_detection_example_rejects_wrong_anchor_count():
-    with pytest.raises(SystemExit, match="--anchors needs 5 sizes"):
-        _example().main(["--anchors", "16,32", "--steps", "1"])
