@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from timm.layers import LayerNorm2d
 from torch import nn
 from torchvision.models.detection import FasterRCNN, MaskRCNN, RetinaNet
 from torchvision.ops import FrozenBatchNorm2d
@@ -177,10 +178,28 @@ def test_verify_compares_nested_outputs_and_names_the_worst_leaf():
         fastvit.reparameterize(Broken(bb), verify=True, input_shape=(1, 3, 64, 64))
 
 
+def _assert_same(ref, got) -> None:
+    """Same structure and shapes; values within 1e-5 of the output's scale (at least 1)."""
+    refs = ref if isinstance(ref, list) else [ref]
+    gots = got if isinstance(got, list) else [got]
+    assert len(refs) == len(gots)
+    for r, g in zip(refs, gots):
+        assert r.shape == g.shape
+        assert (r - g).abs().max().item() <= 1e-5 * max(1.0, r.abs().max().item())
+
+
+_FORMS = ("train", "fused", "features")
+_SLOW = pytest.mark.slow
+
+
 @pytest.mark.parametrize(
-    "variant", ["fastvit_t8", pytest.param("fastvit_sa12", marks=pytest.mark.slow)]
+    "variant,form",
+    [("fastvit_t8", f) for f in _FORMS]  # RepMixer only
+    + [pytest.param("fastvit_sa12", f, marks=_SLOW) for f in _FORMS]  # attention, last stage
+    + [pytest.param("fastvit_mci0", f, marks=_SLOW) for f in _FORMS]  # MobileCLIP tower
+    # five stages, output stride 64, LayerNorm2d attention (~15 s: the fused form only)
+    + [pytest.param("fastvit_mci3", "fused", marks=_SLOW)],
 )
-@pytest.mark.parametrize("form", ["train", "fused", "features"])
 def test_torch_export_dynamic_batch_and_size_down_to_32(variant, form):
     from fastvit.export import export_program
 
@@ -190,20 +209,16 @@ def test_torch_export_dynamic_batch_and_size_down_to_32(variant, form):
     model.eval()
     if form == "fused":
         model = fastvit.reparameterize(model)  # channels-last weights, as for eager speed
-    program = export_program(model)
-    # (known limit: with attention in the last stage the exported graph asserts that stage has
-    # more than one token, so those variants run from 33 px; RepMixer variants from 32 px)
-    low = 32 if variant == "fastvit_t8" else 40
-    for shape in ((1, 3, low, low), (3, 3, 40, 72), (2, 3, 96, 64)):
+    program = export_program(model)  # traced at 2x the output stride: 64 px (128 for mci3)
+    # 32 px: the last stage (the last two for mci3) is a single token; odd, non-square sizes
+    for shape in ((1, 3, 32, 32), (3, 3, 40, 72), (2, 3, 97, 65)):
         x = torch.randn(shape)
         with torch.no_grad():
-            ref, got = model(x), program.module()(x)
-        for r, g in zip(
-            ref if isinstance(ref, list) else [ref], got if isinstance(got, list) else [got]
-        ):
-            assert r.shape == g.shape and (r - g).abs().max().item() < 1e-5
+            _assert_same(model(x), program.module()(x))
     static = export_program(model, torch.randn(1, 3, 64, 64), dynamic=False)
-    assert static.module()(torch.randn(1, 3, 64, 64)) is not None
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        _assert_same(model(x), static.module()(x))
 
 
 def test_fused_fpn_backbone_exports_with_dynamic_batch_and_size():
@@ -224,3 +239,53 @@ def test_fused_fpn_backbone_exports_with_dynamic_batch_and_size():
         for name, r in ref.items():
             assert got[name].shape == r.shape
             assert (got[name] - r).abs().max().item() <= 1e-5 * (1 + r.abs().max().item())
+
+
+@pytest.mark.parametrize(
+    "norm,fused",
+    [(nn.BatchNorm2d, False), (LayerNorm2d, True)],  # NCHW tokens; channels-last, qkv bias
+    ids=["bn-train", "layernorm2d-fused"],
+)
+def test_attention_block_exports_down_to_a_single_token(norm, fused):
+    """An attention block on a stride-32 map, exported once, runs on 1 token and on many.
+
+    Before the fix, torch.export asserted the block saw more than one token (a view-or-copy
+    choice of the token tensor depends on N == 1); LayerNorm2d hands attention a channels-last
+    map, which asserted W != 1 instead.
+    """
+    from fastvit.export import export_program
+    from fastvit.models.blocks import AttentionBlock
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 64, 3, stride=32, padding=1), AttentionBlock(64, 2.0, norm_layer=norm)
+    )
+    randomize_bn_and_scales(model)
+    model.eval()
+    if fused:
+        fastvit.reparameterize(model)
+    program = export_program(model)
+    for shape in ((1, 3, 32, 32), (1, 3, 32, 96), (2, 3, 97, 33)):  # 1x1, 1x3, 4x2 tokens
+        x = torch.randn(shape)
+        with torch.no_grad():
+            _assert_same(model(x), program.module()(x))
+
+
+def test_export_program_output_stride_and_too_small_example():
+    from fastvit.export import export_program
+    from fastvit.export.program import _output_stride
+
+    t8 = fastvit.create_model("fastvit_t8")
+    assert _output_stride(t8) == 32
+    assert _output_stride(nn.Sequential(t8)) == 32
+    assert _output_stride(nn.Conv2d(3, 3, 1)) == 32  # not a FastViT: the FastViT default
+    with torch.device("meta"):  # (MobileCLIP2 towers are large: only the structure counts)
+        mci3 = fastvit.create_model("fastvit_mci3")
+        mci3_32 = fastvit.create_model("fastvit_mci3", features_only=True, out_indices=(0, 1, 2, 3))
+    assert _output_stride(mci3) == 64
+    assert _output_stride(mci3_32) == 32  # the stride-64 stage is not run
+    # a dynamic export traced at a size whose last stage has one row would accept only that
+    with pytest.raises(ConfigError, match=r"too small for a dynamic export.*above 32"):
+        export_program(t8, torch.randn(2, 3, 32, 64))
+    with pytest.raises(ConfigError, match=r"above 64 .*e\.g\. 128"):
+        export_program(mci3, torch.randn(2, 3, 96, 64))

@@ -1,18 +1,21 @@
 """``torch.export`` of any FastViT form with dynamic batch and image size down to 32 px.
 
-A plain ``torch.export.export(model, ...)`` with dynamic H/W needs two things that this helper
-does for you:
+A plain ``torch.export.export(model, ...)`` with dynamic H/W needs three things that this
+helper does for you:
 
-* the last stage is 1x1 at 32 px input, and torch.export assumes a dynamic size is never 1
-  (its 0/1 specialisation): the export runs with ``backed_size_oblivious`` so a size of 1 is
-  treated like any other;
+* the last stage is 1x1 at 32 px input (also the last two stages of the five-stage
+  MobileCLIP2 towers, which downsample by 64), and torch.export assumes a dynamic size is never
+  1 (its 0/1 specialisation): the export runs with ``backed_size_oblivious`` so a size of 1 is
+  treated like any other (attention blocks copy their tokens under export for the same reason:
+  see ``fastvit.models.blocks``);
+* the example traced must not be 1x1 in any stage (the export would specialise to it): the
+  default example is twice the model's output stride on each side, and a smaller one is refused;
 * fused models keep channels-last weights for eager speed, and which memory format a conv
   picks is undecidable for a 1x1 map (it would guard H, W >= 33): the exported copy gets
   contiguous (NCHW) weights. The model passed in is not changed.
 
-Known limit: with attention in the last stage (SA/MA variants, MobileCLIP) the exported graph
-asserts that stage has more than one token, so it runs from 33 px up; RepMixer-only variants
-run from 32 px.
+Every variant, in every form (training, fused, ``features_only``), runs from 32 px and at any
+non-square or odd size up to ``max_size``.
 
 Our ONNX writer (:func:`fastvit.export.export_onnx`) uses torch's TorchScript-based exporter
 (``dynamo=False``), which has no such limits; torch's default ``torch.onnx.export`` (the dynamo
@@ -27,8 +30,9 @@ import torch
 from torch import nn
 
 from fastvit.errors import ConfigError
+from fastvit.models.fastvit import FastViT
 
-MIN_SIZE = 32  # FastViT downsamples by 32 (64 for the five-stage MobileCLIP2 towers)
+MIN_SIZE = 32  # smallest size checked: every variant's stages are >= 1x1 from here
 
 
 def export_program(
@@ -44,7 +48,9 @@ def export_program(
 
     Args:
         model: any FastViT form (training or fused, ``features_only`` too).
-        example: an example input; default ``(2, in_chans, 64, 64)``.
+        example: an example input; default ``(2, in_chans, 2 * stride, 2 * stride)`` with
+            ``stride`` the model's output stride (32, or 64 for the MobileCLIP2 towers).
+            With ``dynamic`` its H and W must exceed that stride (no single-row stage).
         dynamic: batch, height and width dynamic in ``[1, max_batch]`` and
             ``[min_size, max_size]``; ``False`` exports the example's shape only.
     """
@@ -52,10 +58,17 @@ def export_program(
         raise ConfigError(
             f"invalid export ranges: sizes {min_size}..{max_size}, batch 1..{max_batch}"
         )
-    target = copy.deepcopy(model).eval().to(memory_format=torch.contiguous_format)
+    stride = _output_stride(model)
     if example is None:
         in_chans = getattr(model, "in_chans", 3)
-        example = torch.randn(2, in_chans, 64, 64)
+        example = torch.randn(2, in_chans, 2 * stride, 2 * stride)
+    elif dynamic and min(example.shape[-2:]) <= stride:
+        raise ConfigError(
+            f"example input {tuple(example.shape)} is too small for a dynamic export: its last "
+            f"stage would have a single row or column and the program would accept only that; "
+            f"use H and W above {stride} (the model's output stride), e.g. {2 * stride}"
+        )
+    target = copy.deepcopy(model).eval().to(memory_format=torch.contiguous_format)
     if not dynamic:
         return torch.export.export(target, (example,))
     from torch.export import Dim
@@ -71,6 +84,16 @@ def export_program(
     name = next(iter(_forward_arg_names(target)), "x")
     with fx_config.patch(backed_size_oblivious=True):
         return torch.export.export(target, (example,), dynamic_shapes={name: shapes["x"]})
+
+
+def _output_stride(model: nn.Module) -> int:
+    """The largest downsampling factor of the FastViT stages ``model`` runs (32 if none)."""
+    strides = [
+        m.cfg.reductions[max(m.out_indices) if m.features_only else -1]
+        for m in model.modules()
+        if isinstance(m, FastViT)
+    ]
+    return max(strides, default=32)
 
 
 def _forward_arg_names(model: nn.Module) -> list[str]:

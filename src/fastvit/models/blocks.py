@@ -121,6 +121,22 @@ class RepCPE(Reparameterizable):
         self.pe = None
 
 
+def _tokens(x: Tensor) -> Tensor:
+    """The (B, N, C) tokens of an NCHW map: a view in eager, a contiguous copy under export.
+
+    Eager hands ``F.linear`` the view (free for a channels-last map; ``F.linear`` copies an
+    NCHW one once). Under ``torch.export`` with dynamic H/W, each view-or-copy choice here or
+    in ``F.linear`` depends on whether N (or W) is 1, as a size-1 dim is contiguous in any
+    layout, so the exported graph would assert more than one token; an unconditional copy to
+    (B, H, W, C) asks no such question.
+    """
+    # (TorchScript skips only a bare `if not is_scripting()` block; it cannot compile the rest)
+    if not torch.jit.is_scripting():  # noqa: SIM102
+        if torch.compiler.is_exporting():
+            return x.permute(0, 2, 3, 1).clone(memory_format=torch.contiguous_format).flatten(1, 2)
+    return x.flatten(2).transpose(1, 2)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention over the spatial positions of an NCHW map."""
 
@@ -146,14 +162,15 @@ class Attention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         B, C, H, W = x.shape
         N = H * W
-        tokens = x.flatten(2).transpose(1, 2)  # (B, N, C)
+        tokens = _tokens(x)  # (B, N, C)
         qkv = self.qkv(tokens).reshape(B, N, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, N, head_dim)
         out = F.scaled_dot_product_attention(
             q, k, v, dropout_p=self.attn_drop if self.training else 0.0
         )
         out = self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, N, C)))
-        return out.transpose(1, 2).reshape(B, C, H, W)
+        # (B, H, W, C) viewed as NCHW; reshaping out.transpose(1, 2) would guard N != 1 in export
+        return out.reshape(B, H, W, C).permute(0, 3, 1, 2)
 
 
 def _conv_ffn(
