@@ -184,3 +184,18 @@ def test_lazy_api_lists_every_name_and_resolves_it() -> None:
     assert tuple(timm.data.IMAGENET_DEFAULT_STD) == card.IMAGENET_STD
     assert tuple(timm.data.OPENAI_CLIP_MEAN) == card.OPENAI_CLIP_MEAN
     assert tuple(timm.data.OPENAI_CLIP_STD) == card.OPENAI_CLIP_STD
+
+
+def test_lazy_names_are_not_shadowed_by_submodules() -> None:
+    """`from fastvit.models import RepMixerViTBlock, repmixer_vit` gave the submodule for the
+    second name (importing its module for the first one set the package attribute)."""
+    proc = _run("""
+        import types
+        from fastvit.models import RepMixerViTBlock, repmixer_vit
+        import fastvit.models.vit
+        import fastvit.models
+        print(callable(repmixer_vit) and not isinstance(repmixer_vit, types.ModuleType),
+              fastvit.models.repmixer_vit is repmixer_vit, isinstance(RepMixerViTBlock, type))
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["True", "True", "True"], proc.stdout

@@ -420,9 +420,10 @@ def test_default_tag_per_architecture_in_pretrained_cfg():
         ("fastvit_mci3", "apple_mclip2_dfndr2b"),
     ):
         cfg = fastvit.create_model(arch).pretrained_cfg
-        assert cfg["tag"] == tag and cfg["hf_hub_id"] == fastvit.pretrained.get_pretrained(
-            f"{arch}.{tag}"
-        ).hf_hub_id
+        assert (
+            cfg["tag"] == tag
+            and cfg["hf_hub_id"] == fastvit.pretrained.get_pretrained(f"{arch}.{tag}").hf_hub_id
+        )
         assert cfg["license"] == ("fastvit-license" if tag == "apple_in1k" else "apple-amlr")
     bare = build("fastvit_mci0").pretrained_cfg
     assert bare["tag"] is None and bare["hf_hub_id"] is None and bare["license"] is None

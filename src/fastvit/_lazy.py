@@ -8,6 +8,7 @@ model. ``fastvit --version``, ``fastvit list`` and a cached ``fastvit info`` nev
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Callable, Mapping
 
 
@@ -24,7 +25,14 @@ def lazy_attributes(
     def __getattr__(name: str) -> object:
         module = exports.get(name)
         if module is not None:
-            return getattr(importlib.import_module(module), name)
+            mod = importlib.import_module(module)
+            # bind every name this module exports on the package, once: later lookups are
+            # plain attributes, and a submodule import cannot shadow an exported name later
+            pkg = sys.modules[package]
+            for other, where in exports.items():
+                if where == module:
+                    setattr(pkg, other, getattr(mod, other))
+            return getattr(mod, name)
         if name in subpackages:
             return importlib.import_module(f"{package}.{name}")
         raise AttributeError(f"module {package!r} has no attribute {name!r}")

@@ -4,7 +4,7 @@ Three blocks of the same width, each a full pre-norm ViT block (token mixing + 4
 on a (1, N, C) token sequence laid out on a square grid:
 
 * ``attention``: timm's ``Block`` (``F.scaled_dot_product_attention``);
-* ``repmixer``: :class:`~fastvit.models.repmixer_vit.RepMixerViTBlock`, training form (eval);
+* ``repmixer``: :class:`~fastvit.models.vit.RepMixerViTBlock`, training form (eval);
 * ``repmixer_fused``: the same block after ``fastvit.reparameterize`` (one depthwise conv).
 
 At every token count the three are timed interleaved (same machine load, see
@@ -70,7 +70,7 @@ def build_block(kind: str, dim: int, num_heads: int, grid: int, seed: int = 0) -
     """The eval-mode block of ``kind`` for a ``grid x grid`` token sequence of width ``dim``."""
     from timm.models.vision_transformer import Block
 
-    from fastvit.models.repmixer_vit import RepMixerViTBlock
+    from fastvit.models.vit import RepMixerViTBlock
     from fastvit.reparam import reparameterize
 
     if kind not in MIXER_KINDS:

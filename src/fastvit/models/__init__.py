@@ -27,8 +27,8 @@ _EXPORTS = {
     ),
     "FastViT": "fastvit.models.fastvit",
     "create_model": "fastvit.models.fastvit",
-    "RepMixerViTBlock": "fastvit.models.repmixer_vit",
-    "repmixer_vit": "fastvit.models.repmixer_vit",
+    "RepMixerViTBlock": "fastvit.models.vit",
+    "repmixer_vit": "fastvit.models.vit",
 }
 
 __all__ = [
@@ -50,7 +50,7 @@ __all__ = [
     "repmixer_vit",
 ]
 __getattr__, __dir__ = lazy_attributes(
-    __name__, _EXPORTS, ("backbones", "blocks", "complexity", "config", "fastvit", "repmixer_vit")
+    __name__, _EXPORTS, ("backbones", "blocks", "complexity", "config", "fastvit", "vit")
 )
 
 if TYPE_CHECKING:
@@ -71,4 +71,4 @@ if TYPE_CHECKING:
         list_models,
     )
     from fastvit.models.fastvit import FastViT, create_model
-    from fastvit.models.repmixer_vit import RepMixerViTBlock, repmixer_vit
+    from fastvit.models.vit import RepMixerViTBlock, repmixer_vit
