@@ -6,32 +6,7 @@ sessions, TorchScript loading, in-memory ONNX for a checkpoint run with onnxrunt
 ``export`` never imports ``infer`` (its parity checks compare outputs directly).
 """
 
-from fastvit.infer.predict import (
-    BACKENDS,
-    MissingClassNamesWarning,
-    OnnxPredictor,
-    Prediction,
-    Predictor,
-    PredictorModule,
-    TorchPredictor,
-    is_export_file,
-    is_torchscript,
-    load_predictor,
-    predict_images,
-    read_class_names,
-)
+from fastvit.infer import predict as _predict
+from fastvit.infer.predict import *  # noqa: F403  (the public API is predict's __all__)
 
-__all__ = [
-    "BACKENDS",
-    "MissingClassNamesWarning",
-    "OnnxPredictor",
-    "Prediction",
-    "Predictor",
-    "PredictorModule",
-    "TorchPredictor",
-    "is_export_file",
-    "is_torchscript",
-    "load_predictor",
-    "predict_images",
-    "read_class_names",
-]
+__all__ = list(_predict.__all__)
