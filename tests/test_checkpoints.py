@@ -168,7 +168,15 @@ def test_our_fused_form_converts_to_the_official_fused_layout(t8_reparam, t8_io)
 # ------------------------------------------------------------------ timm parity, all variants
 
 
-@pytest.mark.parametrize("variant", fastvit.list_models()[:7])  # mci*: test_family.py
+@pytest.mark.parametrize(
+    "variant",
+    [
+        v
+        if v in ("fastvit_t8", "fastvit_t12", "fastvit_s12", "fastvit_sa12")
+        else pytest.param(v, marks=pytest.mark.slow)
+        for v in fastvit.list_models()[:7]
+    ],
+)  # mci*: test_family.py
 def test_timm_checkpoints_round_trip_for_every_variant(variant: str) -> None:
     torch.manual_seed(0)
     x = torch.randn(1, 3, 64, 64)

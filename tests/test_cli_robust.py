@@ -547,6 +547,7 @@ def test_error_line_unwraps_worker_tracebacks():
 # --------------------------------------------------------------------------- issue 9, item 11
 
 
+@pytest.mark.slow  # (quick suite <= 4 min; .ci/run runs the slow tests too)
 def test_predict_decompression_bomb_and_partial_folder(ckpt, tmp_path, capsys, monkeypatch):
     from PIL import Image as PILImage
 
@@ -684,6 +685,7 @@ def test_eval_has_threads_and_prints_the_choice(ckpt, tmp_path, capsys):
     assert "threads 1 (--threads; " in out and "CPUs available" in out
 
 
+@pytest.mark.slow  # (quick suite <= 4 min; .ci/run runs the slow tests too)
 def test_shipped_info_table_is_current():
     """The 256 px table shipped for a torch-free first `fastvit info` equals a fresh
     computation for every built-in variant (regenerate it when a config or the counts change:

@@ -342,6 +342,7 @@ def test_missing_extra_is_one_line(
     assert not (tmp_path / "o").exists() and not (tmp_path / "q.xml").exists()
 
 
+@pytest.mark.slow  # (quick suite <= 4 min; .ci/run runs the slow tests too)
 def test_bench_runners(tmp_path: Path, art: dict) -> None:
     from fastvit.bench import RunnerSpec, build_runner, run_benchmark
 

@@ -186,6 +186,7 @@ def test_lazy_api_lists_every_name_and_resolves_it() -> None:
     assert tuple(timm.data.OPENAI_CLIP_STD) == card.OPENAI_CLIP_STD
 
 
+@pytest.mark.slow  # (quick suite <= 4 min; .ci/run runs the slow tests too)
 def test_lazy_names_are_not_shadowed_by_submodules() -> None:
     """`from fastvit.models import RepMixerViTBlock, repmixer_vit` gave the submodule for the
     second name (importing its module for the first one set the package attribute)."""

@@ -343,6 +343,7 @@ def test_resume_and_init_are_exclusive(finished, capsys):
     )
 
 
+@pytest.mark.slow  # (quick suite <= 4 min; .ci/run runs the slow tests too)
 def test_resume_with_changed_options(finished, tmp_path, capsys):
     """Item 15: a changed lr/batch/seed/input size is refused with the reason; fewer epochs
     than already run is refused; more epochs re-plan the schedule and the banner says so."""
@@ -480,6 +481,7 @@ def test_warmup_longer_than_the_run_is_capped(tmp_path, capsys, caplog):
     assert ckpt["history"][0]["lr"] < 2e-3 and ckpt["history"][0]["lr"] > 1e-6
 
 
+@pytest.mark.slow  # (quick suite <= 4 min; .ci/run runs the slow tests too)
 def test_tensorboard_purges_epochs_logged_after_the_resumed_checkpoint(tmp_path, capsys):
     """Item 20: an interrupted process logged epoch 2 but never checkpointed it; the resumed
     run logs epoch 2 again and readers see it once."""

@@ -217,7 +217,8 @@ def build_runner(spec: RunnerSpec) -> Runner:
         )
         request = compiled.create_infer_request()
         feed = {0: x.numpy()}
-        return Runner(spec, lambda: request.infer(feed))
+        # (no copies of the input and output: what onnxruntime does with numpy arrays too)
+        return Runner(spec, lambda: request.infer(feed, share_inputs=True, share_outputs=True))
 
     if spec.backend.startswith("onnxruntime"):
         from fastvit.export.onnx import ort_session

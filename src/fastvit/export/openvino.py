@@ -170,7 +170,7 @@ def compile_ir(
 def run_compiled(compiled: Any, batch: np.ndarray, request: Any = None) -> np.ndarray:
     """Logits of one float32 batch (copied out of OpenVINO's buffer)."""
     req = request or compiled.create_infer_request()
-    req.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
+    req.infer({0: np.ascontiguousarray(batch, dtype=np.float32)}, share_inputs=True)
     return np.array(req.get_output_tensor(0).data, dtype=np.float32, copy=True)
 
 
