@@ -84,7 +84,9 @@ def main() -> None:
     print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
     timings = time_interleaved(fns, warmup=3, rounds=args.rounds, round_time=0.3)
     for n, t in zip(names, timings):
-        print(f"{args.variant} {args.size}px  {n:<46} median {t.median_ms:7.2f} ms  p10 {t.p10_ms:7.2f}")
+        print(
+            f"{args.variant} {args.size}px  {n:<46} median {t.median_ms:7.2f} ms  p10 {t.p10_ms:7.2f}"
+        )
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
