@@ -7,11 +7,10 @@ without building a model. Loading never executes pickled code.
 
 from fastvit.checkpoints.api import load_into, load_model, save_model
 from fastvit.checkpoints.io import read_checkpoint
-from fastvit.checkpoints.layouts import CheckpointInfo, StageSpec, convert_state_dict, detect
+from fastvit.checkpoints.layouts import CheckpointInfo, convert_state_dict, detect
 
 __all__ = [
     "CheckpointInfo",
-    "StageSpec",
     "convert_state_dict",
     "detect",
     "load_into",

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from fastvit.errors import CheckpointError
-from fastvit.models.config import get_config, list_models
+from fastvit.errors import CheckpointError, ConfigError
+from fastvit.models.config import StageConfig, get_config, list_models
 from fastvit.reparam import fuse
 
 OFFICIAL = "official"
@@ -65,19 +65,6 @@ StateDict = dict[str, Tensor]
 
 
 @dataclass(frozen=True)
-class StageSpec:
-    """Architecture of one stage as read from a checkpoint's shapes."""
-
-    depth: int
-    dim: int
-    mlp_ratio: float
-    token_mixer: str  # "repmixer" | "attention"
-    pos_emb: bool
-    downsample: bool
-    se: bool = False  # squeeze-excite in the downsampling conv (MobileCLIP)
-
-
-@dataclass(frozen=True)
 class CheckpointInfo:
     """What :func:`detect` found: layout, form, architecture and (if known) the variant name."""
 
@@ -86,7 +73,7 @@ class CheckpointInfo:
     variant: str | None
     num_classes: int
     in_chans: int
-    stages: tuple[StageSpec, ...]
+    stages: tuple[StageConfig, ...]  # the architecture the shapes show, as config data
 
     @property
     def layers(self) -> tuple[int, ...]:
@@ -100,7 +87,8 @@ class CheckpointInfo:
         """Short architecture summary used in error messages."""
         mixers = "".join("A" if s.token_mixer == "attention" else "R" for s in self.stages)
         ratios = tuple(
-            int(s.mlp_ratio) if s.mlp_ratio.is_integer() else s.mlp_ratio for s in self.stages
+            int(s.mlp_ratio) if float(s.mlp_ratio).is_integer() else s.mlp_ratio
+            for s in self.stages
         )
         return (
             f"layers={self.layers}, embed_dims={self.embed_dims}, mlp_ratios={ratios}, "
@@ -302,7 +290,7 @@ def _network_parts(keys: Iterable[str]) -> dict[int, tuple[int, str]]:
     return parts
 
 
-def _stage_specs(off: Mapping[str, Tensor]) -> tuple[StageSpec, ...]:
+def _stage_specs(off: Mapping[str, Tensor]) -> tuple[StageConfig, ...]:
     parts = _network_parts(off)
     specs = []
     for stage in sorted({s for s, _ in parts.values()}):
@@ -319,8 +307,8 @@ def _stage_specs(off: Mapping[str, Tensor]) -> tuple[StageSpec, ...]:
             )
         dim = int(fc2.shape[0])
         attn = (b + "0.token_mixer.qkv.weight") in off
-        specs.append(
-            StageSpec(
+        try:
+            spec = StageConfig(
                 depth=depth,
                 dim=dim,
                 mlp_ratio=int(fc1.shape[0]) / dim,
@@ -330,7 +318,9 @@ def _stage_specs(off: Mapping[str, Tensor]) -> tuple[StageSpec, ...]:
                 se="downsample" in idx
                 and f"network.{idx['downsample']}.proj.0.se.reduce.weight" in off,
             )
-        )
+        except ConfigError as e:
+            raise CheckpointError(f"checkpoint stage {stage} is not a FastViT stage: {e}") from None
+        specs.append(spec)
     if not specs:
         raise CheckpointError(
             "checkpoint has no 'network.*' blocks; it is not a full FastViT model"
@@ -353,35 +343,16 @@ def _signature(info: CheckpointInfo) -> tuple:
     )
 
 
-def config_stage_specs(cfg: object) -> tuple[StageSpec, ...]:
-    """The :class:`StageSpec` of each stage of a FastViTConfig (what a checkpoint shows)."""
-    return tuple(
-        StageSpec(
-            int(s.depth),
-            int(s.dim),
-            float(s.mlp_ratio),
-            str(s.token_mixer),
-            bool(s.pos_emb),
-            bool(s.downsample),
-            bool(s.se),
-        )
-        for s in cfg.stages  # type: ignore[attr-defined]
-    )
-
-
 def _variant_signatures() -> dict[str, tuple]:
     return {
-        name: _signature(
-            CheckpointInfo(OFFICIAL, UNFUSED, name, 0, 3, config_stage_specs(get_config(name)))
-        )
+        name: _signature(CheckpointInfo(OFFICIAL, UNFUSED, name, 0, 3, get_config(name).stages))
         for name in list_models()
     }
 
 
 def variant_description(name: str) -> str:
     """Architecture summary of a registered variant, in the format of CheckpointInfo.describe."""
-    stages = config_stage_specs(get_config(name))
-    return CheckpointInfo(OFFICIAL, UNFUSED, name, 0, 3, stages).describe()
+    return CheckpointInfo(OFFICIAL, UNFUSED, name, 0, 3, get_config(name).stages).describe()
 
 
 # ----------------------------------------------------------------------------------------------
