@@ -89,18 +89,23 @@ def _channels_last(which: str, args: argparse.Namespace) -> bool:
     return args.channels_last and not (which == "timm" and args.timm_nchw)
 
 
+def make_trainer(which: str, args: argparse.Namespace, device: torch.device) -> Trainer:
+    """``which`` model ("ours"/"timm") in the layout and setting the options ask for."""
+    return Trainer(
+        build(which, args.model, args.classes),
+        args.batch,
+        args.size,
+        args.classes,
+        device,
+        _channels_last(which, args),
+    )
+
+
 def throughput(args: argparse.Namespace, device: torch.device) -> dict[str, list[float]]:
     trainers = {}
     for which in ("ours", "timm"):
         torch.manual_seed(0)
-        trainers[which] = Trainer(
-            build(which, args.model, args.classes),
-            args.batch,
-            args.size,
-            args.classes,
-            device,
-            _channels_last(which, args),
-        )
+        trainers[which] = make_trainer(which, args, device)
         trainers[which].steps(args.warmup)
     rates: dict[str, list[float]] = {"ours": [], "timm": []}
     for r in range(args.rounds):
@@ -118,14 +123,7 @@ def memory_child(which: str, args: argparse.Namespace) -> None:
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    trainer = Trainer(
-        build(which, args.model, args.classes),
-        args.batch,
-        args.size,
-        args.classes,
-        device,
-        _channels_last(which, args),
-    )
+    trainer = make_trainer(which, args, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
@@ -196,14 +194,7 @@ def profile(args: argparse.Namespace, device: torch.device) -> None:
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     for which in ("ours", "timm"):
-        trainer = Trainer(
-            build(which, args.model, args.classes),
-            args.batch,
-            args.size,
-            args.classes,
-            device,
-            _channels_last(which, args),
-        )
+        trainer = make_trainer(which, args, device)
         trainer.steps(2)
         with torch_profile(activities=acts) as prof:
             trainer.steps(3)

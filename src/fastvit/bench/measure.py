@@ -129,6 +129,27 @@ def _peak_rss_increase_mb(work: Callable[[], None]) -> float:
     return (max(peak[0], _rss_bytes()) - base) / 2**20
 
 
+def _in_fresh_process(child_fn: Callable[..., None], args: tuple, timeout: float) -> Any:
+    """Run ``child_fn(*args, conn)`` in a spawned process; its ``("ok", value)`` reply, or None
+    on an error reply, a timeout or a crash (the child is killed if it outlives the wait)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=child_fn, args=(*args, child), daemon=True)
+    proc.start()
+    child.close()
+    result = None
+    if parent.poll(timeout):
+        status, value = parent.recv()
+        result = value if status == "ok" else None
+    proc.join(timeout=10)
+    if proc.is_alive():
+        proc.kill()
+        proc.join()
+    return result
+
+
 def _memory_child(spec: RunnerSpec, warmup: int, conn: Any) -> None:
     try:
         import numpy  # noqa: F401  (import cost is not the model's)
@@ -154,22 +175,7 @@ def _memory_child(spec: RunnerSpec, warmup: int, conn: Any) -> None:
 
 def peak_memory_mb(spec: RunnerSpec, warmup: int = 2, timeout: float = 600.0) -> float | None:
     """Peak RSS increase (MiB) of building and running ``spec`` in a fresh process."""
-    import multiprocessing as mp
-
-    ctx = mp.get_context("spawn")
-    parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_memory_child, args=(spec, warmup, child), daemon=True)
-    proc.start()
-    child.close()
-    result = None
-    if parent.poll(timeout):
-        status, value = parent.recv()
-        result = value if status == "ok" else None
-    proc.join(timeout=10)
-    if proc.is_alive():
-        proc.kill()
-        proc.join()
-    return result
+    return _in_fresh_process(_memory_child, (spec, warmup), timeout)
 
 
 def onnx_latency(
@@ -241,21 +247,4 @@ def peak_memory_of(
     module-level function so it can be sent to the child). ``prime``: arguments of a small
     instance built and run once before the baseline is taken, so one-time costs are excluded.
     ``None`` if the child failed."""
-    import multiprocessing as mp
-
-    ctx = mp.get_context("spawn")
-    parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(
-        target=_callable_memory_child, args=(build, args, prime, warmup, calls, child), daemon=True
-    )
-    proc.start()
-    child.close()
-    result = None
-    if parent.poll(timeout):
-        status, value = parent.recv()
-        result = value if status == "ok" else None
-    proc.join(timeout=10)
-    if proc.is_alive():
-        proc.kill()
-        proc.join()
-    return result
+    return _in_fresh_process(_callable_memory_child, (build, args, prime, warmup, calls), timeout)

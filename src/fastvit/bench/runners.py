@@ -52,7 +52,7 @@ BACKENDS = (
     "openvino-bf16",
     "openvino-int8",
 )
-OPENVINO_BACKENDS = ("openvino-f32", "openvino-bf16", "openvino-int8")
+OPENVINO_BACKENDS = tuple(b for b in BACKENDS if b.startswith("openvino-"))
 #: Backend name of a runner for an exported model file given in place of a variant.
 FILE_BACKEND = "file"
 MODEL_FILE_SUFFIXES = (".xml", ".onnx", ".pt")
@@ -71,19 +71,7 @@ def _file_predictor(spec: RunnerSpec) -> Any:
 
 IMPLS = ("fastvit", "timm")
 #: Backends that timm's model can be run with for --compare-timm.
-TIMM_BACKENDS = (
-    "unfused",
-    "eager",
-    "channels_last",
-    "compile",
-    "torchscript",
-    "bf16",
-    "bf16-compile",
-    "onnxruntime",
-    "openvino-f32",
-    "openvino-bf16",
-    "openvino-int8",
-)
+TIMM_BACKENDS = tuple(b for b in BACKENDS if b != "onnxruntime-int8")  # (ours only)
 
 
 @dataclass(frozen=True)

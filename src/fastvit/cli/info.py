@@ -47,27 +47,24 @@ def summaries(names: list[str], size: int, use_cache: bool = True) -> list[dict]
     config is unchanged (the user cache is also keyed by the fastvit version)."""
     from fastvit import __version__
 
-    def key(name: str) -> str:
-        return f"{__version__}-{config_key(name, size)}"
-
-    path = cache_file()
-    cache: dict = {}
     shipped: dict = {}
-    if use_cache:
-        try:
-            cache = json.loads(path.read_text())
-        except (OSError, ValueError):
-            cache = {}
-        if size == 256:
-            with contextlib.suppress(OSError, ValueError):
-                shipped = json.loads(SHIPPED.read_text())
+    if use_cache and size == 256:
+        with contextlib.suppress(OSError, ValueError):
+            shipped = json.loads(SHIPPED.read_text())
+    path = cache_file()
+    cache: dict | None = None  # the user cache, read on the first name the shipped table lacks
     rows, changed = [], False
     for n in names:
-        k = key(n)
-        row = shipped.get(config_key(n, size)) if shipped else None
-        if isinstance(row, dict):
-            rows.append(row)
+        ck = config_key(n, size)
+        if isinstance(shipped.get(ck), dict):
+            rows.append(shipped[ck])
             continue
+        if cache is None:
+            cache = {}
+            if use_cache:
+                with contextlib.suppress(OSError, ValueError):
+                    cache = json.loads(path.read_text())
+        k = f"{__version__}-{ck}"
         if not isinstance(cache.get(k), dict):
             from fastvit.models.complexity import model_summary  # torch: only on a cache miss
 
