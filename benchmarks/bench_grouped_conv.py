@@ -1,11 +1,13 @@
-"""Channel-multiplier grouped convs in the exported graph: as written vs Gather + depthwise.
+"""Channel-multiplier grouped convs in the exported graph: as traced, Gather, split.
 
 FastViT's patch embeddings and ``conv_exp`` are grouped convs with ``groups = C`` and two
 outputs per input channel. ``fastvit.export.onnx.depthwise_multiplier_convs`` (applied by every
-ONNX export) rewrites each as a ``Gather`` (each channel twice) + depthwise conv. This script
-times both graphs of the same fused model (the benchmark runners' seeded weights), interleaved,
-in onnxruntime fp32 and then in OpenVINO int8 (NNCF, calibrated on digits; one runtime at a time:
-OpenVINO's threads slow onnxruntime in the same process), and prints the load average.
+ONNX export) rewrites them as depthwise convs: ``split`` (two depthwise convs + Concat, the
+channel permutation folded into the next 1x1 conv; the default) or ``gather`` (each channel
+twice + one depthwise conv). This script times the three graphs of the same fused model (the
+benchmark runners' seeded weights), interleaved, in onnxruntime fp32 and then in OpenVINO int8
+(NNCF, calibrated on digits; one runtime at a time: OpenVINO's threads slow onnxruntime in the
+same process), and prints the load average.
 
     python benchmarks/bench_grouped_conv.py                      # T8, 256 px, 2 threads
     python benchmarks/bench_grouped_conv.py --variant fastvit_sa12 --size 512
@@ -14,34 +16,11 @@ OpenVINO's threads slow onnxruntime in the same process), and prints the load av
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import tempfile
 from pathlib import Path
 
 import numpy as np
-
-
-def undo_depthwise(proto) -> int:
-    """The graph as traced: drop each inserted Gather and give its conv ``groups = C`` back."""
-    graph = proto.graph
-    inits = {i.name: i for i in graph.initializer}
-    gathers = {
-        n.output[0]: n
-        for n in graph.node
-        if n.op_type == "Gather" and n.output[0].endswith("/repeated_input")
-    }
-    undone = 0
-    for node in graph.node:
-        g = gathers.get(node.input[0]) if node.op_type == "Conv" else None
-        if g is None:
-            continue
-        channels = len(np.unique(np.frombuffer(inits[g.input[1]].raw_data, dtype=np.int64)))
-        node.input[0] = g.input[0]
-        next(a for a in node.attribute if a.name == "group").i = channels
-        graph.node.remove(g)
-        undone += 1
-    return undone
 
 
 def main() -> None:
@@ -60,19 +39,26 @@ def main() -> None:
 
     model = build_model(args.variant, "fastvit", fused=True)
     card = ModelCard.from_model(model, input_size=args.size)
-    shipped = onnx_proto(model, card)
-    traced = copy.deepcopy(shipped)
-    print(f"{undo_depthwise(traced)} channel-multiplier convs in {args.variant}")
-    graphs = {"grouped conv (as traced)": traced, "Gather + depthwise": shipped}
+    graphs = {
+        name: onnx_proto(model, card, multiplier_convs=form)
+        for name, form in (
+            ("grouped conv (as traced)", "keep"),
+            ("Gather + depthwise", "gather"),
+            ("split + Concat (shipped)", "split"),
+        )
+    }
     x = np.random.default_rng(0).standard_normal((1, 3, args.size, args.size), np.float32)
     print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
 
-    # one runtime at a time: OpenVINO's worker threads slow onnxruntime in the same process
+    # one runtime at a time: OpenVINO's worker threads slow onnxruntime in the same process;
+    # no spinning: idle sessions' spinning workers would slow the one being timed
     sessions = {
-        n: ort_session(g.SerializeToString(), threads=args.threads) for n, g in graphs.items()
+        n: ort_session(g.SerializeToString(), threads=args.threads, spin=False)
+        for n, g in graphs.items()
     }
-    a, b = (s.run(None, {"input": x})[0] for s in sessions.values())
-    print(f"max |diff| of the two graphs (onnxruntime fp32): {float(np.abs(a - b).max()):.2e}")
+    ref, *others = (s.run(None, {"input": x})[0] for s in sessions.values())
+    diff = max(float(np.abs(o - ref).max()) for o in others)
+    print(f"max |diff| between the graphs (onnxruntime fp32): {diff:.2e}")
     fns = [lambda s=s: s.run(None, {"input": x}) for s in sessions.values()]
     report(
         "onnxruntime fp32", list(graphs), time_interleaved(fns, warmup=3, rounds=args.rounds), args
@@ -102,9 +88,8 @@ def report(runtime: str, names: list[str], timings: list, args: argparse.Namespa
             f"{args.variant} {args.size}px  {runtime:<17} {n:<26} "
             f"median {t.median_ms:7.2f} ms  p10 {t.p10_ms:7.2f}"
         )
-    print(
-        f"  {runtime}: grouped / Gather+depthwise = {timings[0].median_ms / timings[1].median_ms:.2f}x"
-    )
+    for n, t in zip(names[1:], timings[1:]):
+        print(f"  {runtime}: as traced / {n} = {timings[0].median_ms / t.median_ms:.2f}x")
 
 
 if __name__ == "__main__":

@@ -6,8 +6,9 @@
 
 ``speed``: every runner (ours in onnxruntime fp32 and OpenVINO f32/bf16/int8 at batch 1;
 ours in OpenVINO bf16/int8 and timm's fused model in onnxruntime fp32 at the throughput batch)
-and a 2048² sgemm are timed interleaved (``fastvit.bench``), so the ratios below are measured
-under the same load: int8/onnxruntime speed-up, best runtime / fp32 roofline, batch-32 ours
+and a 2048² sgemm are timed interleaved, each in its own process
+(:func:`fastvit.bench.measure.time_isolated`: runtimes sharing a process slow each other
+down), so the ratios below are measured under the same load: int8/onnxruntime speed-up, best runtime / fp32 roofline, batch-32 ours
 best / timm onnxruntime. ``accuracy``: top-1 of a digits-trained checkpoint on the digits val
 split in PyTorch, OpenVINO f32, bf16 and int8, at its training size and at 256 px.
 ``scale``: T8 and SA12, our int8 OpenVINO model against timm's eager fused model, 128..1024 px.
@@ -27,8 +28,8 @@ import numpy as np
 import torch
 
 from fastvit.bench.core import SGEMM_N
-from fastvit.bench.measure import sgemm_runner, time_interleaved
-from fastvit.bench.runners import RunnerSpec, build_runner, count_flops
+from fastvit.bench.measure import runner_fn, sgemm_runner, time_interleaved, time_isolated
+from fastvit.bench.runners import RunnerSpec, count_flops
 
 
 def load() -> str:
@@ -37,14 +38,18 @@ def load() -> str:
 
 
 def timed(specs: list[RunnerSpec], args: argparse.Namespace) -> tuple[dict, float]:
-    """Median ms per spec key (interleaved) and the sgemm GFLOP/s measured alongside."""
-    fns = []
-    for s in specs:
-        print(f"[bench] building {s.key} @ {s.size}px", flush=True)
-        fns.append(build_runner(s).fn)
-    fns.append(sgemm_runner(SGEMM_N, args.threads))
-    print(f"[bench] timing {len(fns)} runners, {args.rounds} rounds; {load()}", flush=True)
-    t = time_interleaved(fns, warmup=args.warmup, rounds=args.rounds, round_time=args.round_time)
+    """Median ms per spec key and the sgemm GFLOP/s measured alongside, interleaved: each
+    runner in its own process (default; runtimes in one process slow each other down) or
+    all in this one (``--in-process``)."""
+    print(f"[bench] building {len(specs)} runners + sgemm; {load()}", flush=True)
+    kw = dict(warmup=args.warmup, rounds=args.rounds, round_time=args.round_time)
+    if args.in_process:
+        fns = [runner_fn(s) for s in specs] + [sgemm_runner(SGEMM_N, args.threads)]
+        t = time_interleaved(fns, **kw)
+    else:
+        builders = [(runner_fn, (s,)) for s in specs] + [(sgemm_runner, (SGEMM_N, args.threads))]
+        t = time_isolated(builders, **kw)
+    print(f"[bench] timed {len(specs) + 1} runners, {args.rounds} rounds; {load()}", flush=True)
     gflops = 2.0 * SGEMM_N**3 / (t[-1].median_ms * 1e-3) / 1e9
     return {(s.key, s.size): (t[i].median_ms, t[i].p10_ms) for i, s in enumerate(specs)}, gflops
 
@@ -232,6 +237,11 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--round-time", type=float, default=0.3)
+    p.add_argument(
+        "--in-process",
+        action="store_true",
+        help="time every runner in this process (default: one process each)",
+    )
     p.add_argument("--checkpoint", default="runs/fastvit_t8_digits/model_reparam.safetensors")
     p.add_argument("--calib", type=int, default=128, help="int8 calibration images")
     p.add_argument("--sizes", type=int, nargs="+", default=[128, 256, 512, 768, 1024])

@@ -168,3 +168,43 @@ def test_cli_bench_bad_input(
 def test_bad_backend_raises() -> None:
     with pytest.raises(ConfigError):
         build_runner(RunnerSpec("fastvit_t8", "onnxruntime-int8", 1, 64, impl="timm"))
+
+
+def test_isolated_benchmark_times_each_runner_in_its_own_process() -> None:
+    """``isolate=True``: every runner (and the sgemm) is built and timed in a child process,
+    interleaved; the table says so. A child that fails is one ConfigError naming the cause."""
+    result = run_benchmark(
+        ["fastvit_t8"],
+        size=32,
+        backends=["eager"],
+        threads=1,
+        warmup=1,
+        rounds=2,
+        round_time=0.02,
+        memory=False,
+        isolate=True,
+    )
+    assert [r.backend for r in result.rows] == ["eager"]
+    assert all(r.samples >= 2 and r.median_ms > 0 for r in result.rows)
+    assert result.config["isolated"] is True and result.sgemm_gflops > 0
+    assert "each runner in its own process" in format_table(result)
+    with pytest.raises(ConfigError, match="a timing process failed: ConfigError: unknown backend"):
+        measure.time_isolated(
+            [(measure.runner_fn, (RunnerSpec("fastvit_t8", "tensorrt", 1, 32),))], rounds=1
+        )
+
+
+def test_isolation_only_when_openvino_shares_the_run() -> None:
+    """OpenVINO slows other runtimes down in the same process: a run mixing it with another
+    runtime is isolated by default; a run of one runtime family stays in one process."""
+    from fastvit.bench.core import needs_isolation
+
+    def specs(*backends: str) -> list[RunnerSpec]:
+        return [RunnerSpec("fastvit_t8", b, 1, 32) for b in backends]
+
+    assert needs_isolation(specs("onnxruntime", "openvino-int8"))
+    assert needs_isolation(specs("eager", "openvino-bf16"))
+    assert needs_isolation([*specs("onnxruntime"), RunnerSpec("m.xml", "file", 1, 32)])
+    assert not needs_isolation(specs("openvino-f32", "openvino-int8"))
+    assert not needs_isolation(specs("eager", "onnxruntime", "torchscript"))
+    assert not needs_isolation([*specs("onnxruntime"), RunnerSpec("m.onnx", "file", 1, 32)])

@@ -5,6 +5,7 @@ export bug cannot hide behind identity statistics."""
 from __future__ import annotations
 
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -380,29 +381,82 @@ def test_compiled_inference_matches_eager_and_skips_guards_only_when_seen(
         compiled(torch.randn(1, 2, 64, 64))
 
 
-def test_channel_multiplier_convs_are_depthwise_in_the_graph(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("variant", "splits"),
+    [("fastvit_t8", 3), ("fastvit_mci0", 1)],  # mci0: a GELU between conv and 1x1; 2 with SE
+)
+def test_channel_multiplier_convs_are_depthwise_in_the_graph(variant: str, splits: int) -> None:
     """The patch embeddings' and conv_exp's grouped convs (groups = C, 2C outputs) are exported
-    as Gather (each channel twice) + depthwise conv: the same numbers, and no grouped conv left
-    for runtimes whose grouped kernels are slow (OpenVINO int8 spent more time in T8's first
-    patch embedding than in all its 1x1 convs)."""
+    as depthwise convs, the same numbers, with no grouped conv left for runtimes whose grouped
+    kernels are slow (OpenVINO int8 spent more time in T8's first patch embedding than in all
+    its 1x1 convs): split into two depthwise convs + Concat where the next ungrouped conv can
+    take the channel permutation (also through a GELU), else Gather + one depthwise conv
+    (conv_exp and the SE patch embeddings of MobileCLIP, read by squeeze-excitation)."""
     from fastvit.export.onnx import depthwise_multiplier_convs, onnx_proto, ort_session
 
-    model = fastvit.reparameterize(_model("fastvit_t8", seed=3))
+    model = fastvit.reparameterize(_model(variant, seed=3))
     card = ModelCard.from_model(model, input_size=64)
-    proto = onnx_proto(model, card)
-    inits = {i.name: i for i in proto.graph.initializer}
-    convs = [n for n in proto.graph.node if n.op_type == "Conv"]
-    gathers = [n for n in proto.graph.node if n.op_type == "Gather"]
-    depthwise = 0
-    for n in convs:
-        group = next((a.i for a in n.attribute if a.name == "group"), 1)
-        out_ch, per_group = inits[n.input[1]].dims[:2]
-        assert group in (1, out_ch) or per_group > 1, n.name  # no channel-multiplier group conv
-        depthwise += group == out_ch and group > 1
-    assert len(gathers) == 4 and depthwise > 4  # 3 patch embeddings + conv_exp
-    assert depthwise_multiplier_convs(proto) == 0  # idempotent
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         ref = model(x).numpy()
-    got = ort_session(proto.SerializeToString()).run(None, {"input": x.numpy()})[0]
-    assert np.abs(got - ref).max() <= 1e-5 * max(1.0, float(np.abs(ref).max()))
+    traced = onnx_proto(model, card, multiplier_convs="keep")
+    multiplier = sum(
+        1
+        for n in traced.graph.node
+        if n.op_type == "Conv"
+        and next((a.i for a in n.attribute if a.name == "group"), 1)
+        not in (1, {i.name: i for i in traced.graph.initializer}[n.input[1]].dims[0])
+    )
+    assert multiplier >= 4
+    base = Counter(n.op_type for n in traced.graph.node)
+    for form in ("split", "gather", "keep"):
+        proto = onnx_proto(model, card, multiplier_convs=form)
+        inits = {i.name: i for i in proto.graph.initializer}
+        ops = Counter(n.op_type for n in proto.graph.node)
+        left = 0
+        for n in (n for n in proto.graph.node if n.op_type == "Conv"):
+            group = next((a.i for a in n.attribute if a.name == "group"), 1)
+            out_ch, per_group = inits[n.input[1]].dims[:2]
+            left += group not in (1, out_ch) and per_group == 1
+        assert left == (multiplier if form == "keep" else 0), form
+        added = (ops["Gather"] - base["Gather"], ops["Concat"] - base["Concat"])
+        expected = {"split": (multiplier - splits, splits), "gather": (multiplier, 0)}
+        assert added == expected.get(form, (0, 0)), form
+        assert depthwise_multiplier_convs(proto, form) == 0  # idempotent
+        got = ort_session(proto.SerializeToString()).run(None, {"input": x.numpy()})[0]
+        assert np.abs(got - ref).max() <= 1e-5 * max(1.0, float(np.abs(ref).max())), form
+    with pytest.raises(ConfigError, match="split, gather or keep"):
+        onnx_proto(model, card, multiplier_convs="grouped")
+
+
+def test_split_multiplier_conv_keeps_a_shared_weight_intact() -> None:
+    """The 1x1 conv after a split patch embedding reads a permuted copy of its weight: another
+    conv sharing that initializer (the tracer de-duplicates equal tensors) keeps the original."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from fastvit.export.onnx import depthwise_multiplier_convs, ort_session
+
+    rng = np.random.default_rng(0)
+    w_mult = rng.standard_normal((8, 1, 3, 3)).astype(np.float32)  # 4 -> 8, two per channel
+    w_pw = rng.standard_normal((8, 8, 1, 1)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "wm"], ["m"], group=4, pads=[1, 1, 1, 1], name="mult"),
+            helper.make_node("Conv", ["m", "pw"], ["y"], name="pw1"),
+            helper.make_node("Conv", ["y", "pw"], ["z"], name="pw2"),  # same initializer
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 5, 5])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 8, 5, 5])],
+        [numpy_helper.from_array(w_mult, "wm"), numpy_helper.from_array(w_pw, "pw")],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    x = rng.standard_normal((1, 4, 5, 5)).astype(np.float32)
+    ref = ort_session(proto.SerializeToString()).run(None, {"x": x})[0]
+    assert depthwise_multiplier_convs(proto) == 1
+    onnx.checker.check_model(proto)
+    assert [n.op_type for n in proto.graph.node] == ["Conv", "Conv", "Concat", "Conv", "Conv"]
+    assert proto.graph.node[-1].input[1] == "pw"  # pw2 still reads the unpermuted weight
+    got = ort_session(proto.SerializeToString()).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)

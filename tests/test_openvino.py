@@ -124,10 +124,12 @@ def test_bf16_agreement(art: dict) -> None:
     assert np.abs(out - ref).max() > 0  # really ran in bf16
 
 
-def _tiny_trained(epochs: int = 4) -> torch.nn.Module:
-    """A 4-block FastViT (widths 16..128) trained 4 epochs on the digits at 32 px (~10 s of
+def _tiny_trained(epochs: int = 8) -> torch.nn.Module:
+    """A 4-block FastViT (widths 16..128) trained 8 epochs on the digits at 32 px (~11 s of
     CPU): int8 needs a trained backbone, whose features quantize like a real model's (a
-    random backbone with a fitted head loses ~4% agreement to int8 noise)."""
+    random backbone with a fitted head loses ~4% agreement to int8 noise). After 4 epochs
+    int8 agreement sat at the 99% line (98.6-99.2% depending on calibration and graph form);
+    after 8 it is 99.7% for every form and calibration size tried."""
     from fastvit.models.config import FastViTConfig, StageConfig
     from fastvit.models.fastvit import FastViT
 

@@ -1,8 +1,10 @@
 """``fastvit bench``: latency, throughput, peak memory and roofline of every backend.
 
 Everything requested (variants x backends x batch sizes, timm's counterparts with
-``compare_timm``, and a large sgemm for the roofline) is timed interleaved in one process so
-ratios are measured side by side under the same machine load.
+``compare_timm``, and a large sgemm for the roofline) is timed interleaved so ratios are
+measured side by side under the same machine load: in one process, or each runner in its own
+process (:func:`~fastvit.bench.measure.time_isolated`) when OpenVINO shares the run with
+another runtime, whose speed it changes when they share a process.
 
 Roofline: the time the model's FLOPs would take at the measured sgemm rate,
 ``GFLOP x batch / (sgemm GFLOP/s)`` — a practical lower bound for a dense fp32 CPU run with
@@ -22,10 +24,17 @@ from typing import Any
 
 import torch
 
-from fastvit.bench.measure import peak_memory_mb, sgemm_runner, time_interleaved
+from fastvit.bench.measure import (
+    peak_memory_mb,
+    runner_fn,
+    sgemm_runner,
+    time_interleaved,
+    time_isolated,
+)
 from fastvit.bench.runners import (
     BACKENDS,
     FILE_BACKEND,
+    OPENVINO_BACKENDS,
     TIMM_BACKENDS,
     RunnerSpec,
     build_runner,
@@ -128,9 +137,14 @@ def run_benchmark(
     round_time: float = 0.25,
     memory: bool = True,
     cache_dir: str | Path | None = None,
+    isolate: bool | None = None,
     log: Callable[[str], None] | None = None,
 ) -> BenchResult:
-    """Measure every (variant, backend, batch) [and timm's counterpart] interleaved."""
+    """Measure every (variant, backend, batch) [and timm's counterpart] interleaved.
+
+    ``isolate`` times each runner in its own process; by default (None) only when OpenVINO
+    shares the run with another runtime (:func:`needs_isolation`).
+    """
     import tempfile
 
     log = log or (lambda s: None)
@@ -166,19 +180,26 @@ def run_benchmark(
         for s in specs:
             if (s.variant, s.impl) not in flops:
                 flops[(s.variant, s.impl)] = count_flops(s.variant, size, s.impl)
-        fns = []
-        for s in specs:
-            log(f"building {s.key}")
-            fns.append(build_runner(s).fn)
-        fns.append(sgemm_runner(SGEMM_N, threads))
-        log(f"timing {len(fns)} runners interleaved ({rounds} rounds)")
-        timings = time_interleaved(
-            fns,
+        if isolate is None:
+            isolate = needs_isolation(specs)
+        kw = dict(
             warmup=warmup,
             rounds=rounds,
             round_time=round_time,
             on_round=lambda r: log(f"round {r + 1}/{rounds}"),
         )
+        if isolate:
+            log(f"building {len(specs)} runners + sgemm, each in its own process")
+            builders = [(runner_fn, (s,)) for s in specs]
+            timings = time_isolated([*builders, (sgemm_runner, (SGEMM_N, threads))], **kw)
+        else:
+            fns = []
+            for s in specs:
+                log(f"building {s.key}")
+                fns.append(build_runner(s).fn)
+            fns.append(sgemm_runner(SGEMM_N, threads))
+            log(f"timing {len(fns)} runners interleaved ({rounds} rounds)")
+            timings = time_interleaved(fns, **kw)
         sg = timings[-1]
         sgemm_flop = 2.0 * SGEMM_N**3
         sgemm_gflops = sgemm_flop / (sg.median_ms * 1e-3) / 1e9
@@ -227,10 +248,35 @@ def run_benchmark(
         "warmup": warmup,
         "rounds": rounds,
         "round_time": round_time,
+        "isolated": bool(isolate),
     }
     result = BenchResult(rows, sgemm_gflops, sgemm_best, config, machine_info(threads))
     result.ratios = compute_ratios(rows)
     return result
+
+
+def runtime_family(spec: RunnerSpec) -> str:
+    """``"openvino"``, ``"onnxruntime"`` or ``"torch"``: the runtime that runs ``spec``."""
+    if spec.backend in OPENVINO_BACKENDS or (
+        spec.backend == FILE_BACKEND and str(spec.variant).endswith(".xml")
+    ):
+        return "openvino"
+    if spec.backend.startswith("onnxruntime") or (
+        spec.backend == FILE_BACKEND and str(spec.variant).endswith(".onnx")
+    ):
+        return "onnxruntime"
+    return "torch"
+
+
+def needs_isolation(specs: Sequence[RunnerSpec]) -> bool:
+    """Whether OpenVINO shares the run with another runtime: then one process per runner.
+
+    OpenVINO's worker threads slow the others down in the same process, even idle (T8,
+    onnxruntime fp32: 8.85 ms alone, 9.81 ms next to a compiled OpenVINO model, 12.38 ms when
+    the two alternate in blocks), which would overstate OpenVINO's lead.
+    """
+    families = {runtime_family(s) for s in specs}
+    return "openvino" in families and len(families) > 1
 
 
 def compute_ratios(rows: Sequence[BenchRow]) -> list[dict[str, Any]]:
@@ -321,6 +367,7 @@ def format_table(result: BenchResult) -> str:
         f"size {c['size']}x{c['size']}, {c['threads']} threads, fp32 sgemm "
         f"(n={SGEMM_N}) {result.sgemm_gflops:.1f} GFLOP/s median "
         f"({result.sgemm_gflops_best:.1f} best), interleaved over {c['rounds']} rounds"
+        + (", each runner in its own process" if c.get("isolated") else ", in one process")
     )
     for q in result.ratios:
         out.append(

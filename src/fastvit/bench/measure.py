@@ -14,6 +14,7 @@ covers onnxruntime's arena, which PyTorch-only tools such as tracemalloc cannot 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import statistics
@@ -96,6 +97,108 @@ def time_interleaved(
         if on_round is not None:
             on_round(r)
     return timings
+
+
+def runner_fn(spec: RunnerSpec) -> Callable[[], Any]:
+    """The callable of :func:`build_runner` (a picklable builder for :func:`time_isolated`)."""
+    return build_runner(spec).fn
+
+
+def time_isolated(
+    builders: Sequence[tuple[Callable[..., Callable[[], Any]], tuple]],
+    *,
+    warmup: int = 5,
+    rounds: int = 10,
+    round_time: float = 0.25,
+    gap: float = 0.1,
+    timeout: float = 1800.0,
+    on_round: Callable[[int], None] | None = None,
+) -> list[Timing]:
+    """Like :func:`time_interleaved`, but each runner lives in its own spawned process.
+
+    ``builders`` are ``(build, args)`` pairs of picklable module-level functions; ``build(*args)``
+    returns the zero-argument callable to time (:func:`runner_fn`, :func:`sgemm_runner`). The
+    processes are started and warmed up one after another, then timed in rotated rounds of
+    ``round_time`` seconds each, with a ``gap`` after every block so the last runner's worker
+    threads stop spinning; only one runs at a time. Runtimes in one process slow each other
+    down even when idle (an OpenVINO model compiled next to an onnxruntime session made the
+    session 11% slower, and 40% when they alternate in blocks), which isolation removes while
+    the rotation still spreads the machine's load over every runner.
+    """
+    import multiprocessing as mp
+
+    from fastvit.errors import ConfigError
+
+    ctx = mp.get_context("spawn")
+    conns, procs = [], []
+    try:
+        for build, args in builders:
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_timing_child, args=(build, args, warmup, child), daemon=True)
+            proc.start()
+            child.close()
+            conns.append(parent)
+            procs.append(proc)
+            _reply(parent, proc, timeout, "ready")
+        timings = [Timing() for _ in builders]
+        n = len(builders)
+        for r in range(rounds):
+            for j in range(n):
+                i = (j + r) % n
+                conns[i].send(round_time)
+                timings[i].samples.extend(_reply(conns[i], procs[i], timeout, "samples"))
+                time.sleep(gap)
+            if on_round is not None:
+                on_round(r)
+        return timings
+    except (EOFError, OSError) as e:
+        raise ConfigError(f"a timing process ended unexpectedly ({type(e).__name__})") from None
+    finally:
+        for conn in conns:
+            with contextlib.suppress(OSError, ValueError):
+                conn.send(None)
+        for proc in procs:
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+
+
+def _reply(conn: Any, proc: Any, timeout: float, expected: str) -> Any:
+    from fastvit.errors import ConfigError
+
+    if not conn.poll(timeout):
+        raise ConfigError(f"a timing process gave no answer in {timeout:.0f} s")
+    status, value = conn.recv()
+    if status != expected:
+        raise ConfigError(f"a timing process failed: {value}")
+    return value
+
+
+def _timing_child(
+    build: Callable[..., Callable[[], Any]], args: tuple, warmup: int, conn: Any
+) -> None:
+    """Build, warm up, say ready; then run blocks of ``seconds`` until told to stop (None)."""
+    try:
+        fn = build(*args)
+        for _ in range(max(1, warmup)):
+            fn()
+        conn.send(("ready", None))
+        while (seconds := conn.recv()) is not None:
+            samples, end = [], time.perf_counter() + seconds
+            while True:
+                t0 = time.perf_counter()
+                fn()
+                t1 = time.perf_counter()
+                samples.append(t1 - t0)
+                if t1 >= end:
+                    break
+            conn.send(("samples", samples))
+    except Exception as e:  # report, never hang the parent
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        conn.send(("error", f"{type(e).__name__}: {first}"))
+    finally:
+        conn.close()
 
 
 def _rss_bytes() -> int:

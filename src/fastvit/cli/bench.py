@@ -62,6 +62,23 @@ def add_parser(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="skip peak-memory measurement (one child process per runner)",
     )
+    iso = p.add_mutually_exclusive_group()
+    iso.add_argument(
+        "--isolate",
+        dest="isolate",
+        action="store_const",
+        const=True,
+        default=None,
+        help="time each runner in its own process (default: only when OpenVINO shares the run "
+        "with another runtime, which it slows down in the same process)",
+    )
+    iso.add_argument(
+        "--in-process",
+        dest="isolate",
+        action="store_const",
+        const=False,
+        help="time every runner in this process",
+    )
     p.add_argument("--out", default="runs/bench", help="folder for bench.json and bench.png")
     p.add_argument("--quiet", action="store_true", help="no progress messages")
     p.add_argument(
@@ -145,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
         rounds=10 if args.rounds is None else args.rounds,
         round_time=args.round_time,
         memory=not args.no_memory,
+        isolate=args.isolate,
         log=log,
     )
     print(format_table(result))

@@ -73,9 +73,18 @@ def export_onnx(
 
 
 def onnx_proto(
-    fused: nn.Module, meta: ModelCard, *, opset: int = DEFAULT_OPSET, dynamic_hw: bool = False
+    fused: nn.Module,
+    meta: ModelCard,
+    *,
+    opset: int = DEFAULT_OPSET,
+    dynamic_hw: bool = False,
+    multiplier_convs: str = "split",
 ) -> Any:
-    """Trace an already fused model into a cleaned ``onnx.ModelProto`` carrying ``meta``."""
+    """Trace an already fused model into a cleaned ``onnx.ModelProto`` carrying ``meta``.
+
+    ``multiplier_convs`` picks how channel-multiplier grouped convs are written
+    (:func:`depthwise_multiplier_convs`; the default is the fastest, the others are for
+    comparisons)."""
     import onnx
 
     axes = {0: "batch"}
@@ -97,7 +106,7 @@ def onnx_proto(
             do_constant_folding=True,
         )
     proto = onnx.load_from_string(buf.getvalue())
-    simplify_graph(proto)
+    simplify_graph(proto, multiplier_convs=multiplier_convs)
     proto.producer_name = "fastvit"
     del proto.metadata_props[:]
     for k, v in meta.to_metadata().items():
@@ -108,14 +117,15 @@ def onnx_proto(
     return proto
 
 
-def simplify_graph(proto: Any) -> None:
+def simplify_graph(proto: Any, *, multiplier_convs: str = "split") -> None:
     """Clean a traced graph in place.
 
     * ``Identity``/``Dropout`` nodes are removed and their consumers rewired (the tracer
       emits Identity for de-duplicated initializers; Dropout is a no-op at inference);
     * ``Constant`` nodes become initializers;
     * any node whose inputs are all constants is evaluated now (constant folding);
-    * channel-multiplier grouped convs become depthwise (:func:`depthwise_multiplier_convs`);
+    * channel-multiplier grouped convs become depthwise (:func:`depthwise_multiplier_convs`,
+      in form ``multiplier_convs``);
     * unused initializers are dropped.
     """
     from onnx import numpy_helper
@@ -150,54 +160,145 @@ def simplify_graph(proto: Any) -> None:
                         other.input[i] = src
         graph.node.remove(node)
     _fold_constants(proto)
-    depthwise_multiplier_convs(proto)
+    depthwise_multiplier_convs(proto, multiplier_convs)
     used = {name for n in graph.node for name in n.input} | graph_outputs
     for init in list(graph.initializer):
         if init.name not in used:
             graph.initializer.remove(init)
 
 
-def depthwise_multiplier_convs(proto: Any) -> int:
-    """Run every channel-multiplier grouped ``Conv`` as a depthwise conv; return how many.
+MULTIPLIER_FORMS = ("split", "gather", "keep")
+
+
+def depthwise_multiplier_convs(proto: Any, form: str = "split") -> int:
+    """Rewrite every channel-multiplier grouped ``Conv`` into depthwise convs; return how many.
 
     FastViT's patch embeddings and its final ``conv_exp`` are grouped convs with ``groups ==
-    in_channels`` and ``m`` (2) outputs per input channel. Output channel ``o`` reads input
-    channel ``o // m``, so the same weight (shape ``(m*C, 1, k, k)``) gives the same result as a
-    depthwise conv (``groups = m*C``) over the input with each channel repeated ``m`` times (a
-    ``Gather`` on axis 1 with indices ``0,0,1,1,...``): exact, and the runtimes' depthwise
-    kernels are far faster than their generic grouped ones (OpenVINO int8: the 48->96 7x7
-    patch embedding of T8 at 256 px took more time than all 24 1x1 convs together). The eager
-    model does the same (:class:`~fastvit.layers.inference.FusedConv2d`).
+    in_channels = C`` and ``m`` (2) outputs per input channel: output channel ``o`` reads input
+    channel ``o // m`` with its own kernel. The runtimes' kernels for that shape are slow
+    (OpenVINO int8: T8's 48->96 7x7 patch embedding at 256 px took more time than all 24 1x1
+    convs together), their depthwise kernels are fast. Both rewrites give the same numbers:
+
+    * ``"split"``: ``m`` depthwise convs ``C -> C`` on the unchanged input, conv ``j`` holding
+      kernels ``j, j+m, j+2m, ...``, then a ``Concat``. The concatenated channels are the
+      original ones permuted (``q -> perm[q]``), so this is used only where the conv's sole
+      consumer is an ungrouped ``Conv`` (the patch embeddings' 1x1): its weight's input
+      channels are permuted to match (``W[:, perm]``), which makes the pair exact. OpenVINO
+      int8 keeps the whole block in its int8 channels-last layout (T8: ~10% faster than
+      ``"gather"``, whose ``Gather`` runs as a reference kernel between two reorders).
+    * ``"gather"``: a ``Gather`` on axis 1 repeating each channel ``m`` times, then one
+      depthwise conv over ``m*C`` channels in the original order. Used where ``"split"`` does
+      not apply (``conv_exp``, followed by squeeze-excitation) or when asked for.
+
+    ``"keep"`` leaves the graph as traced (for comparisons). The eager model does the same
+    repeat (:class:`~fastvit.layers.inference.FusedConv2d`).
     """
     from onnx import helper, numpy_helper
 
+    if form not in MULTIPLIER_FORMS:
+        raise ConfigError(
+            f"unknown form {form!r} for channel-multiplier convs; use split, gather or keep"
+        )
+    if form == "keep":
+        return 0
     graph = proto.graph
     inits = {i.name: i for i in graph.initializer}
     nodes, count = [], 0
     for node in graph.node:
         weight = inits.get(node.input[1]) if node.op_type == "Conv" else None
         group = next((a for a in node.attribute if a.name == "group"), None)
-        if weight is not None and group is not None and group.i > 1:
-            out_ch, per_group = weight.dims[0], weight.dims[1]
-            if per_group == 1 and out_ch > group.i and out_ch % group.i == 0:
-                m = out_ch // group.i
-                index = f"{node.name or node.output[0]}/repeat_index"
-                repeated = f"{node.name or node.output[0]}/repeated_input"
-                graph.initializer.append(
-                    numpy_helper.from_array(np.repeat(np.arange(group.i, dtype=np.int64), m), index)
+        if weight is None or group is None or group.i <= 1:
+            nodes.append(node)
+            continue
+        channels, (out_ch, per_group) = group.i, weight.dims[:2]
+        if per_group != 1 or out_ch <= channels or out_ch % channels:
+            nodes.append(node)
+            continue
+        m, base, count = out_ch // channels, node.name or node.output[0], count + 1
+        sinks = _permutation_sinks(graph, node.output[0], inits)
+        if form == "gather" or sinks is None:
+            index, repeated = f"{base}/repeat_index", f"{base}/repeated_input"
+            graph.initializer.append(
+                numpy_helper.from_array(np.repeat(np.arange(channels, dtype=np.int64), m), index)
+            )
+            nodes.append(
+                helper.make_node(
+                    "Gather", [node.input[0], index], [repeated], axis=1, name=repeated
                 )
-                nodes.append(
-                    helper.make_node(
-                        "Gather", [node.input[0], index], [repeated], axis=1, name=repeated
-                    )
-                )
-                node.input[0] = repeated
-                group.i = out_ch
-                count += 1
-        nodes.append(node)
+            )
+            node.input[0] = repeated
+            group.i = out_ch
+            nodes.append(node)
+            continue
+        w = numpy_helper.to_array(weight)
+        b = numpy_helper.to_array(inits[node.input[2]]) if len(node.input) > 2 else None
+        parts = []
+        for j in range(m):
+            split = helper.make_node(
+                "Conv",
+                [node.input[0], f"{base}/multiplier_{j}/weight"],
+                [f"{base}/multiplier_{j}"],
+                name=f"{base}/multiplier_{j}",
+            )
+            split.attribute.extend(node.attribute)  # same kernel/stride/pads; group = C
+            graph.initializer.append(numpy_helper.from_array(w[j::m].copy(), split.input[1]))
+            if b is not None:
+                split.input.append(f"{base}/multiplier_{j}/bias")
+                graph.initializer.append(numpy_helper.from_array(b[j::m].copy(), split.input[2]))
+            nodes.append(split)
+            parts.append(split.output[0])
+        nodes.append(
+            helper.make_node("Concat", parts, [node.output[0]], axis=1, name=f"{base}/concat")
+        )
+        # concatenated channel q is original channel perm[q]; elementwise ops in between keep
+        # that order, and each ungrouped conv reading it takes W2[:, perm]
+        perm = np.concatenate([np.arange(channels) * m + j for j in range(m)])
+        for sink in sinks:
+            w2 = numpy_helper.to_array(inits[sink.input[1]])
+            permuted = f"{sink.input[1]}/permuted_for/{base}"  # initializers may be shared
+            graph.initializer.append(numpy_helper.from_array(w2[:, perm].copy(), permuted))
+            sink.input[1] = permuted
     del graph.node[:]
     graph.node.extend(nodes)
     return count
+
+
+#: Ops that act on each element alone: a channel permutation passes through them unchanged
+#: when their other inputs are scalars (the GELU pattern: Div, Erf, Add, Mul).
+_ELEMENTWISE = frozenset(
+    ("Add", "Sub", "Mul", "Div", "Erf", "Relu", "Sigmoid", "Tanh", "Gelu", "Clip", "HardSwish")
+)
+
+
+def _permutation_sinks(graph: Any, value: str, inits: dict[str, Any]) -> list[Any] | None:
+    """The ungrouped ``Conv`` nodes that absorb a channel permutation of ``value``, or None.
+
+    Everything reading ``value`` (directly or through elementwise ops with scalar constants)
+    must end in the data input of an ungrouped ``Conv`` with a constant weight; a graph output
+    or any other reader (pooling, reshape, a grouped conv) cannot take a permuted input.
+    """
+    permuted, sinks = {value}, []
+    if value in {o.name for o in graph.output}:
+        return None
+    for node in graph.node:
+        reads = [i for i in node.input if i in permuted]
+        if not reads:
+            continue
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        if node.op_type == "Conv" and group == 1 and reads == [node.input[0]]:
+            if node.input[1] not in inits:
+                return None
+            sinks.append(node)
+            continue
+        scalars = all(
+            i in permuted or (i in inits and int(np.prod(inits[i].dims)) == 1) for i in node.input
+        )
+        if node.op_type not in _ELEMENTWISE or not scalars:
+            return None
+        if any(o in {g.name for g in graph.output} for o in node.output):
+            return None
+        permuted.update(node.output)
+    return sinks or None
 
 
 def _rename_value(graph: Any, old: str, new: str) -> None:
@@ -367,6 +468,7 @@ def load_onnx(path: str | Path) -> Any:
 __all__ = [
     "FORBIDDEN_OPS",
     "INPUT_NAME",
+    "MULTIPLIER_FORMS",
     "OUTPUT_NAME",
     "depthwise_multiplier_convs",
     "describe_onnx",
