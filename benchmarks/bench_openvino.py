@@ -42,14 +42,20 @@ def timed(specs: list[RunnerSpec], args: argparse.Namespace) -> tuple[dict, floa
     runner in its own process (default; runtimes in one process slow each other down) or
     all in this one (``--in-process``)."""
     print(f"[bench] building {len(specs)} runners + sgemm; {load()}", flush=True)
-    kw = dict(warmup=args.warmup, rounds=args.rounds, round_time=args.round_time)
+    at_end = []  # the load when the last round ends (not after the processes' teardown)
+    kw = dict(
+        warmup=args.warmup,
+        rounds=args.rounds,
+        round_time=args.round_time,
+        on_round=lambda r: at_end.append(load()) if r == args.rounds - 1 else None,
+    )
     if args.in_process:
         fns = [runner_fn(s) for s in specs] + [sgemm_runner(SGEMM_N, args.threads)]
         t = time_interleaved(fns, **kw)
     else:
         builders = [(runner_fn, (s,)) for s in specs] + [(sgemm_runner, (SGEMM_N, args.threads))]
         t = time_isolated(builders, **kw)
-    print(f"[bench] timed {len(specs) + 1} runners, {args.rounds} rounds; {load()}", flush=True)
+    print(f"[bench] timed {len(specs) + 1} runners, {args.rounds} rounds; {at_end[0]}", flush=True)
     gflops = 2.0 * SGEMM_N**3 / (t[-1].median_ms * 1e-3) / 1e9
     return {(s.key, s.size): (t[i].median_ms, t[i].p10_ms) for i, s in enumerate(specs)}, gflops
 
@@ -71,7 +77,7 @@ def speed(args: argparse.Namespace) -> None:
     res, gflops = timed(specs, args)
     print(
         f"\n{args.size}x{args.size}, {args.threads} threads, sgemm {gflops:.1f} GFLOP/s "
-        f"(roofline = model GFLOP / that rate); {load()} at the end"
+        f"(roofline = model GFLOP / that rate); {load()} after the processes ended"
     )
     hdr = (
         f"{'variant':<13}{'impl':<8}{'runtime':<15}{'batch':>5}{'median ms':>11}"
@@ -243,7 +249,12 @@ def main() -> None:
         help="time every runner in this process (default: one process each)",
     )
     p.add_argument("--checkpoint", default="runs/fastvit_t8_digits/model_reparam.safetensors")
-    p.add_argument("--calib", type=int, default=128, help="int8 calibration images")
+    p.add_argument(
+        "--calib",
+        type=int,
+        default=300,
+        help="int8 calibration images (default 300, as the exporter)",
+    )
     p.add_argument("--sizes", type=int, nargs="+", default=[128, 256, 512, 768, 1024])
     p.add_argument("--best", default="openvino-int8", help="our runtime for `scale`")
     p.add_argument("--out", default="runs/bench/openvino_scale.png")

@@ -153,11 +153,10 @@ def time_isolated(
         return timings
     except (EOFError, OSError) as e:
         raise ConfigError(f"a timing process ended unexpectedly ({type(e).__name__})") from None
-    finally:
-        for conn in conns:
+    finally:  # one at a time: many runtimes tearing down at once is a burst of load
+        for conn, proc in zip(conns, procs):
             with contextlib.suppress(OSError, ValueError):
                 conn.send(None)
-        for proc in procs:
             proc.join(timeout=10)
             if proc.is_alive():
                 proc.kill()
