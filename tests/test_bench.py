@@ -145,7 +145,9 @@ def test_cli_bench_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     )
     text = capsys.readouterr().out
     assert "fastvit_t8" in text and "median ms" in text
+    assert "in one process" in text  # one runtime: no reason to isolate
     assert (out / "bench.json").exists() and (out / "bench.png").exists()
+    assert json.loads((out / "bench.json").read_text())["config"]["isolated"] is False
 
 
 @pytest.mark.parametrize(
@@ -172,7 +174,7 @@ def test_bad_backend_raises() -> None:
 
 def test_isolated_benchmark_times_each_runner_in_its_own_process() -> None:
     """``isolate=True``: every runner (and the sgemm) is built and timed in a child process,
-    interleaved; the table says so. A child that fails is one ConfigError naming the cause."""
+    interleaved; the table says so."""
     result = run_benchmark(
         ["fastvit_t8"],
         size=32,
@@ -188,6 +190,10 @@ def test_isolated_benchmark_times_each_runner_in_its_own_process() -> None:
     assert all(r.samples >= 2 and r.median_ms > 0 for r in result.rows)
     assert result.config["isolated"] is True and result.sgemm_gflops > 0
     assert "each runner in its own process" in format_table(result)
+
+
+@pytest.mark.slow  # (quick suite <= 4 min; .ci/run runs the slow tests too)
+def test_isolated_timing_reports_a_failing_child_in_one_line() -> None:
     with pytest.raises(ConfigError, match="a timing process failed: ConfigError: unknown backend"):
         measure.time_isolated(
             [(measure.runner_fn, (RunnerSpec("fastvit_t8", "tensorrt", 1, 32),))], rounds=1

@@ -221,9 +221,7 @@ def test_torchscript(name):
         ref = fused(x)
         assert torch.allclose(scripted(x), ref, atol=1e-6)
         assert torch.allclose(traced(x), ref, atol=1e-6)
-        if name == "fastvit_t8":  # the training form scripts too (slow: one variant)
-            train_scripted = torch.jit.script(model.eval())
-            assert torch.allclose(train_scripted(x), model(x), atol=1e-6)
+    # (the training form scripts too: tests/test_timm_contract.py::test_torchscript)
 
 
 def test_model_metadata():
