@@ -569,6 +569,7 @@ def test_predict_decompression_bomb_and_partial_folder(ckpt, tmp_path, capsys, m
 # --------------------------------------------------------------------------- issue 10, item 1
 
 
+@pytest.mark.slow  # (quick suite <= 4 min; .ci/run runs the slow tests too)
 def test_reparam_tolerance_is_relative_to_the_output_scale(tmp_path, capsys):
     """A trained model's logits reach hundreds: float32 fusion error ~1e-6 of that is fine,
     though far above the old absolute 1e-4; a real fusion bug still fails."""

@@ -202,6 +202,7 @@ def test_new_run_refuses_an_existing_run_directory(finished, tmp_path, capsys):
     assert load_training_checkpoint(run / "last.pt")["config"]["seed"] == 7
 
 
+@pytest.mark.slow  # (quick suite <= 4 min; .ci/run runs the slow tests too)
 def test_second_concurrent_training_fails_in_one_line(tmp_path, capsys):
     """Item 3: another process holds the run directory's lock -> one-line error."""
     run = tmp_path / "run"
@@ -266,6 +267,7 @@ def test_reparam_of_a_run_model_keeps_metadata_and_does_not_overwrite(finished, 
         assert meta[key] == ref[key], key
 
 
+@pytest.mark.slow  # (quick suite <= 4 min; .ci/run runs the slow tests too)
 def test_stale_temps_are_cleaned_on_resume(finished, tmp_path, capsys):
     """Item 6: temporary files a killed process left are removed when the run resumes."""
     run = tmp_path / "run"
@@ -398,6 +400,7 @@ def test_resume_with_changed_options(finished, tmp_path, capsys):
     )
 
 
+@pytest.mark.slow  # (quick suite <= 4 min; .ci/run runs the slow tests too)
 def test_resume_reads_the_checkpoint_once(finished, tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
     shutil.copytree(finished, run)
@@ -414,6 +417,7 @@ def test_resume_reads_the_checkpoint_once(finished, tmp_path, capsys, monkeypatc
     assert reads.count("last.pt") == 1
 
 
+@pytest.mark.slow  # (quick suite <= 4 min; .ci/run runs the slow tests too)
 def test_resume_a_finished_run_into_a_new_output(finished, tmp_path, capsys):
     """Item 16: a finished run resumed with a new --output becomes a complete run there."""
     src = tmp_path / "src"
@@ -467,6 +471,7 @@ def test_one_class_data_and_inverted_ranges_are_refused(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow  # (quick suite <= 4 min; .ci/run runs the slow tests too)
 def test_warmup_longer_than_the_run_is_capped(tmp_path, capsys, caplog):
     """Item 19 / issue 10 item 6: --warmup-epochs 50 --epochs 1 says so and trains."""
     with caplog.at_level(logging.WARNING, logger="fastvit"):
