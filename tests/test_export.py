@@ -280,6 +280,7 @@ def test_metadata_props_round_trip_and_validation() -> None:
         Preprocessing(interpolation="cubic-ish")
 
 
+@pytest.mark.slow  # (quick suite <= 4 min; .ci/run runs the slow tests too)
 def test_cli_export_int8_with_accuracy_and_speed_check(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

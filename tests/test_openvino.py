@@ -112,6 +112,7 @@ def test_f32_round_trip_and_card(art: dict) -> None:
     assert sorted(p.name for p in art["f32"].parent.iterdir()) == ["digits.bin", "digits.xml"]
 
 
+@pytest.mark.slow  # (quick suite <= 4 min; .ci/run runs the slow tests too)
 def test_bf16_agreement(art: dict) -> None:
     path = art["dir"] / "bf16.xml"
     report = export_openvino(art["ckpt"], path, precision="bf16", threads=1)

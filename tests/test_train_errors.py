@@ -171,6 +171,7 @@ def test_train_bad_input(make, expect, tmp_path, capsys):
     assert err.startswith("fastvit train: error:")
 
 
+@pytest.mark.slow  # (quick suite <= 4 min; .ci/run runs the slow tests too)
 def test_resume_with_another_variant(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", *FAST, "--output", str(out)]) == 0

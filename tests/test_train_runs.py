@@ -521,6 +521,7 @@ def test_eval_ema_on_a_model_file_is_refused(finished, capsys):
 
 
 # --------------------------------------------------------------------------- issue 10
+@pytest.mark.slow  # (quick suite <= 4 min; .ci/run runs the slow tests too)
 def test_imagenet_recipe_on_a_small_single_folder(tmp_path, capsys, caplog):
     """Items 6 and 7: a folder of class folders is split (stratified, seeded); the ImageNet
     recipe on a 3-epoch, batch-4 run warns about its warmup, lr and EMA and adapts them, and
