@@ -8,9 +8,10 @@
 ours in OpenVINO bf16/int8 and timm's fused model in onnxruntime fp32 at the throughput batch)
 and a 2048² sgemm are timed interleaved, each in its own process
 (:func:`fastvit.bench.measure.time_isolated`: runtimes sharing a process slow each other
-down), so the ratios below are measured under the same load: int8/onnxruntime speed-up, best runtime / fp32 roofline, batch-32 ours
-best / timm onnxruntime. ``accuracy``: top-1 of a digits-trained checkpoint on the digits val
-split in PyTorch, OpenVINO f32, bf16 and int8, at its training size and at 256 px.
+down), so the ratios below are measured under the same load: int8/onnxruntime speed-up, best
+runtime / fp32 roofline, batch-32 ours best / timm onnxruntime. ``accuracy``: top-1 of a
+digits-trained checkpoint on the digits val split in PyTorch, OpenVINO f32, bf16 and int8, at
+its training size and at 256 px.
 ``scale``: T8 and SA12, our int8 OpenVINO model against timm's eager fused model, 128..1024 px.
 
 The machine is shared: the 1-minute load average is printed with every table (above the core
@@ -27,8 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastvit.bench.core import SGEMM_N
-from fastvit.bench.measure import runner_fn, sgemm_runner, time_interleaved, time_isolated
+from fastvit.bench.core import SGEMM_N, time_runners
 from fastvit.bench.runners import RunnerSpec, count_flops
 
 
@@ -49,12 +49,7 @@ def timed(specs: list[RunnerSpec], args: argparse.Namespace) -> tuple[dict, floa
         round_time=args.round_time,
         on_round=lambda r: at_end.append(load()) if r == args.rounds - 1 else None,
     )
-    if args.in_process:
-        fns = [runner_fn(s) for s in specs] + [sgemm_runner(SGEMM_N, args.threads)]
-        t = time_interleaved(fns, **kw)
-    else:
-        builders = [(runner_fn, (s,)) for s in specs] + [(sgemm_runner, (SGEMM_N, args.threads))]
-        t = time_isolated(builders, **kw)
+    t = time_runners(specs, threads=args.threads, isolate=not args.in_process, **kw)
     print(f"[bench] timed {len(specs) + 1} runners, {args.rounds} rounds; {at_end[0]}", flush=True)
     gflops = 2.0 * SGEMM_N**3 / (t[-1].median_ms * 1e-3) / 1e9
     return {(s.key, s.size): (t[i].median_ms, t[i].p10_ms) for i, s in enumerate(specs)}, gflops

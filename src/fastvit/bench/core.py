@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from fastvit.bench.measure import (
+    Timing,
     peak_memory_mb,
     runner_fn,
     sgemm_runner,
@@ -182,24 +183,16 @@ def run_benchmark(
                 flops[(s.variant, s.impl)] = count_flops(s.variant, size, s.impl)
         if isolate is None:
             isolate = needs_isolation(specs)
-        kw = dict(
+        timings = time_runners(
+            specs,
+            threads=threads,
+            isolate=isolate,
             warmup=warmup,
             rounds=rounds,
             round_time=round_time,
             on_round=lambda r: log(f"round {r + 1}/{rounds}"),
+            log=log,
         )
-        if isolate:
-            log(f"building {len(specs)} runners + sgemm, each in its own process")
-            builders = [(runner_fn, (s,)) for s in specs]
-            timings = time_isolated([*builders, (sgemm_runner, (SGEMM_N, threads))], **kw)
-        else:
-            fns = []
-            for s in specs:
-                log(f"building {s.key}")
-                fns.append(build_runner(s).fn)
-            fns.append(sgemm_runner(SGEMM_N, threads))
-            log(f"timing {len(fns)} runners interleaved ({rounds} rounds)")
-            timings = time_interleaved(fns, **kw)
         sg = timings[-1]
         sgemm_flop = 2.0 * SGEMM_N**3
         sgemm_gflops = sgemm_flop / (sg.median_ms * 1e-3) / 1e9
@@ -253,6 +246,31 @@ def run_benchmark(
     result = BenchResult(rows, sgemm_gflops, sgemm_best, config, machine_info(threads))
     result.ratios = compute_ratios(rows)
     return result
+
+
+def time_runners(
+    specs: Sequence[RunnerSpec],
+    *,
+    threads: int | None,
+    isolate: bool,
+    log: Callable[[str], None] | None = None,
+    **kw: Any,
+) -> list[Timing]:
+    """Time ``specs`` and the roofline sgemm (last), interleaved: each in its own process
+    (``isolate``, :func:`time_isolated`) or all in this one (:func:`time_interleaved`);
+    ``kw`` goes to either (warm-up, rounds, round time, ``on_round``)."""
+    log = log or (lambda s: None)
+    if isolate:
+        log(f"building {len(specs)} runners + sgemm, each in its own process")
+        builders = [(runner_fn, (s,)) for s in specs]
+        return time_isolated([*builders, (sgemm_runner, (SGEMM_N, threads))], **kw)
+    fns = []
+    for s in specs:
+        log(f"building {s.key}")
+        fns.append(build_runner(s).fn)
+    fns.append(sgemm_runner(SGEMM_N, threads))
+    log(f"timing {len(fns)} runners interleaved")
+    return time_interleaved(fns, **kw)
 
 
 def runtime_family(spec: RunnerSpec) -> str:

@@ -139,14 +139,14 @@ def time_isolated(
             child.close()
             conns.append(parent)
             procs.append(proc)
-            _reply(parent, proc, timeout, "ready")
+            _reply(parent, timeout, "ready")
         timings = [Timing() for _ in builders]
         n = len(builders)
         for r in range(rounds):
             for j in range(n):
                 i = (j + r) % n
                 conns[i].send(round_time)
-                timings[i].samples.extend(_reply(conns[i], procs[i], timeout, "samples"))
+                timings[i].samples.extend(_reply(conns[i], timeout, "samples"))
                 time.sleep(gap)
             if on_round is not None:
                 on_round(r)
@@ -163,7 +163,7 @@ def time_isolated(
                 proc.join()
 
 
-def _reply(conn: Any, proc: Any, timeout: float, expected: str) -> Any:
+def _reply(conn: Any, timeout: float, expected: str) -> Any:
     from fastvit.errors import ConfigError
 
     if not conn.poll(timeout):

@@ -181,9 +181,10 @@ def depthwise_multiplier_convs(proto: Any, form: str = "split") -> int:
 
     * ``"split"``: ``m`` depthwise convs ``C -> C`` on the unchanged input, conv ``j`` holding
       kernels ``j, j+m, j+2m, ...``, then a ``Concat``. The concatenated channels are the
-      original ones permuted (``q -> perm[q]``), so this is used only where the conv's sole
-      consumer is an ungrouped ``Conv`` (the patch embeddings' 1x1): its weight's input
-      channels are permuted to match (``W[:, perm]``), which makes the pair exact. OpenVINO
+      original ones permuted (``q -> perm[q]``), so this is used only where every reader of
+      the output, directly or through elementwise ops with scalar constants (a GELU), is an
+      ungrouped ``Conv`` (the patch embeddings' 1x1; :func:`_permutation_sinks`): their
+      weights' input channels are permuted to match (``W[:, perm]``), which makes it exact. OpenVINO
       int8 keeps the whole block in its int8 channels-last layout (T8: ~10% faster than
       ``"gather"``, whose ``Gather`` runs as a reference kernel between two reorders).
     * ``"gather"``: a ``Gather`` on axis 1 repeating each channel ``m`` times, then one
@@ -278,7 +279,8 @@ def _permutation_sinks(graph: Any, value: str, inits: dict[str, Any]) -> list[An
     or any other reader (pooling, reshape, a grouped conv) cannot take a permuted input.
     """
     permuted, sinks = {value}, []
-    if value in {o.name for o in graph.output}:
+    outputs = {o.name for o in graph.output}
+    if value in outputs:
         return None
     for node in graph.node:
         reads = [i for i in node.input if i in permuted]
@@ -295,7 +297,7 @@ def _permutation_sinks(graph: Any, value: str, inits: dict[str, Any]) -> list[An
         )
         if node.op_type not in _ELEMENTWISE or not scalars:
             return None
-        if any(o in {g.name for g in graph.output} for o in node.output):
+        if any(o in outputs for o in node.output):
             return None
         permuted.update(node.output)
     return sinks or None
