@@ -9,6 +9,10 @@ another runtime, whose speed it changes when they share a process.
 Roofline: the time the model's FLOPs would take at the measured sgemm rate,
 ``GFLOP x batch / (sgemm GFLOP/s)`` — a practical lower bound for a dense fp32 CPU run with
 the same threads. ``x_roofline`` is measured median latency / roofline.
+
+Every result records the host (:func:`fastvit.host.host_info`: CPU model and ISA features).
+bf16 backends on a CPU without bf16 hardware are skipped with a one-line reason, kept in the
+result, unless ``allow_emulated`` (``--allow-emulated``).
 """
 
 from __future__ import annotations
@@ -40,10 +44,12 @@ from fastvit.bench.runners import (
     RunnerSpec,
     build_runner,
     count_flops,
+    emulated_bf16,
     is_model_file,
 )
 from fastvit.errors import ConfigError
 from fastvit.fileio import atomic_path, write_text_atomic
+from fastvit.host import host_info
 
 SGEMM_N = 2048
 
@@ -79,11 +85,14 @@ class BenchResult:
     config: dict[str, Any]
     machine: dict[str, Any]
     ratios: list[dict[str, Any]] = field(default_factory=list)
+    #: backends not timed and why: ``{"backend": ..., "reason": ...}`` (bf16 without hardware)
+    skipped: list[dict[str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "config": self.config,
             "machine": self.machine,
+            "skipped": self.skipped,
             "sgemm": {
                 "n": SGEMM_N,
                 "median_gflops": self.sgemm_gflops,
@@ -95,24 +104,19 @@ class BenchResult:
 
 
 def machine_info(threads: int) -> dict[str, Any]:
-    import onnxruntime
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    """Where a result was measured: CPU (``host``: model, ISA flags), load and versions."""
+    host = host_info()
     return {
-        "cpu": cpu,
+        "cpu": host.model,
         "cpu_count": os.cpu_count(),
         "threads": threads,
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "python": sys.version.split()[0],
         "torch": torch.__version__,
-        "onnxruntime": onnxruntime.__version__,
+        "onnxruntime": _version("onnxruntime"),
         "openvino": _version("openvino"),
         "platform": platform.platform(),
+        "host": host.to_dict(),
     }
 
 
@@ -139,12 +143,14 @@ def run_benchmark(
     memory: bool = True,
     cache_dir: str | Path | None = None,
     isolate: bool | None = None,
+    allow_emulated: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> BenchResult:
     """Measure every (variant, backend, batch) [and timm's counterpart] interleaved.
 
     ``isolate`` times each runner in its own process; by default (None) only when OpenVINO
-    shares the run with another runtime (:func:`needs_isolation`).
+    shares the run with another runtime (:func:`needs_isolation`). bf16 backends on a CPU
+    without bf16 hardware are skipped (``result.skipped``) unless ``allow_emulated``.
     """
     import tempfile
 
@@ -156,6 +162,19 @@ def run_benchmark(
         raise ConfigError("no variants given; e.g. `fastvit bench fastvit_t8`")
     if any(b < 1 for b in batches) or size < 32 or size % 32:
         raise ConfigError("batch sizes must be >= 1 and --size a multiple of 32 (>= 32)")
+    requested = list(backends)
+    skipped: list[dict[str, str]] = []
+    if not allow_emulated:
+        for b in dict.fromkeys(backends):
+            reason = emulated_bf16(b, host_info())
+            if reason is not None:
+                skipped.append({"backend": b, "reason": reason})  # (printed under the table)
+        backends = [b for b in backends if b not in {s["backend"] for s in skipped}]
+        if not backends and not any(is_model_file(v) for v in variants):
+            raise ConfigError(
+                f"nothing to time: {'; '.join(s['reason'] for s in skipped)}; "
+                "pass --allow-emulated to time it anyway"
+            )
     threads = int(threads or torch.get_num_threads())
     torch.set_num_threads(threads)
     tmp = None
@@ -173,9 +192,13 @@ def run_benchmark(
             continue
         for be in backends:
             for bs in batches:
-                specs.append(RunnerSpec(v, be, bs, size, "fastvit", threads, str(cache_dir)))
-                if compare_timm and be in TIMM_BACKENDS:
-                    specs.append(RunnerSpec(v, be, bs, size, "timm", threads, str(cache_dir)))
+                impls = (
+                    ("fastvit", "timm") if compare_timm and be in TIMM_BACKENDS else ("fastvit",)
+                )
+                specs += [
+                    RunnerSpec(v, be, bs, size, impl, threads, str(cache_dir), allow_emulated)
+                    for impl in impls
+                ]
     try:
         flops = {}
         for s in specs:
@@ -235,15 +258,18 @@ def run_benchmark(
         "variants": list(variants),
         "batches": list(batches),
         "size": size,
-        "backends": list(backends),
+        "backends": requested,
         "threads": threads,
         "compare_timm": compare_timm,
         "warmup": warmup,
         "rounds": rounds,
         "round_time": round_time,
         "isolated": bool(isolate),
+        "allow_emulated": allow_emulated,
     }
-    result = BenchResult(rows, sgemm_gflops, sgemm_best, config, machine_info(threads))
+    result = BenchResult(
+        rows, sgemm_gflops, sgemm_best, config, machine_info(threads), skipped=skipped
+    )
     result.ratios = compute_ratios(rows)
     return result
 
@@ -375,6 +401,10 @@ def format_table(result: BenchResult) -> str:
     out += [fmt.format(*x) for x in lines_]
     c = result.config
     out.append("")
+    out += [s["reason"] for s in result.skipped]
+    host = result.machine.get("host")
+    if host:
+        out.append(f"host: {host['model']}, {host['isa_summary']}")
     load = result.machine.get("load_average")
     if load:
         out.append(

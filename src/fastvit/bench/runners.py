@@ -19,6 +19,9 @@ Backends (all CPU, float32 unless named otherwise):
                          split), float32 hint for the ops left in floating point.
 
 OpenVINO runners are compiled for a static batch with the LATENCY hint and one stream.
+The bf16 backends (:data:`BF16_BACKENDS`) are timed only on a CPU with bf16 hardware
+(:func:`emulated_bf16` says why not, from :func:`fastvit.host.host_info`) unless
+``allow_emulated``.
 
 ``impl="timm"`` builds timm's model of the same variant, reparameterized with
 ``timm.utils.reparameterize_model`` for every backend but ``unfused``.
@@ -37,6 +40,7 @@ import torch
 from torch import nn
 
 from fastvit.errors import ConfigError
+from fastvit.host import HostInfo
 
 BACKENDS = (
     "unfused",
@@ -53,6 +57,8 @@ BACKENDS = (
     "openvino-int8",
 )
 OPENVINO_BACKENDS = tuple(b for b in BACKENDS if b.startswith("openvino-"))
+#: Backends that compute in bf16: only worth timing on a CPU with bf16 hardware.
+BF16_BACKENDS = ("bf16", "bf16-compile", "openvino-bf16")
 #: Backend name of a runner for an exported model file given in place of a variant.
 FILE_BACKEND = "file"
 MODEL_FILE_SUFFIXES = (".xml", ".onnx", ".pt")
@@ -85,10 +91,28 @@ class RunnerSpec:
     impl: str = "fastvit"
     threads: int | None = None
     cache_dir: str | None = None  # where ONNX files are written and shared with children
+    allow_emulated: bool = False  # run a bf16 backend on a CPU without bf16 hardware
 
     @property
     def key(self) -> str:
         return f"{self.impl}:{self.variant}:{self.backend}:b{self.batch}"
+
+
+def emulated_bf16(backend: str, host: HostInfo) -> str | None:
+    """Why ``backend`` is not worth timing on ``host`` (one line), or None when it is.
+
+    A bf16 backend on a CPU without bf16 hardware times an emulation (PyTorch) or plain f32
+    under a bf16 label (OpenVINO falls back silently), not a real deployment choice. Where the
+    host's flags are unknown nothing is skipped.
+    """
+    if backend not in BF16_BACKENDS or host.bf16_native or not host.known:
+        return None
+    what = (
+        "OpenVINO would run f32"
+        if backend in OPENVINO_BACKENDS
+        else "PyTorch would emulate bf16, slower than f32"
+    )
+    return f"{backend}: skipped, this CPU ({host.label()}) has no bf16 hardware; {what}"
 
 
 @dataclass
@@ -137,7 +161,10 @@ def onnx_path(spec: RunnerSpec, int8: bool = False) -> Path:
         save_proto(onnx_proto(model, card), fp32)
     if not int8:
         return fp32
-    q = cache / f"{stem}_int8.onnx"
+    from fastvit.export.quantize import int8_weight_bits
+
+    bits = int8_weight_bits()  # 7 on CPUs whose int8 kernels saturate: cached apart
+    q = cache / f"{stem}_int8w{bits}.onnx"
     if not q.exists():
         from fastvit.data import calibration_images
         from fastvit.export.onnx import read_onnx_metadata
@@ -147,7 +174,7 @@ def onnx_path(spec: RunnerSpec, int8: bool = False) -> Path:
         assert card is not None
         calib = calibration_images("digits", card.preprocessing, limit=32)
         batches = [calib[i : i + 8] for i in range(0, len(calib), 8)]
-        quantize_onnx(fp32, q, batches)
+        quantize_onnx(fp32, q, batches, weight_bits=bits)
     return q
 
 
@@ -162,7 +189,10 @@ def openvino_model(spec: RunnerSpec) -> Any:
     fp32 = onnx_path(spec)
     if spec.backend != "openvino-int8":
         return ov.convert_model(str(fp32))
-    xml = fp32.with_name(fp32.stem + "_ov_int8.xml")
+    from fastvit.export.quantize import int8_weight_bits
+
+    bits = int8_weight_bits()  # 7 on CPUs whose int8 kernels saturate: cached apart
+    xml = fp32.with_name(fp32.stem + f"_ov_int8w{bits}.xml")
     if not xml.exists():
         from fastvit.data import calibration_images
         from fastvit.export.onnx import read_onnx_metadata
@@ -174,7 +204,8 @@ def openvino_model(spec: RunnerSpec) -> Any:
         calib = calibration_images(
             "digits", card.preprocessing, limit=64 if spec.size <= 256 else 8
         )
-        save_ir(quantize_int8(ov.convert_model(str(fp32)), calib), xml, overwrite=True)
+        q = quantize_int8(ov.convert_model(str(fp32)), calib, weight_bits=bits)
+        save_ir(q, xml, overwrite=True)
     return ov.Core().read_model(str(xml))
 
 
@@ -225,7 +256,7 @@ def build_runner(spec: RunnerSpec) -> Runner:
     if spec.backend in ("bf16", "bf16-compile"):
         from fastvit.export.quantize import to_bf16
 
-        model = to_bf16(model)
+        model = to_bf16(model, allow_emulated=spec.allow_emulated)
         x = x.to(torch.bfloat16)
     if spec.backend in ("compile", "bf16-compile"):
         from fastvit.export.compiled import CompiledInference
@@ -247,9 +278,16 @@ def count_flops(variant: str, size: int, impl: str = "fastvit") -> float:
     """FLOPs (multiply-adds x 2) of one fused forward at batch 1, counted by PyTorch."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    if is_model_file(variant):  # the variant named in the file's model card
-        variant = _file_predictor(RunnerSpec(variant, FILE_BACKEND, 1, size)).card.variant
-    model = build_model(variant, impl, fused=True)
+    card = None
+    if is_model_file(variant):  # the architecture the file's model card names
+        card = _file_predictor(RunnerSpec(variant, FILE_BACKEND, 1, size)).card
+        variant = card.variant
+    from fastvit.models.segmentation import is_segmentation_card, segmenter_from_card
+
+    if card is not None and is_segmentation_card(card):  # an exported segmenter
+        model: nn.Module = segmenter_from_card(card)
+    else:
+        model = build_model(variant, impl, fused=True)
     x = torch.zeros(1, 3, size, size)
     counter = FlopCounterMode(display=False)
     with counter, torch.inference_mode():

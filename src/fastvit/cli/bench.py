@@ -1,8 +1,10 @@
 """`fastvit bench [variants]`: interleaved latency / throughput / memory / roofline table.
 
-Writes ``bench.json`` and ``bench.png`` (latency vs GMACs) to ``--out``. With ``--mixers``:
-one attention vs one RepMixer vs one fused RepMixer ViT block over token counts, written to
-``mixers.json`` and ``mixers.png`` (log-log latency and memory vs tokens).
+Writes ``bench.json`` (with the host's CPU model and ISA flags) and ``bench.png`` (latency
+vs GMACs) to ``--out``; bf16 backends on a CPU without bf16 hardware are skipped with a
+one-line reason unless ``--allow-emulated``. With ``--mixers``: one attention vs one RepMixer
+vs one fused RepMixer ViT block over token counts, written to ``mixers.json`` and
+``mixers.png`` (log-log latency and memory vs tokens).
 """
 
 from __future__ import annotations
@@ -78,6 +80,13 @@ def add_parser(p: argparse.ArgumentParser) -> None:
         action="store_const",
         const=False,
         help="time every runner in this process",
+    )
+    p.add_argument(
+        "--allow-emulated",
+        action="store_true",
+        help="time bf16 backends even on a CPU without bf16 hardware (default: skipped with "
+        "a one-line reason, recorded in bench.json, since PyTorch would emulate bf16 and "
+        "OpenVINO run f32)",
     )
     p.add_argument("--out", default="runs/bench", help="folder for bench.json and bench.png")
     p.add_argument("--quiet", action="store_true", help="no progress messages")
@@ -163,6 +172,7 @@ def run(args: argparse.Namespace) -> int:
         round_time=args.round_time,
         memory=not args.no_memory,
         isolate=args.isolate,
+        allow_emulated=args.allow_emulated,
         log=log,
     )
     print(format_table(result))

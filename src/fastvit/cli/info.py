@@ -5,6 +5,10 @@ device). The built-in variants at 256 px ship in ``info_256.json``; other sizes 
 configs are cached per config, input size and fastvit version in
 ``$XDG_CACHE_HOME/fastvit/info.json`` (``~/.cache``). A shipped or cached ``fastvit info``
 imports neither torch nor timm (about 0.2 s).
+
+``fastvit info --host`` prints the machine instead: CPU model, ISA features
+(:mod:`fastvit.host`), the thread choice (:mod:`fastvit.threads`) and the versions of the
+installed runtimes, read from package metadata without importing them.
 """
 
 from __future__ import annotations
@@ -22,6 +26,12 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=int, default=256, help="input size for GMACs (default 256)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--no-cache", action="store_true", help="recompute, ignoring the cache")
+    p.add_argument(
+        "--host",
+        action="store_true",
+        help="print this machine instead (CPU model, ISA features such as AVX2/AVX-512/VNNI/"
+        "AMX/bf16, threads, runtime versions)",
+    )
 
 
 def cache_file() -> Path:
@@ -80,7 +90,71 @@ def summaries(names: list[str], size: int, use_cache: bool = True) -> list[dict]
     return rows
 
 
+#: Distributions whose versions ``--host`` shows (from metadata: none of them is imported).
+RUNTIMES = ("torch", "timm", "onnxruntime", "openvino", "nncf", "coremltools")
+
+
+def host_report() -> dict:
+    """The ``--host`` facts: :func:`fastvit.host.host_info`, thread choice and versions."""
+    import platform
+    import sys
+    from importlib.metadata import PackageNotFoundError, version
+
+    from fastvit import __version__
+    from fastvit.host import host_info
+    from fastvit.threads import choose_threads
+
+    versions: dict[str, str | None] = {"python": sys.version.split()[0], "fastvit": __version__}
+    for name in RUNTIMES:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = None
+    choice = choose_threads()
+    return {
+        "host": host_info().to_dict(),
+        "threads": {"threads": choice.threads, "cpus": choice.cpus, "load": choice.load},
+        "threads_line": choice.describe(),
+        "platform": platform.platform(),
+        "versions": versions,
+    }
+
+
+def print_host(report: dict) -> None:
+    """The ``--host`` block, one fact per line."""
+    h = report["host"]
+    rows = [
+        ("cpu", f"{h['model']} ({h['vendor']}, {h['arch']}, {h['logical_cores']} logical cores)"),
+        ("isa", h["isa_summary"] + (f"  [from {h['source']}]" if h["source"] != "unknown" else "")),
+        (
+            "int8 dot",
+            "yes (VNNI / AVX-VNNI / AMX-INT8 / dotprod)"
+            if h["int8_dot_product"]
+            else "no (no VNNI / AVX-VNNI / AMX-INT8 / dotprod: int8 gains little over f32)",
+        ),
+        (
+            "bf16",
+            "native (AVX-512 BF16 / AMX / ARM BF16)"
+            if h["bf16_native"]
+            else "no bf16 hardware (fastvit bench skips bf16 backends)",
+        ),
+        ("runs with", report["threads_line"]),
+        ("platform", report["platform"]),
+    ]
+    rows += [(k, v or "not installed") for k, v in report["versions"].items()]
+    for k, v in rows:
+        print(f"{k:<12}{v}")
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.host:
+        report = host_report()
+        if args.json:
+            report.pop("threads_line")
+            print(json.dumps(report, indent=2))
+        else:
+            print_host(report)
+        return 0
     from fastvit.cli.checks import check_size
     from fastvit.models.config import get_config, list_models
 

@@ -1,14 +1,15 @@
 """`fastvit` command: dispatches to one module per sub-command.
 
 Each sub-command lives in ``fastvit.cli.<name>`` and exposes ``add_parser(subparsers)`` and
-``run(args) -> int``. Modules are imported lazily so ``fastvit info`` never imports onnx or
-the training stack.
+``run(args) -> int``. Only the module of the command being run is imported (``fastvit
+--help`` imports none), so ``fastvit info`` never imports torch, onnx or the training stack.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
 from collections.abc import Sequence
 
@@ -55,13 +56,34 @@ def error_line(e: BaseException) -> str:
     return " ".join(text.split())
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _command_in(argv: Sequence[str]) -> str | None:
+    """The sub-command named in ``argv``: its first word that is not an option (the top-level
+    options, ``--version`` and ``--help``, take no value)."""
+    for word in argv:
+        if word == "--":
+            return None
+        if not word.startswith("-"):
+            return word
+    return None
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The ``fastvit`` parser. With ``argv``, only the sub-command it names gets its options
+    (its module is imported); the others are listed by name and help line only, so
+    ``fastvit --help`` and ``fastvit info`` import no command module they do not run.
+    Without ``argv``, every sub-command is complete."""
     from fastvit import __version__
 
     parser = _Parser(prog="fastvit", description="FastViT models: train, reparameterize, deploy.")
     parser.add_argument("--version", action="version", version=f"fastvit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    wanted = None if argv is None else _command_in(argv)
     for name, (module_name, help_text) in COMMANDS.items():
+        if argv is not None and name != wanted:
+            if importlib.util.find_spec(module_name) is None:  # not available in this build
+                continue
+            sub.add_parser(name, help=help_text, description=help_text)
+            continue
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as e:
@@ -75,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # usage error or --help: return the code instead of exiting
@@ -91,6 +114,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"fastvit {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `fastvit info | head`: the reader left; no traceback
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (no flush error at exit)
+        return 141
 
 
 if __name__ == "__main__":
