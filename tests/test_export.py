@@ -154,8 +154,10 @@ def test_int8_quantization_keeps_predictions(tmp_path: Path) -> None:
     val = load_labelled("digits", meta, limit=32)
     f32 = ort_session(fp32).run(None, {"input": val.images})[0]
     i8 = ort_session(q).run(None, {"input": val.images})[0]
-    # int8 stays close to fp32 (relative to the logit range) and mostly agrees on the class
-    assert np.abs(i8 - f32).max() < 0.1 * np.abs(f32).max()
+    # int8 stays close to fp32 (relative to the logit range) and mostly agrees on the class;
+    # measured 0.08 of the range with 8-bit weights, 0.10 with the 7-bit weights that CPUs
+    # without VNNI get (fastvit.export.quantize.int8_weight_bits)
+    assert np.abs(i8 - f32).max() < 0.15 * np.abs(f32).max()
     assert (i8.argmax(1) == f32.argmax(1)).mean() >= 0.8
     # top-1 on labelled data is computed the same way for both
     val.labels = f32.argmax(1)

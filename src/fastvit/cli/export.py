@@ -88,6 +88,14 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--quant-format", default="qdq", choices=("qdq", "qoperator"))
     g.add_argument(
+        "--int8-weight-bits",
+        default="auto",
+        choices=("auto", "7", "8"),
+        help="int8 weight range, for onnx-int8 and openvino --int8 (default auto: 7 on x86 "
+        "CPUs without VNNI/AMX, whose int8 kernels saturate with 8-bit weights; 8 elsewhere). "
+        "Export on the kind of CPU you deploy on, or pass 7 for any x86 CPU",
+    )
+    g.add_argument(
         "--calibration-method", default="minmax", choices=("minmax", "percentile", "entropy")
     )
     g.add_argument(
@@ -250,6 +258,7 @@ def run(args: argparse.Namespace) -> int:
                 val=args.val,
                 max_drop=args.max_drop,
                 force=args.force,
+                int8_weight_bits=args.int8_weight_bits,
                 verify=not args.no_verify,
                 check_images=args.check_images,
                 threads=args.threads,
@@ -271,7 +280,7 @@ def _export_int8(args: argparse.Namespace, fp32: Path, out: Path) -> None:
     from fastvit.bench.measure import onnx_latency
     from fastvit.data import calibration_images, load_labelled
     from fastvit.export.onnx import ort_session, read_onnx_metadata
-    from fastvit.export.quantize import onnx_top1, quantize_onnx
+    from fastvit.export.quantize import int8_weight_bits, onnx_top1, quantize_onnx
 
     card = read_onnx_metadata(fp32)
     assert card is not None
@@ -279,11 +288,17 @@ def _export_int8(args: argparse.Namespace, fp32: Path, out: Path) -> None:
         args.calibration or "digits", card.preprocessing, limit=args.calibration_count or 128
     )
     batches = [calib[i : i + 16] for i in range(0, len(calib), 16)]
+    bits = int8_weight_bits(args.int8_weight_bits)
     quantize_onnx(
-        fp32, out, batches, quant_format=args.quant_format, method=args.calibration_method
+        fp32,
+        out,
+        batches,
+        quant_format=args.quant_format,
+        method=args.calibration_method,
+        weight_bits=bits,
     )
     print(
-        f"wrote int8 ONNX model to {out} ({args.quant_format}, per-channel weights, "
+        f"wrote int8 ONNX model to {out} ({args.quant_format}, per-channel {bits}-bit weights, "
         f"{len(calib)} calibration images from {args.calibration or 'digits'})"
     )
     if args.val is not None:  # the val split, exactly as `fastvit eval --data` reads it

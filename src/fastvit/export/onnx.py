@@ -88,9 +88,16 @@ def onnx_proto(
     import onnx
 
     axes = {0: "batch"}
+    out_axes = {0: "batch"}
+    example = torch.zeros(1, *meta.input_size)
+    dense_channels = 0  # channels of a dense (N, C, H, W) output exported with dynamic H/W
     if dynamic_hw:
         axes.update({2: "height", 3: "width"})
-    example = torch.zeros(1, *meta.input_size)
+        with torch.no_grad():
+            out = fused(example)
+        if out.dim() == 4:  # dense outputs (segmentation logits) follow the input's H/W
+            out_axes.update({2: "height", 3: "width"})
+            dense_channels = int(out.shape[1])
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer/deprecation chatter, not user-actionable
@@ -102,10 +109,12 @@ def onnx_proto(
             opset_version=opset,
             input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: {0: "batch"}},
+            dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: out_axes},
             do_constant_folding=True,
         )
     proto = onnx.load_from_string(buf.getvalue())
+    if dense_channels:  # the tracer names the channels of a Resize output symbolically
+        proto.graph.output[0].type.tensor_type.shape.dim[1].dim_value = dense_channels
     simplify_graph(proto, multiplier_convs=multiplier_convs)
     proto.producer_name = "fastvit"
     del proto.metadata_props[:]

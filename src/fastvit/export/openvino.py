@@ -44,6 +44,8 @@ from fastvit.export.common import (
     random_inputs,
     real_inputs,
 )
+from fastvit.export.quantize import int8_weight_bits as resolve_weight_bits
+from fastvit.export.quantize import weight_bits_note
 from fastvit.fileio import WriteError, describe_os_error, temp_sibling
 
 PRECISIONS = ("f32", "bf16")
@@ -358,6 +360,7 @@ def quantize_int8(
     batch: int = 16,
     fast_bias_correction: bool = True,
     transformer: bool = False,
+    weight_bits: str | int = "auto",
 ) -> Any:
     """NNCF post-training int8 quantization of an ``openvino.Model``.
 
@@ -366,8 +369,19 @@ def quantize_int8(
     VNNI kernels take). NNCF's default (CNN) model type: on the digits-trained T8 it loses
     0.28 points of top-1 where ``transformer=True`` (SmoothQuant, attention MatMuls) loses
     0.56; both quantize the FastViT convolutions the same way.
+
+    ``weight_bits`` (:func:`fastvit.export.quantize.int8_weight_bits`; "auto" decides for this
+    CPU): 7 halves the weight range of every convolution and MatMul (NNCF's overflow fix for
+    all layers), so that the int8 kernels of CPUs without VNNI cannot saturate; 8 is NNCF's
+    default, which halves only the first convolution.
     """
-    nncf = require_nncf()
+    nncf = require_nncf()  # first: a missing nncf gets the one-line install hint
+    from nncf.quantization.advanced_parameters import (
+        AdvancedQuantizationParameters,
+        OverflowFix,
+    )
+
+    bits = resolve_weight_bits(weight_bits)
     if not len(calibration):
         raise DataError("no calibration images; give --calib DIR with images")
     batches = [calibration[i : i + batch] for i in range(0, len(calibration), batch)]
@@ -384,6 +398,9 @@ def quantize_int8(
             preset=nncf.QuantizationPreset.PERFORMANCE,
             model_type=nncf.ModelType.TRANSFORMER if transformer else None,
             fast_bias_correction=fast_bias_correction,
+            advanced_parameters=AdvancedQuantizationParameters(
+                overflow_fix=OverflowFix.ENABLE if bits == 7 else OverflowFix.FIRST_LAYER
+            ),
         )
 
 
@@ -405,6 +422,7 @@ def export_openvino(
     val: str | Path | None = None,
     max_drop: float = 1.0,
     force: bool = False,
+    int8_weight_bits: str | int = "auto",
     input_size: int | tuple[int, int] | None = None,
     class_names: Sequence[str] | None = None,
     verify: bool = True,
@@ -419,7 +437,9 @@ def export_openvino(
     PyTorch to 1e-4; bf16: reported as top-1 agreement and max difference on ``val``).
     ``int8`` quantizes with NNCF on ``calib`` images (default: the digits train split for a
     digits model) and refuses to write if top-1 on ``val`` drops more than ``max_drop``
-    points, unless ``force``. Nothing is written when a check fails.
+    points, unless ``force``. ``int8_weight_bits`` ("auto": 7 on CPUs without VNNI/AMX, whose
+    int8 kernels saturate, else 8; see :func:`fastvit.export.quantize.int8_weight_bits`) is
+    stored in the IR's quantization note. Nothing is written when a check fails.
     """
     require_openvino()
     if int8:
@@ -427,6 +447,7 @@ def export_openvino(
     _check_precision(precision)
     if max_drop < 0:
         raise ConfigError(f"--max-drop must be >= 0 points, got {max_drop}")
+    resolve_weight_bits(int8_weight_bits)  # a bad value fails before any slow work
     if calib_count < 1:
         raise ConfigError(f"--calibration-count must be at least 1, got {calib_count}")
     xml = Path(path)
@@ -473,10 +494,11 @@ def export_openvino(
     if int8:
         assert calib_images is not None
         log(f"quantizing with NNCF on {len(calib_images.images)} images from {calib_images.source}")
-        out_model = quantize_int8(ov_model, calib_images.images)
+        bits = resolve_weight_bits(int8_weight_bits)
+        out_model = quantize_int8(ov_model, calib_images.images, weight_bits=bits)
         quant_note = (
-            f"int8 NNCF PTQ (per-channel weights), {len(calib_images.images)} "
-            f"calibration images from {calib_images.source}"
+            f"int8 NNCF PTQ (per-channel {weight_bits_note(bits)}), "
+            f"{len(calib_images.images)} calibration images from {calib_images.source}"
         )
         report.details["quantization"] = quant_note
     else:

@@ -8,6 +8,10 @@ live in :mod:`fastvit.bench`.
 
 bf16: the fused model with bfloat16 weights and activations, run by oneDNN (AMX / AVX-512
 BF16 kernels) when the CPU has them; :func:`bf16_supported` says whether it does.
+
+int8 weight range: :func:`int8_weight_bits` picks 7-bit weights on x86 CPUs without an int8
+dot-product instruction, where full-range int8 convolutions saturate (both the onnxruntime and
+the OpenVINO quantizer use it).
 """
 
 from __future__ import annotations
@@ -27,9 +31,66 @@ from torch import nn
 from fastvit.data import LabelledImages
 from fastvit.errors import ConfigError, DataError
 from fastvit.fileio import atomic_path
+from fastvit.host import HostInfo, host_info
 
 QUANT_FORMATS = ("qdq", "qoperator")
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+INT8_WEIGHT_BITS = ("auto", "7", "8")
+
+
+def int8_weight_bits(requested: str | int = "auto", host: HostInfo | None = None) -> int:
+    """How many bits int8 weights may use (7 or 8) so that the CPU's int8 kernels are exact.
+
+    x86 CPUs without an int8 dot-product instruction (AVX2, or AVX-512 without VNNI) multiply
+    u8 activations by s8 weights with VPMADDUBSW, which adds each pair of products into a
+    *saturating* int16: 2·255·127 = 64770 > 32767, so a large activation meeting a large weight
+    is clipped (on a digits-trained T8, onnxruntime int8 fell from 100% to 87.5% top-1 and an
+    OpenVINO model lost 5.85 points). With 7-bit weights (|q| ≤ 64) a pair is at most
+    2·255·64 = 32640 and never clips. VNNI / AVX-VNNI / AMX accumulate in int32, and ARM's
+    int8 kernels widen before adding, so they keep all 8 bits. ``"auto"`` decides for ``host``
+    (default: this machine); where the CPU's flags cannot be read it takes the safe 7 bits.
+    A model quantized with 8 bits on a VNNI host saturates when run on an AVX2 host: export
+    on the kind of CPU you deploy on, or pass 7.
+    """
+    req = str(requested)
+    if req not in INT8_WEIGHT_BITS:
+        raise ConfigError(
+            f"int8 weight bits must be one of {', '.join(INT8_WEIGHT_BITS)}, got {requested!r}"
+        )
+    if req != "auto":
+        return int(req)
+    return 7 if int8_saturates(host) else 8
+
+
+def weight_bits_note(bits: int) -> str:
+    """The words stored in a quantized model's card for its weight range (read back by
+    :func:`saturation_warning`)."""
+    return "7-bit weights" if bits == 7 else "8-bit weights"
+
+
+def saturation_warning(quantization: str, host: HostInfo | None = None) -> str | None:
+    """A one-line warning when a model quantized with 8-bit weights (its card's
+    ``quantization`` note) is about to run on a CPU whose int8 kernels saturate, else None."""
+    q = quantization or ""
+    # notes written before the 7-bit option name no bits: those models have 8-bit weights
+    full_range = "int8" in q and "7-bit weights" not in q and "weight_bits=7" not in q
+    if not full_range or not int8_saturates(host):
+        return None
+    host = host or host_info()
+    return (
+        f"this int8 model has 8-bit weights, made for CPUs with VNNI/AMX; on this CPU "
+        f"({host.label()}, no VNNI) its int8 convolutions can saturate and lose accuracy: "
+        "re-export it here (`fastvit export ... --int8`: 7-bit weights by default on such CPUs)"
+    )
+
+
+def int8_saturates(host: HostInfo | None = None) -> bool:
+    """Whether full-range (8-bit) int8 weights can saturate on ``host`` (see
+    :func:`int8_weight_bits`): x86 without VNNI/AMX, or a CPU whose flags are unknown."""
+    host = host or host_info()
+    if not host.known:
+        return True
+    return host.is_x86 and not host.int8_dot_product
 
 
 def quantize_onnx(
@@ -44,6 +105,7 @@ def quantize_onnx(
     op_types: Sequence[str] = ("Conv", "Gemm", "MatMul"),
     activations: str = "uint8",
     symmetric_activations: bool = False,
+    weight_bits: str | int = "auto",
 ) -> Path:
     """Static int8 quantization of an fp32 ONNX model (from :func:`export_onnx`).
 
@@ -54,8 +116,10 @@ def quantize_onnx(
     embeddings, ``conv_exp``) always stay fp32: onnxruntime runs them in int8 through a generic
     kernel ~20x slower than fp32. ``quantize_depthwise=False`` also keeps true depthwise convs
     fp32 (slower overall: the graph then switches between int8 NHWC and fp32 NCHWc layouts
-    around every block). Activation-by-activation MatMuls (attention scores) stay fp32. The
-    fp32 metadata is copied to the output.
+    around every block). Activation-by-activation MatMuls (attention scores) stay fp32.
+    ``weight_bits`` (:func:`int8_weight_bits`): "auto" uses 7-bit weights (onnxruntime's
+    ``reduce_range``) on CPUs whose int8 kernels saturate. The fp32 metadata is copied to the
+    output, plus a ``quantization`` entry saying how it was quantized.
     """
     import onnx
     from onnxruntime.quantization import (
@@ -73,6 +137,7 @@ def quantize_onnx(
         raise ConfigError(
             f"unknown calibration method {method!r}; use {', '.join(CALIBRATION_METHODS)}"
         )
+    bits = int8_weight_bits(weight_bits)
     batches = [calibration] if isinstance(calibration, np.ndarray) else list(calibration)
     batches = [np.ascontiguousarray(b, dtype=np.float32) for b in batches if len(b)]
     if not batches:
@@ -116,6 +181,7 @@ def quantize_onnx(
                     per_channel=per_channel,
                     activation_type=QuantType.QUInt8 if activations == "uint8" else QuantType.QInt8,
                     weight_type=QuantType.QInt8,
+                    reduce_range=bits == 7,
                     op_types_to_quantize=list(op_types),
                     nodes_to_exclude=exclude,
                     calibrate_method={
@@ -136,7 +202,8 @@ def quantize_onnx(
             q.metadata_props.add(
                 key="quantization",
                 value=f"int8 static {quant_format} per_channel={per_channel} calibration={method} "
-                f"images={n_images} depthwise={'int8' if quantize_depthwise else 'fp32'}",
+                f"images={n_images} depthwise={'int8' if quantize_depthwise else 'fp32'} "
+                f"weight_bits={bits}",
             )
             onnx.save(q, str(tmp_out))
     return out_path
@@ -238,21 +305,38 @@ def torch_top1(
 
 
 def bf16_supported() -> bool:
-    """Whether this CPU has native bf16 kernels (AVX-512 BF16 or AMX) that oneDNN uses."""
+    """Whether this CPU has bf16 arithmetic in hardware (AVX-512 BF16, AMX-BF16, ARM BF16) and
+    PyTorch's oneDNN uses it.
+
+    Both must hold: :attr:`fastvit.host.HostInfo.bf16_native` (oneDNN also reports AVX-512
+    CPUs without BF16, where it emulates bf16 and is slower than f32) and oneDNN's own check.
+    Where the host's flags cannot be read, oneDNN's check alone decides.
+    """
+    from fastvit.host import host_info
+
+    host = host_info()
+    if host.known and not host.bf16_native:
+        return False
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
 
 
-def to_bf16(fused: nn.Module) -> nn.Module:
-    """A bfloat16, channels-last copy of a fused model (feed it bf16 channels-last input)."""
+def to_bf16(fused: nn.Module, *, allow_emulated: bool = False) -> nn.Module:
+    """A bfloat16, channels-last copy of a fused model (feed it bf16 channels-last input).
+
+    Refused on a CPU without bf16 hardware (:func:`bf16_supported`) unless ``allow_emulated``:
+    there PyTorch emulates bf16 and runs slower than f32.
+    """
     import copy
 
-    if not bf16_supported():
+    if not allow_emulated and not bf16_supported():
+        from fastvit.host import host_info
+
         raise ConfigError(
-            "this CPU has no native bf16 support (AVX-512 BF16 / AMX); "
-            "use fp32 or the onnxruntime int8 backend"
+            f"this CPU ({host_info().label()}) has no native bf16 support (AVX-512 BF16 / "
+            "AMX / ARM BF16); use fp32 or the onnxruntime int8 backend"
         )
     m = copy.deepcopy(fused).eval().to(torch.bfloat16)
     return m.to(memory_format=torch.channels_last)

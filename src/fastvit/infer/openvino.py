@@ -93,6 +93,10 @@ def openvino_file_predictor(
             f"{path} has no fastvit model card; assuming ImageNet preprocessing at {hw[0]}x{hw[1]}",
             stacklevel=2,
         )
+    from fastvit.export.quantize import saturation_warning
+
+    if (msg := saturation_warning(ir.quantization)) is not None:
+        warnings.warn(f"{path}: {msg}", stacklevel=2)
     model = ir.model
     if size is not None and size != card.input_size[1]:
         model = model.clone()

@@ -267,6 +267,11 @@ def _onnx_file_predictor(
             f"{path} has no fastvit metadata; assuming ImageNet preprocessing at {hw[0]}x{hw[1]}",
             stacklevel=2,
         )
+    from fastvit.export.quantize import saturation_warning
+
+    note = next((p.value for p in proto.metadata_props if p.key == "quantization"), "")
+    if (msg := saturation_warning(note)) is not None:
+        warnings.warn(f"{path}: {msg}", stacklevel=2)
     meta = _finish_meta(meta, size, class_names)
     return OnnxPredictor(ort_session(path, threads=threads), meta)
 
