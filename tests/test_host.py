@@ -335,3 +335,49 @@ def test_quick_commands_import_no_heavy_package(tmp_path: Path) -> None:
         "['info'] [] ['fastvit.cli.checks', 'fastvit.cli.info', 'fastvit.cli.main']",
         "['info', '--host'] [] ['fastvit.cli.checks', 'fastvit.cli.info', 'fastvit.cli.main']",
     ], proc.stdout
+
+
+def test_bench_auto_names_the_fastest_runtime_for_the_host(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("openvino")
+    pytest.importorskip("onnxruntime")
+    ms = {
+        "onnxruntime": 10.0,
+        "onnxruntime-int8": 9.0,
+        "openvino-f32": 8.0,
+        "openvino-bf16": 4.0,
+        "openvino-int8": 5.0,
+    }
+    seen: list = []
+
+    def fake_time_runners(specs, **kw):
+        seen.extend(specs)
+        return [Timing([ms[s.backend] / 1e3] * 2) for s in specs] + [Timing([0.01, 0.01])]
+
+    _fake_bench(monkeypatch, EPYC)
+    monkeypatch.setattr(core, "time_runners", fake_time_runners)
+    assert core.auto_backends(EPYC) == [
+        "onnxruntime",
+        "onnxruntime-int8",
+        "openvino-f32",
+        "openvino-int8",
+    ]  # no bf16 hardware: OpenVINO bf16 would be f32 again
+    assert _bench(tmp_path / "a", "--backend", "auto") == 0
+    assert [s.backend for s in seen] == core.auto_backends(EPYC)
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("auto:"))
+    assert line.startswith(
+        "auto: fastvit_t8 b1 -> openvino-int8 (5.00 ms, 2.00x onnxruntime) on AMD EPYC, AVX2"
+    )
+    doc = json.loads((tmp_path / "a" / "bench.json").read_text())
+    assert doc["auto"][0]["backend"] == "openvino-int8" and doc["config"]["backends"] == ["auto"]
+    assert doc["auto"][0]["speedup"] == pytest.approx(2.0)
+
+    seen.clear()  # a host with bf16 hardware also weighs OpenVINO bf16, which wins here
+    _fake_bench(monkeypatch, SPR)
+    monkeypatch.setattr(core, "time_runners", fake_time_runners)
+    assert "openvino-bf16" in core.auto_backends(SPR)
+    assert _bench(tmp_path / "b", "--backend", "auto") == 0
+    doc = json.loads((tmp_path / "b" / "bench.json").read_text())
+    assert doc["auto"][0]["backend"] == "openvino-bf16"
+    assert doc["auto"][0]["speedup"] == pytest.approx(2.5)

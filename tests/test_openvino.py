@@ -245,6 +245,8 @@ def test_cli_export_and_refusals(
                 str(out),
                 "--threads",
                 "1",
+                "--precision",
+                "f32",
             ]
         )
         == 0
@@ -380,3 +382,50 @@ def test_ir_found_by_content(art: dict, tmp_path: Path) -> None:
     for source in (xml, art["f32"].with_suffix(".bin")):
         predictor = load_predictor(source, threads=1)
         assert predictor.backend == "openvino" and predictor.card.class_names == tuple(DIGITS)
+
+
+def test_choose_precision_takes_the_fastest_eligible_and_says_why() -> None:
+    from fastvit.export.openvino import MIN_SPEEDUP, PrecisionTrial, choose_precision
+    from fastvit.host import HostInfo
+
+    epyc = HostInfo("AMD EPYC", "AuthenticAMD", "x86_64", 2, "/proc/cpuinfo", avx2=True)
+    f32 = PrecisionTrial("f32", 10.0, True, "")
+    int8 = PrecisionTrial("int8", 6.0, True, "drop 0.28 <= 1 points")
+    bf16 = PrecisionTrial("bf16", None, False, "not tried: this CPU has no bf16 hardware")
+    name, why = choose_precision([f32, int8, bf16], epyc)
+    assert name == "int8"
+    assert why == (
+        "int8 on AMD EPYC, AVX2: 1.67x faster than f32 (drop 0.28 <= 1 points); "
+        "bf16: not tried: this CPU has no bf16 hardware"
+    )
+    # an int8 model that failed its accuracy gate is never chosen, however fast
+    bad = PrecisionTrial("int8", 2.0, False, "int8 top-1 ... (drop 5.85 > --max-drop 1 points)")
+    name, why = choose_precision([f32, bad], epyc)
+    assert name == "f32" and why.startswith("f32 on AMD EPYC, AVX2; int8: int8 top-1")
+    # a gain inside timing noise keeps f32
+    close = PrecisionTrial("int8", 10.0 / (MIN_SPEEDUP - 0.02), True, "drop 0.00 <= 1 points")
+    name, why = choose_precision([f32, close], epyc)
+    assert name == "f32" and why.endswith(f"int8 only 1.08x faster (< {MIN_SPEEDUP}x)")
+
+
+@pytest.mark.slow
+def test_cli_export_auto_precision(
+    art: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`fastvit export --format openvino` (auto) on a digits model: int8 is calibrated on the
+    digits, gated on their val split and timed against f32; the report names the choice."""
+    from fastvit.host import host_info
+
+    out = tmp_path / "auto.xml"
+    args = ["export", str(art["ckpt"]), "--format", "openvino", "--output", str(out)]
+    assert main([*args, "--threads", "1"]) == 0
+    text = capsys.readouterr().out
+    (line,) = [x for x in text.splitlines() if "precision choice:" in x]
+    chosen = line.split("precision choice: ")[1].split(" on ")[0]
+    assert chosen in ("f32", "int8", "bf16")
+    assert f"on {host_info().label()}" in line
+    if not host_info().bf16_native:
+        assert "bf16: not tried: this CPU" in line and chosen != "bf16"
+    ir = read_openvino(out)
+    assert ir.quantization.startswith("int8") == (chosen == "int8")
+    assert "top-1 on digits val: float32" in text  # int8 was tried and gated on the digits

@@ -49,7 +49,7 @@ from fastvit.bench.runners import (
 )
 from fastvit.errors import ConfigError
 from fastvit.fileio import atomic_path, write_text_atomic
-from fastvit.host import host_info
+from fastvit.host import HostInfo, host_info
 
 SGEMM_N = 2048
 
@@ -87,12 +87,15 @@ class BenchResult:
     ratios: list[dict[str, Any]] = field(default_factory=list)
     #: backends not timed and why: ``{"backend": ..., "reason": ...}`` (bf16 without hardware)
     skipped: list[dict[str, str]] = field(default_factory=list)
+    #: ``--backend auto``: per (variant, batch), the fastest candidate and why (:func:`pick_auto`)
+    auto: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "config": self.config,
             "machine": self.machine,
             "skipped": self.skipped,
+            "auto": self.auto,
             "sgemm": {
                 "n": SGEMM_N,
                 "median_gflops": self.sgemm_gflops,
@@ -129,6 +132,69 @@ def _version(package: str) -> str | None:
         return None
 
 
+AUTO = "auto"
+
+
+def auto_backends(host: HostInfo | None = None) -> list[str]:
+    """What ``--backend auto`` compares on ``host``: the deployment runtimes installed here.
+
+    onnxruntime fp32 (the portable baseline) and int8; OpenVINO f32 and int8 (when installed),
+    and OpenVINO bf16 only on a CPU with bf16 hardware (elsewhere it would time f32 again).
+    Eager PyTorch when neither runtime is installed. Nothing is imported to decide.
+    """
+    from importlib.util import find_spec
+
+    host = host or host_info()
+    out = []
+    if find_spec("onnxruntime") is not None:
+        out += ["onnxruntime", "onnxruntime-int8"]
+    if find_spec("openvino") is not None and find_spec("nncf") is not None:
+        out += ["openvino-f32", *(["openvino-bf16"] if host.bf16_native else []), "openvino-int8"]
+    return out or ["eager"]
+
+
+def pick_auto(
+    rows: Sequence[BenchRow], candidates: Sequence[str], host: HostInfo | None = None
+) -> list[dict[str, Any]]:
+    """Per (variant, batch) of our rows: the fastest of ``candidates`` (median), its speed-up
+    over onnxruntime fp32 (or the slowest candidate) and a one-line reason naming the host.
+
+    Speed only: the models are random, so int8 accuracy is for ``fastvit export --int8``,
+    whose gate refuses a model that loses more than ``--max-drop`` points.
+    """
+    host = host or host_info()
+    groups: dict[tuple[str, int], list[BenchRow]] = {}
+    for r in rows:
+        if r.impl == "fastvit" and r.backend in candidates:
+            groups.setdefault((r.variant, r.batch), []).append(r)
+    out = []
+    for (variant, batch), rs in groups.items():
+        best = min(rs, key=lambda r: r.median_ms)
+        base = next((r for r in rs if r.backend == "onnxruntime"), None) or max(
+            rs, key=lambda r: r.median_ms
+        )
+        others = ", ".join(
+            f"{r.backend} {r.median_ms:.2f}" for r in sorted(rs, key=lambda r: r.median_ms)[1:]
+        )
+        reason = (
+            f"auto: {variant} b{batch} -> {best.backend} ({best.median_ms:.2f} ms, "
+            f"{base.median_ms / best.median_ms:.2f}x {base.backend}) on {host.label()}"
+            + (f"; slower: {others} ms" if others else "")
+        )
+        out.append(
+            {
+                "variant": variant,
+                "batch": batch,
+                "backend": best.backend,
+                "median_ms": best.median_ms,
+                "baseline": base.backend,
+                "speedup": base.median_ms / best.median_ms,
+                "reason": reason,
+            }
+        )
+    return out
+
+
 def run_benchmark(
     variants: Sequence[str],
     *,
@@ -151,10 +217,17 @@ def run_benchmark(
     ``isolate`` times each runner in its own process; by default (None) only when OpenVINO
     shares the run with another runtime (:func:`needs_isolation`). bf16 backends on a CPU
     without bf16 hardware are skipped (``result.skipped``) unless ``allow_emulated``.
+    ``"auto"`` among ``backends`` stands for :func:`auto_backends` and adds the fastest of
+    them to ``result.auto`` (:func:`pick_auto`).
     """
     import tempfile
 
     log = log or (lambda s: None)
+    asked = list(backends)
+    auto = auto_backends() if AUTO in backends else []
+    if auto:
+        backends = list(dict.fromkeys(b for x in backends for b in (auto if x == AUTO else [x])))
+        log(f"auto: comparing {', '.join(auto)} on {host_info().label()}")
     for b in backends:
         if b not in BACKENDS:
             raise ConfigError(f"unknown backend {b!r}; use any of {', '.join(BACKENDS)}")
@@ -162,7 +235,6 @@ def run_benchmark(
         raise ConfigError("no variants given; e.g. `fastvit bench fastvit_t8`")
     if any(b < 1 for b in batches) or size < 32 or size % 32:
         raise ConfigError("batch sizes must be >= 1 and --size a multiple of 32 (>= 32)")
-    requested = list(backends)
     skipped: list[dict[str, str]] = []
     if not allow_emulated:
         for b in dict.fromkeys(backends):
@@ -258,7 +330,8 @@ def run_benchmark(
         "variants": list(variants),
         "batches": list(batches),
         "size": size,
-        "backends": requested,
+        "backends": asked,
+        "auto_backends": auto,
         "threads": threads,
         "compare_timm": compare_timm,
         "warmup": warmup,
@@ -271,6 +344,8 @@ def run_benchmark(
         rows, sgemm_gflops, sgemm_best, config, machine_info(threads), skipped=skipped
     )
     result.ratios = compute_ratios(rows)
+    if auto:
+        result.auto = pick_auto(rows, auto)
     return result
 
 
@@ -402,6 +477,7 @@ def format_table(result: BenchResult) -> str:
     c = result.config
     out.append("")
     out += [s["reason"] for s in result.skipped]
+    out += [a["reason"] for a in result.auto]
     host = result.machine.get("host")
     if host:
         out.append(f"host: {host['model']}, {host['isa_summary']}")

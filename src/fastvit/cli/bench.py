@@ -31,7 +31,8 @@ def add_parser(p: argparse.ArgumentParser) -> None:
         default="eager",
         help="comma-separated: unfused, eager, channels_last, compile, torchscript, "
         "bf16, bf16-compile, onnxruntime, onnxruntime-int8, openvino-f32, "
-        "openvino-bf16, openvino-int8 (default eager)",
+        "openvino-bf16, openvino-int8, or auto: the deployment runtimes installed here "
+        "(bf16 only on a CPU with bf16 hardware), naming the fastest (default eager)",
     )
     p.add_argument(
         "--threads",

@@ -47,6 +47,7 @@ from fastvit.export.common import (
 from fastvit.export.quantize import int8_weight_bits as resolve_weight_bits
 from fastvit.export.quantize import weight_bits_note
 from fastvit.fileio import WriteError, describe_os_error, temp_sibling
+from fastvit.host import HostInfo, host_info
 
 PRECISIONS = ("f32", "bf16")
 RT_SECTION = "fastvit"
@@ -411,6 +412,128 @@ class AccuracyDropError(FastViTError):
 # --------------------------------------------------------------------------- export
 
 
+AUTO = "auto"
+#: ``--precision auto`` keeps f32 unless a lower precision is at least this much faster: a
+#: gain inside timing noise is not worth any accuracy.
+MIN_SPEEDUP = 1.1
+
+
+@dataclass
+class PrecisionTrial:
+    """One precision considered by ``--precision auto``: its median batch-1 latency (None:
+    not timed) and why it was or was not eligible."""
+
+    name: str  # "f32", "bf16" or "int8"
+    median_ms: float | None
+    eligible: bool
+    note: str
+
+
+def choose_precision(
+    trials: Sequence[PrecisionTrial], host: HostInfo | None = None
+) -> tuple[str, str]:
+    """(name, one-line reason): the fastest eligible trial, f32 unless another is at least
+    :data:`MIN_SPEEDUP` times faster. ``trials`` must hold an eligible, timed f32."""
+    host = host or host_info()
+    f32 = next(t for t in trials if t.name == "f32")
+    assert f32.median_ms is not None
+    timed = [t for t in trials if t.eligible and t.median_ms is not None]
+    best = min(timed, key=lambda t: t.median_ms or 0.0)
+    gain = f32.median_ms / (best.median_ms or f32.median_ms)
+    if best.name != "f32" and gain < MIN_SPEEDUP:
+        why = f"{best.name} only {gain:.2f}x faster (< {MIN_SPEEDUP}x)"
+        best, gain = f32, 1.0
+    else:
+        why = ""
+    parts = [
+        f"{best.name} on {host.label()}"
+        + (f": {gain:.2f}x faster than f32" if best is not f32 else "")
+        + (f" ({best.note})" if best.note else "")
+    ]
+    parts += [f"{t.name}: {t.note}" for t in trials if t is not best and t.name != "f32"]
+    if why:
+        parts.append(why)
+    return best.name, "; ".join(parts)
+
+
+def time_compiled(
+    compiled: Sequence[Any], x: np.ndarray, *, rounds: int = 5, round_time: float = 0.1
+) -> list[float]:
+    """Median ms per call of each compiled model on ``x``, timed in interleaved rounds so
+    that load from other processes hits all alike (enough to rank precisions, not a
+    benchmark: see ``fastvit bench``)."""
+    import time
+
+    reqs = [c.create_infer_request() for c in compiled]
+    for r in reqs:  # warm-up
+        run_compiled(None, x, r)
+    samples: list[list[float]] = [[] for _ in reqs]
+    for k in range(rounds):
+        order = list(range(len(reqs)))
+        order = order[k % len(order) :] + order[: k % len(order)]
+        for i in order:
+            stop = time.perf_counter() + round_time
+            while True:
+                t0 = time.perf_counter()
+                run_compiled(None, x, reqs[i])
+                samples[i].append(time.perf_counter() - t0)
+                if t0 > stop:
+                    break
+    return [float(np.median(s)) * 1e3 for s in samples]
+
+
+@dataclass
+class _Candidate:
+    """An IR ready to write, with what its checks found."""
+
+    name: str
+    model: Any
+    precision: str  # the stored precision hint
+    quantization: str | None
+    details: dict[str, str]
+    failure: str | None = None  # why its accuracy check failed
+
+
+def _check_candidate(
+    cand: _Candidate,
+    fused: nn.Module,
+    probe: ImageSet,
+    ref: np.ndarray,
+    *,
+    max_drop: float,
+    threads: int | None,
+) -> Any:
+    """Compile ``cand``, record its agreement with PyTorch (and top-1 on a labelled probe)
+    in ``cand.details``, set ``cand.failure`` when int8 drops more than ``max_drop`` points
+    or bf16 agrees on fewer than :data:`MIN_AGREEMENT` % of the images; return the compiled
+    model."""
+    compiled = compile_ir(cand.model, cand.precision, threads=threads)
+    out = compiled_logits(compiled, probe.images)
+    agree = float((out.argmax(1) == ref.argmax(1)).mean() * 100.0)
+    scale = float(np.abs(ref).max())
+    cand.details["top-1 agreement with PyTorch"] = (
+        f"{agree:.2f}% of {len(ref)} images ({probe.source}); max |logit diff| "
+        f"{max_abs_diff(ref, out):.3g} (logits up to {scale:.3g})"
+    )
+    if probe.labelled:
+        a32, alow = top1(ref, probe.labels), top1(out, probe.labels)
+        cand.details["top-1 on " + probe.source] = (
+            f"float32 {a32:.2f}%  {cand.name} {alow:.2f}%  (delta {alow - a32:+.2f} points)"
+        )
+        if cand.name == "int8" and a32 - alow > max_drop:
+            cand.failure = (
+                f"int8 top-1 on {probe.source} is {alow:.2f}% vs {a32:.2f}% in float32 "
+                f"(drop {a32 - alow:.2f} > --max-drop {max_drop:g} points)"
+            )
+        elif cand.name == "int8":
+            cand.details["accuracy gate"] = f"drop {a32 - alow:.2f} <= {max_drop:g} points"
+    elif cand.name == "int8":
+        cand.details["accuracy"] = "not checked (no labelled --val set)"
+    if cand.name == "bf16" and agree < MIN_AGREEMENT:
+        cand.failure = f"bf16 agrees with PyTorch on {agree:.2f}% < {MIN_AGREEMENT:g}% of images"
+    return compiled
+
+
 def export_openvino(
     model: nn.Module | str | Path,
     path: str | Path,
@@ -439,12 +562,23 @@ def export_openvino(
     digits model) and refuses to write if top-1 on ``val`` drops more than ``max_drop``
     points, unless ``force``. ``int8_weight_bits`` ("auto": 7 on CPUs without VNNI/AMX, whose
     int8 kernels saturate, else 8; see :func:`fastvit.export.quantize.int8_weight_bits`) is
-    stored in the IR's quantization note. Nothing is written when a check fails.
+    stored in the IR's quantization note.
+
+    ``precision="auto"`` (without ``int8``) picks for this CPU: f32; bf16 where the CPU has
+    bf16 hardware and bf16 agrees with PyTorch on >= 99% of the images; int8 where
+    calibration images (``calib``, or the digits for a digits model) and a labelled ``val``
+    set exist and the drop is <= ``max_drop``. The eligible ones are timed interleaved at
+    batch 1 and the fastest is written (:func:`choose_precision`); the report says why.
+    Nothing is written when a check fails.
     """
     require_openvino()
+    from importlib.util import find_spec
+
+    auto = precision == AUTO and not int8
     if int8:
         require_nncf()
-    _check_precision(precision)
+    have_nncf = int8 or find_spec("nncf") is not None
+    precision = "f32" if precision == AUTO else _check_precision(precision)
     if max_drop < 0:
         raise ConfigError(f"--max-drop must be >= 0 points, got {max_drop}")
     resolve_weight_bits(int8_weight_bits)  # a bad value fails before any slow work
@@ -460,14 +594,11 @@ def export_openvino(
     fused = fuse_for_export(load_source(model))
     meta = ModelCard.from_model(fused, input_size=input_size, class_names=class_names)
     digits = is_digits_model(meta)
-    calib_images = None
-    if int8:
-        if calib is None and not digits:
-            raise ConfigError(
-                "--int8 needs calibration images: pass --calib DIR (a folder of "
-                "images like the ones the model will see)"
-            )
-        calib_images = load_image_set(calib, meta, split="train", limit=calib_count)
+    if int8 and calib is None and not digits:
+        raise ConfigError(
+            "--int8 needs calibration images: pass --calib DIR (a folder of "
+            "images like the ones the model will see)"
+        )
     if val is None and digits:
         val = "digits"
     val_set = load_image_set(val, meta, split="val", what="validation") if val else None
@@ -476,10 +607,15 @@ def export_openvino(
             f"{val} has no class sub-folders; --val needs an ImageFolder (one "
             "sub-folder per class) or 'digits'"
         )
+    labelled = val_set is not None and val_set.labelled
+    try_int8 = int8 or (auto and have_nncf and (calib is not None or digits) and labelled)
+    calib_images = (
+        load_image_set(calib, meta, split="train", limit=calib_count) if try_int8 else None
+    )
 
     log(f"converting {meta.variant} to OpenVINO")
     ov_model = convert_fused(fused, meta)
-    report = ExportReport(path=xml, format=f"openvino ({'int8, ' if int8 else ''}{precision})")
+    report = ExportReport(path=xml, format="openvino")
     f32_compiled = compile_ir(ov_model, "f32", threads=threads)
     if verify:  # the float32 IR must match PyTorch, whatever is written
         with torch.no_grad():
@@ -490,23 +626,42 @@ def export_openvino(
                 report.record(name, output_diff(fused(x), run_compiled(f32_compiled, x.numpy())))
         if not report.ok:
             raise ReparamError(report.failure())
-    quant_note = None
-    if int8:
+
+    host = host_info()
+    cands: list[_Candidate] = []
+    notes: dict[str, str] = {}
+    if try_int8:
         assert calib_images is not None
         log(f"quantizing with NNCF on {len(calib_images.images)} images from {calib_images.source}")
         bits = resolve_weight_bits(int8_weight_bits)
-        out_model = quantize_int8(ov_model, calib_images.images, weight_bits=bits)
         quant_note = (
             f"int8 NNCF PTQ (per-channel {weight_bits_note(bits)}), "
             f"{len(calib_images.images)} calibration images from {calib_images.source}"
         )
-        report.details["quantization"] = quant_note
-    else:
-        out_model = ov_model
-    set_card(out_model, meta, precision, quantization=quant_note)
-    if int8 or precision != "f32":
-        # bf16/int8 cannot match to 1e-4: report agreement with PyTorch and accuracy
-        compiled = compile_ir(out_model, precision, threads=threads)
+        q = quantize_int8(ov_model, calib_images.images, weight_bits=bits)
+        cands.append(_Candidate("int8", q, precision, quant_note, {"quantization": quant_note}))
+    elif auto:
+        notes["int8"] = (
+            f"not tried: nncf is not installed ({INSTALL_HINT})"
+            if not have_nncf
+            else "not tried: needs calibration images (--calib) and a labelled --val set"
+            if not labelled
+            else "not tried: needs calibration images (--calib)"
+        )
+    if precision == "bf16" and not int8:
+        cands.append(_Candidate("bf16", ov_model, "bf16", None, {}))
+        if not host.bf16_native:
+            cands[-1].details["warning"] = (
+                f"this CPU ({host.label()}) has no bf16 hardware: OpenVINO runs the model in "
+                "f32 here; bf16 pays off on CPUs with AVX-512 BF16 or AMX"
+            )
+    elif auto and host.bf16_native:
+        cands.append(_Candidate("bf16", ov_model, "bf16", None, {}))
+    elif auto:
+        notes["bf16"] = f"not tried: this CPU ({host.label()}) has no bf16 hardware"
+
+    compiled: dict[str, Any] = {}
+    if cands:  # bf16/int8 cannot match to 1e-4: agreement with PyTorch and accuracy
         probe = (
             val_set
             if val_set is not None
@@ -521,32 +676,48 @@ def export_openvino(
                     for i in range(0, len(probe.images), 64)
                 ]
             )
-        out = compiled_logits(compiled, probe.images)
-        agree = float((out.argmax(1) == ref.argmax(1)).mean() * 100.0)
-        scale = float(np.abs(ref).max())
-        report.details["top-1 agreement with PyTorch"] = (
-            f"{agree:.2f}% of {len(ref)} images ({probe.source}); max |logit diff| "
-            f"{max_abs_diff(ref, out):.3g} (logits up to {scale:.3g})"
-        )
-        if probe.labelled:
-            a32, alow = top1(ref, probe.labels), top1(out, probe.labels)
-            report.details["top-1 on " + probe.source] = (
-                f"float32 {a32:.2f}%  {'int8' if int8 else precision} {alow:.2f}%  "
-                f"(delta {alow - a32:+.2f} points)"
+        for c in cands:
+            compiled[c.name] = _check_candidate(
+                c, fused, probe, ref, max_drop=max_drop, threads=threads
             )
-            if int8 and a32 - alow > max_drop:
-                msg = (
-                    f"int8 top-1 on {probe.source} is {alow:.2f}% vs {a32:.2f}% in float32 "
-                    f"(drop {a32 - alow:.2f} > --max-drop {max_drop:g} points)"
+
+    if auto:
+        trials = [PrecisionTrial("f32", None, True, "")]
+        for c in cands:
+            trials.append(PrecisionTrial(c.name, None, c.failure is None, c.failure or ""))
+        trials += [PrecisionTrial(n, None, False, why) for n, why in notes.items()]
+        timed = [t for t in trials if t.eligible]
+        x = random_inputs(meta, batch=1).numpy()
+        runs = [f32_compiled if t.name == "f32" else compiled[t.name] for t in timed]
+        log(f"timing {', '.join(t.name for t in timed)} at batch 1 on {host.label()}")
+        for t, ms in zip(timed, time_compiled(runs, x) if len(runs) > 1 else [1.0]):
+            t.median_ms = ms
+        for t in trials:
+            c = next((c for c in cands if c.name == t.name), None)
+            if c is not None and c.failure is None:
+                t.note = c.details.get("accuracy gate", "agrees with PyTorch")
+        chosen, why = choose_precision(trials, host)
+        report.details["precision choice"] = why
+        chosen_cand = next((c for c in cands if c.name == chosen), None)
+    else:
+        chosen_cand = cands[0] if cands else None  # a forced bf16 is reported, not gated
+        if chosen_cand is not None and chosen_cand.name == "int8" and chosen_cand.failure:
+            if not force:
+                raise AccuracyDropError(
+                    f"{chosen_cand.failure}; nothing written: calibrate on more "
+                    "representative images (--calib), or pass --force"
                 )
-                if not force:
-                    raise AccuracyDropError(
-                        f"{msg}; nothing written: calibrate on more "
-                        "representative images (--calib), or pass --force"
-                    )
-                report.details["warning"] = msg + "; written anyway (--force)"
-        elif int8:
-            report.details["accuracy"] = "not checked (no labelled --val set)"
+            chosen_cand.details["warning"] = chosen_cand.failure + "; written anyway (--force)"
+
+    if chosen_cand is None:
+        out_model, precision, quant_note, form = ov_model, "f32", None, "f32"
+    else:
+        out_model, precision = chosen_cand.model, chosen_cand.precision
+        quant_note = chosen_cand.quantization
+        form = f"int8, {precision}" if chosen_cand.name == "int8" else precision
+        report.details.update(chosen_cand.details)
+    report.format = f"openvino ({form})"
+    set_card(out_model, meta, precision, quantization=quant_note)
     save_ir(out_model, xml, overwrite=overwrite)
     report.details["precision hint"] = (
         f"{precision} (stored in the IR; fastvit predict/eval/"
@@ -557,11 +728,14 @@ def export_openvino(
 
 
 __all__ = [
+    "AUTO",
     "PRECISIONS",
     "AccuracyDropError",
     "ImageSet",
     "MissingExtraError",
     "OpenVinoModel",
+    "PrecisionTrial",
+    "choose_precision",
     "compile_ir",
     "compiled_logits",
     "convert_fused",
@@ -577,4 +751,5 @@ __all__ = [
     "run_compiled",
     "save_ir",
     "set_card",
+    "time_compiled",
 ]
