@@ -3,6 +3,7 @@
     python benchmarks/bench_openvino.py speed                 # T8, S12, SA12 at 256 px
     python benchmarks/bench_openvino.py accuracy --checkpoint runs/fastvit_t8_digits/model_reparam.safetensors
     python benchmarks/bench_openvino.py scale                 # latency vs resolution + PNG
+    python benchmarks/bench_openvino.py layers                # per-layer counters, f32 vs int8
 
 ``speed``: every runner (ours in onnxruntime fp32 and OpenVINO f32/bf16/int8 at batch 1;
 ours in OpenVINO bf16/int8 and timm's fused model in onnxruntime fp32 at the throughput batch)
@@ -13,6 +14,10 @@ runtime / fp32 roofline, batch-32 ours best / timm onnxruntime. ``accuracy``: to
 digits-trained checkpoint on the digits val split in PyTorch, OpenVINO f32, bf16 and int8, at
 its training size and at 256 px.
 ``scale``: T8 and SA12, our int8 OpenVINO model against timm's eager fused model, 128..1024 px.
+``layers``: OpenVINO's per-layer performance counters (``PERF_COUNT``) of the f32 and the int8
+model of each variant, summed by what the layer does (1x1 / depthwise / dense conv, GELU and
+other eltwise, attention MatMul, reorders...) and the kernel that ran it (``jit_avx2_I8``,
+``brgconv_avx512_1x1``, ``ref_*``...): where int8 time goes and what bounds its speed-up.
 
 The machine is shared: the 1-minute load average is printed with every table (above the core
 count, two-thread timings suffer; ratios are still measured side by side).
@@ -237,9 +242,83 @@ def scale(args: argparse.Namespace) -> None:
     print(f"wrote {out}")
 
 
+def _layer_group(op_type: str, exec_type: str) -> str:
+    """A readable class for one executed layer: what it computes."""
+    if op_type == "GroupConvolution":
+        return "grouped/depthwise conv"
+    if op_type == "Convolution":
+        return "1x1 conv" if "1x1" in exec_type else "kxk conv"
+    if op_type.startswith("FullyConnected") or op_type == "MatMul":
+        return "FullyConnected/MatMul"
+    return op_type
+
+
+def layers(args: argparse.Namespace) -> None:
+    """Per-layer OpenVINO counters, f32 vs int8, grouped; batch 1 at ``--size``."""
+    import collections
+
+    from fastvit.bench.runners import openvino_model
+
+    cache = tempfile.mkdtemp(prefix="bench-ov-layers-")
+    print(f"host: {host_info().describe()}; {load()}")
+    for v in args.variants:
+        totals = {}
+        for be in ("openvino-f32", "openvino-int8"):
+            import openvino as ov
+
+            spec = RunnerSpec(v, be, 1, args.size, "fastvit", args.threads, cache)
+            model = openvino_model(spec)
+            compiled = ov.Core().compile_model(
+                model,
+                "CPU",
+                {
+                    "PERF_COUNT": True,
+                    "INFERENCE_PRECISION_HINT": "f32",
+                    "INFERENCE_NUM_THREADS": args.threads,
+                    "NUM_STREAMS": 1,
+                    "PERFORMANCE_HINT": "LATENCY",
+                },
+            )
+            req = compiled.create_infer_request()
+            x = np.random.default_rng(0).random((1, 3, args.size, args.size), dtype=np.float32)
+            for _ in range(args.warmup):
+                req.infer({0: x})
+            group: collections.Counter = collections.Counter()
+            kernels: collections.Counter = collections.Counter()
+            n = max(args.rounds * 4, 10)
+            for _ in range(n):
+                req.infer({0: x})
+                for info in req.profiling_info:
+                    us = info.real_time.total_seconds() * 1e6
+                    if us <= 0:
+                        continue
+                    g = _layer_group(info.node_type, info.exec_type)
+                    group[g] += us / n
+                    kernels[(g, info.exec_type)] += us / n
+            totals[be] = (group, kernels)
+        print(f"\n{v} at {args.size} px, batch 1, {args.threads} threads (ms per inference):")
+        f32, i8 = totals["openvino-f32"][0], totals["openvino-int8"][0]
+        hdr = f"  {'layer group':<26}{'f32 ms':>9}{'int8 ms':>9}{'int8/f32':>10}"
+        print(hdr)
+        for g in sorted(set(f32) | set(i8), key=lambda g: -(f32.get(g, 0) + i8.get(g, 0))):
+            a, b = f32.get(g, 0.0) / 1e3, i8.get(g, 0.0) / 1e3
+            if a + b < 0.01:
+                continue
+            print(f"  {g:<26}{a:>9.2f}{b:>9.2f}{(b / a if a else float('nan')):>10.2f}")
+        sa, sb = sum(f32.values()) / 1e3, sum(i8.values()) / 1e3
+        print(f"  {'sum of layers':<26}{sa:>9.2f}{sb:>9.2f}{sb / sa:>10.2f}")
+        print(
+            "  int8 kernels (ms): "
+            + "; ".join(
+                f"{g} {k} {us / 1e3:.2f}"
+                for (g, k), us in totals["openvino-int8"][1].most_common(8)
+            )
+        )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=("speed", "accuracy", "scale"))
+    p.add_argument("what", choices=("speed", "accuracy", "scale", "layers"))
     p.add_argument("--variants", nargs="+", default=["fastvit_t8", "fastvit_s12", "fastvit_sa12"])
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--batch", type=int, default=32, help="throughput batch (default 32)")
@@ -264,7 +343,7 @@ def main() -> None:
     p.add_argument("--out", default="runs/bench/openvino_scale.png")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    {"speed": speed, "accuracy": accuracy, "scale": scale}[args.what](args)
+    {"speed": speed, "accuracy": accuracy, "scale": scale, "layers": layers}[args.what](args)
 
 
 if __name__ == "__main__":
