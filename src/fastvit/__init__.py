@@ -26,6 +26,7 @@ _EXPORTS = {
     "list_models": "fastvit.models.config",
     "FastViT": "fastvit.models.fastvit",
     "create_model": "fastvit.pretrained.factory",
+    "create_segmenter": "fastvit.pretrained.factory",
     "load_model": "fastvit.pretrained.factory",
     "list_pretrained": "fastvit.pretrained.registry",
     "is_fused": "fastvit.reparam",
@@ -42,6 +43,7 @@ _SUBPACKAGES = (
     "errors",
     "export",
     "fileio",
+    "host",
     "infer",
     "layers",
     "models",
@@ -65,6 +67,7 @@ __all__ = [
     "__version__",
     "convert_state_dict",
     "create_model",
+    "create_segmenter",
     "get_config",
     "is_fused",
     "list_models",
@@ -87,6 +90,6 @@ if TYPE_CHECKING:  # what static tools and IDEs see
     )
     from fastvit.models.config import FastViTConfig, StageConfig, get_config, list_models
     from fastvit.models.fastvit import FastViT
-    from fastvit.pretrained.factory import create_model, load_model
+    from fastvit.pretrained.factory import create_model, create_segmenter, load_model
     from fastvit.pretrained.registry import list_pretrained
     from fastvit.reparam import is_fused, reparameterize

@@ -50,7 +50,9 @@ __all__ = [
     "repmixer_vit",
 ]
 __getattr__, __dir__ = lazy_attributes(
-    __name__, _EXPORTS, ("backbones", "blocks", "complexity", "config", "fastvit", "vit")
+    __name__,
+    _EXPORTS,
+    ("backbones", "blocks", "complexity", "config", "fastvit", "segmentation", "vit"),
 )
 
 if TYPE_CHECKING:

@@ -16,6 +16,7 @@ _EXPORTS = {
     **dict.fromkeys(
         (
             "create_model",
+            "create_segmenter",
             "fetch",
             "is_remote",
             "load_model",
@@ -37,6 +38,7 @@ __all__ = [
     "PretrainedEntry",
     "Source",
     "create_model",
+    "create_segmenter",
     "download_url",
     "fastvit_home",
     "fetch",
@@ -54,6 +56,7 @@ if TYPE_CHECKING:
     from fastvit.pretrained.download import DownloadError, download_url, fastvit_home
     from fastvit.pretrained.factory import (
         create_model,
+        create_segmenter,
         fetch,
         is_remote,
         load_model,

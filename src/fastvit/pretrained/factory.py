@@ -248,3 +248,45 @@ def load_model(
         name = entry.architecture
     model = load_checkpoint(path, name, **create_kwargs)
     return _finish(model, entry, loaded=True)
+
+
+def create_segmenter(
+    model_name: str,
+    num_classes: int,
+    pretrained: bool = False,
+    *,
+    norm: str | None = None,
+    pretrained_cfg_overlay: Mapping[str, Any] | None = None,
+    progress: bool | None = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """A semantic FPN segmenter (:class:`fastvit.models.segmentation.SemanticFPN`) on FastViT
+    ``model_name``, its backbone optionally initialised with the tag's published ImageNet
+    weights (the FastViT paper's ADE20k setup); the neck and head start random.
+
+    ``norm`` defaults to ``"frozen"`` (fixed BatchNorm statistics, the usual recipe for small
+    segmentation batches) with ``pretrained``, else ``"bn"``. Other keyword arguments go to
+    :func:`fastvit.models.segmentation.create_segmenter` (``trainable_stages``,
+    ``fpn_channels``, ``head_channels``, ``class_names``, ...).
+    """
+    from fastvit.models.segmentation import create_segmenter as build_segmenter
+
+    arch, _tag = split_name(model_name)
+    if norm is None:
+        norm = "frozen" if pretrained else "bn"
+    if not pretrained:
+        if pretrained_cfg_overlay:
+            raise ConfigError("pretrained_cfg_overlay needs pretrained=True")
+        return build_segmenter(arch, num_classes, norm=norm, **kwargs)
+    n_stages = len(get_config(arch).layers)
+    body_kwargs = {k: kwargs.pop(k) for k in ("drop_path_rate", "in_chans") if k in kwargs}
+    body = create_model(
+        model_name,
+        pretrained=True,
+        features_only=True,
+        out_indices=tuple(range(n_stages)),
+        pretrained_cfg_overlay=pretrained_cfg_overlay,
+        progress=progress,
+        **body_kwargs,
+    )
+    return build_segmenter(arch, num_classes, norm=norm, body=body, **kwargs)
