@@ -290,3 +290,33 @@ def test_export_program_output_stride_and_too_small_example():
         export_program(t8, torch.randn(2, 3, 32, 64))
     with pytest.raises(ConfigError, match=r"above 64 .*e\.g\. 128"):
         export_program(mci3, torch.randn(2, 3, 96, 64))
+
+
+def test_pretrained_fpn_backbone_loads_the_published_weights(tmp_path) -> None:
+    """The README's `fastvit.fpn_backbone("fastvit_t8.apple_in1k", pretrained=True)` (it used
+    to raise: the models-layer builder passed `pretrained` to a builder that refuses it). The
+    weights come from a local file through pretrained_cfg_overlay: no download."""
+    torch.manual_seed(3)
+    classifier = fastvit.create_model("fastvit_t8")
+    randomize_bn_and_scales(classifier)
+    path = tmp_path / "t8.safetensors"
+    fastvit.save_model(classifier, path)
+    bb = fastvit.fpn_backbone(
+        "fastvit_t8.apple_in1k",
+        pretrained=True,
+        pretrained_cfg_overlay={"file": str(path)},
+        trainable_stages=2,
+        returned_stages=[2, 3, 4],
+        out_channels=32,
+    )
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        want = classifier.eval().forward_intermediates(x, intermediates_only=True)[1:]
+        got = bb.eval().body(x)
+    assert len(got) == 3 and all(torch.allclose(a, b, atol=1e-5) for a, b in zip(want, got))
+    assert any(isinstance(m, FrozenBatchNorm2d) for m in bb.body.modules())
+    assert list(bb(x)) == ["0", "1", "2", "pool"] and bb.out_channels == 32
+    # the models-layer builder makes random weights and says where the published ones are
+    with pytest.raises(ConfigError, match=r"fastvit\.fpn_backbone\(name, pretrained=True\)"):
+        fpn_backbone("fastvit_t8.apple_in1k", pretrained=True)
+    assert isinstance(fastvit.fpn_backbone("fastvit_t8", out_channels=16).body, nn.Module)

@@ -27,6 +27,7 @@ _EXPORTS = {
     "FastViT": "fastvit.models.fastvit",
     "create_model": "fastvit.pretrained.factory",
     "create_segmenter": "fastvit.pretrained.factory",
+    "fpn_backbone": "fastvit.pretrained.factory",
     "load_model": "fastvit.pretrained.factory",
     "list_pretrained": "fastvit.pretrained.registry",
     "is_fused": "fastvit.reparam",
@@ -68,6 +69,7 @@ __all__ = [
     "convert_state_dict",
     "create_model",
     "create_segmenter",
+    "fpn_backbone",
     "get_config",
     "is_fused",
     "list_models",
@@ -90,6 +92,11 @@ if TYPE_CHECKING:  # what static tools and IDEs see
     )
     from fastvit.models.config import FastViTConfig, StageConfig, get_config, list_models
     from fastvit.models.fastvit import FastViT
-    from fastvit.pretrained.factory import create_model, create_segmenter, load_model
+    from fastvit.pretrained.factory import (
+        create_model,
+        create_segmenter,
+        fpn_backbone,
+        load_model,
+    )
     from fastvit.pretrained.registry import list_pretrained
     from fastvit.reparam import is_fused, reparameterize

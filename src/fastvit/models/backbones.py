@@ -114,32 +114,46 @@ def fpn_backbone(
     extra_blocks: nn.Module | None = None,
     out_channels: int = 256,
     fpn_norm_layer: type[nn.Module] | None = None,
+    body: FastViT | None = None,
     **kwargs: Any,
 ) -> FastViTFPN:
     """A FastViT + FPN backbone for torchvision detectors (``resnet_fpn_backbone`` conventions).
 
+    This builder makes random weights (the models layer loads no files): for published ones
+    use :func:`fastvit.fpn_backbone` (``pretrained=True``), which loads the body and passes it
+    here as ``body``.
+
     Args:
         name: a variant (``fastvit_t8``) or pretrained tag (``fastvit_t8.apple_in1k``).
-        pretrained: load the tag's published ImageNet weights.
+        pretrained: refused here, with a pointer to :func:`fastvit.fpn_backbone`.
         trainable_stages: how many stages, counted from the last and with the stem as the first
             stage, keep gradients (torchvision's ``trainable_layers``; default 3).
         norm: ``"frozen"`` (default, the usual detection recipe), ``"bn"`` or ``"sync"``.
         returned_stages: 1-based stages fed to the FPN (default: all).
         extra_blocks: torchvision FPN extra block (default ``LastLevelMaxPool``).
         out_channels: FPN width.
-        **kwargs: passed to :func:`fastvit.create_model` (e.g. ``inference_mode``).
+        body: a ``features_only`` FastViT returning ``returned_stages`` (built from ``name``
+            when None).
+        **kwargs: passed to :func:`fastvit.models.create_model` (e.g. ``inference_mode``).
     """
     if pretrained:
-        kwargs["pretrained"] = True
+        raise ConfigError(
+            "fastvit.models.backbones.fpn_backbone builds random weights; for published ones "
+            "use fastvit.fpn_backbone(name, pretrained=True)"
+        )
     n_stages = len(get_config(name.split(".", 1)[0]).layers)
     stages = list(range(1, n_stages + 1)) if returned_stages is None else list(returned_stages)
     if not stages or min(stages) < 1 or max(stages) > n_stages or len(set(stages)) != len(stages):
         raise ConfigError(
             f"returned_stages must be distinct stages in 1..{n_stages}, got {returned_stages}"
         )
-    body = create_model(
-        name, features_only=True, out_indices=tuple(s - 1 for s in sorted(stages)), **kwargs
-    )
+    if body is None:
+        body = create_model(
+            name.split(".", 1)[0],
+            features_only=True,
+            out_indices=tuple(s - 1 for s in sorted(stages)),
+            **kwargs,
+        )
     freeze_stages(body, trainable_stages)
     body = convert_norms(body, norm)
     return FastViTFPN(body, out_channels, extra_blocks, fpn_norm_layer)

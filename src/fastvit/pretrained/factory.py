@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -248,6 +248,45 @@ def load_model(
         name = entry.architecture
     model = load_checkpoint(path, name, **create_kwargs)
     return _finish(model, entry, loaded=True)
+
+
+def fpn_backbone(
+    model_name: str,
+    pretrained: bool = False,
+    *,
+    returned_stages: Sequence[int] | None = None,
+    pretrained_cfg_overlay: Mapping[str, Any] | None = None,
+    progress: bool | None = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """A FastViT + FPN backbone for torchvision detectors
+    (:func:`fastvit.models.backbones.fpn_backbone`), its body optionally initialised with the
+    tag's published ImageNet weights (``fastvit_t8.apple_in1k``); the FPN starts random.
+    Other keyword arguments (``trainable_stages``, ``norm``, ``out_channels``, ...) go to that
+    builder.
+    """
+    from fastvit.models.backbones import fpn_backbone as build_fpn
+
+    arch, _tag = split_name(model_name)
+    if not pretrained:
+        if pretrained_cfg_overlay:
+            raise ConfigError("pretrained_cfg_overlay needs pretrained=True")
+        return build_fpn(arch, returned_stages=returned_stages, **kwargs)
+    n_stages = len(get_config(arch).layers)
+    stages = list(range(1, n_stages + 1)) if returned_stages is None else list(returned_stages)
+    body_kwargs = {
+        k: kwargs.pop(k) for k in ("drop_path_rate", "in_chans", "inference_mode") if k in kwargs
+    }
+    body = create_model(
+        model_name,
+        pretrained=True,
+        features_only=True,
+        out_indices=tuple(s - 1 for s in sorted(set(stages)) if 1 <= s <= n_stages),
+        pretrained_cfg_overlay=pretrained_cfg_overlay,
+        progress=progress,
+        **body_kwargs,
+    )
+    return build_fpn(arch, returned_stages=returned_stages, body=body, **kwargs)
 
 
 def create_segmenter(
