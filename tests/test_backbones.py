@@ -194,9 +194,10 @@ _SLOW = pytest.mark.slow
 
 @pytest.mark.parametrize(
     "variant,form",
-    [("fastvit_t8", "fused")]  # RepMixer only (the other forms: slow)
-    + [pytest.param("fastvit_t8", f, marks=_SLOW) for f in ("train", "features")]
-    + [pytest.param("fastvit_sa12", f, marks=_SLOW) for f in _FORMS]  # attention, last stage
+    # quick: sa12 fused, RepMixer stages and a single-token attention stage at 32 px
+    [("fastvit_sa12", "fused")]
+    + [pytest.param("fastvit_sa12", f, marks=_SLOW) for f in ("train", "features")]
+    + [pytest.param("fastvit_t8", f, marks=_SLOW) for f in _FORMS]  # RepMixer only
     + [pytest.param("fastvit_mci0", f, marks=_SLOW) for f in _FORMS]  # MobileCLIP tower
     # five stages, output stride 64, LayerNorm2d attention (~15 s: the fused form only)
     + [pytest.param("fastvit_mci3", "fused", marks=_SLOW)],
