@@ -7,8 +7,8 @@ rotating order), so load from other processes on a shared machine hits all of th
 Sections (``--sections``, default all):
 
 * ``targets``  batch 1, 256x256, fp32: our fused eager model vs timm's reparameterized model
-               (T8, S12, SA12; NCHW and channels-last), and unfused -> fused in eager for
-               every variant. ``--before SRC`` adds the fused models of another fastvit
+               (T8, S12, SA12, SA24, SA36, MA36; NCHW and channels-last), and unfused -> fused
+               in eager for every variant. ``--before SRC`` adds the fused models of another fastvit
                checkout (its ``src`` folder, e.g. a ``git worktree`` of an older commit) with
                the same weights, timed in the same interleaved run: a before/after comparison.
 * ``postops``  fused eager with and without the oneDNN post-op kernels (GELU / residual add
@@ -19,6 +19,11 @@ Sections (``--sections``, default all):
                val split, and speed at 256x256 batch 1.
 * ``ortprofile`` per-op-type onnxruntime time of the fp32 and int8 T8 graphs (why int8 is
                not faster at batch 1). Not in the default set.
+* ``attention`` ours (and ``--before``) vs timm for T8 and the attention variants (SA12, SA24,
+               SA36, MA36): the whole model and its last stage (downsample, RepCPE and attention
+               blocks), one call at a time in rotating order; with ``--threads 1`` the time is the
+               thread's CPU time, which does not count the time other processes hold the core (a
+               shared host's load hardly changes it). Not in the default set.
 * ``int8gelu`` the int8 experiment with GELU replaced by x*sigmoid(1.702x), whose int8 form
                onnxruntime has kernels for (QLinearSigmoid, QLinearMul): speed only, per-op
                split. Not in the default set.
@@ -47,7 +52,15 @@ import fastvit
 from fastvit.bench.measure import Timing, sgemm_runner, time_interleaved
 from fastvit.bench.runners import RunnerSpec, build_model, build_runner, count_flops
 
-TARGET_VARIANTS = ("fastvit_t8", "fastvit_s12", "fastvit_sa12")
+#: Variants timed against timm (issue 4: T8/S12/SA12; issue 20: the attention variants too).
+TARGET_VARIANTS = (
+    "fastvit_t8",
+    "fastvit_s12",
+    "fastvit_sa12",
+    "fastvit_sa24",
+    "fastvit_sa36",
+    "fastvit_ma36",
+)
 SIZE = 256
 
 
@@ -254,6 +267,81 @@ def section_targets(args: argparse.Namespace) -> None:
                 f"  {v:<14} NCHW {un / fe:.2f}x   (channels_last fused: {un / fc:.2f}x)  "
                 f"unfused {un:.2f} ms, fused {fe:.2f} ms, fused cl {fc:.2f} ms"
             )
+
+
+# --------------------------------------------------------------------------- attention
+
+ATTENTION_VARIANTS = ("fastvit_t8", "fastvit_sa12", "fastvit_sa24", "fastvit_sa36", "fastvit_ma36")
+
+
+def _last_stage(model: nn.Module, impl: str, x: torch.Tensor) -> tuple[nn.Module, torch.Tensor]:
+    """The last stage of a fused model (ours: downsample, RepCPE, blocks) and its input."""
+    with torch.inference_mode():
+        if impl == "timm":
+            x = model.stem(x)
+            for stage in model.stages[:-1]:
+                x = stage(x)
+            return model.stages[-1], x
+        n = 3 if "Attention" in type(model.network[-1][0]).__name__ else 2  # (+ RepCPE)
+        x = model.patch_embed(x)
+        for m in model.network[:-n]:
+            x = m(x)
+        return nn.Sequential(*model.network[-n:]), x
+
+
+def section_attention(args: argparse.Namespace) -> None:
+    """Ours (and ``--before``) vs timm, whole model and last stage, load-robust at 1 thread."""
+    cpu = args.threads == 1
+    clock = time.thread_time_ns if cpu else time.perf_counter_ns
+    print(
+        f"\n== attention: batch 1, {SIZE}px, fp32, {args.threads} thread(s), "
+        f"{'thread CPU time' if cpu else 'wall time'} per call, min (p25) over "
+        f"{args.rounds * 4} rotating rounds =="
+    )
+    x = torch.randn(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(100003 + SIZE))
+    before = fused_models_from(args.before, ATTENTION_VARIANTS) if args.before else {}
+    impls = ["timm", "fastvit"] + (["before"] if before else [])
+    runs: list[tuple[str, str, str, nn.Module, torch.Tensor]] = []
+    for v in ATTENTION_VARIANTS:
+        for impl in impls:
+            m = (before[v] if impl == "before" else build_model(v, impl, fused=True)).eval()
+            stage, xs = _last_stage(m, "timm" if impl == "timm" else "fastvit", x)
+            runs += [(v, impl, "model", m, x), (v, impl, "last stage", stage, xs)]
+    samples: dict[tuple[str, str, str], list[float]] = {r[:3]: [] for r in runs}
+    with torch.inference_mode():
+        for *_, m, xi in runs:
+            m(xi)
+            m(xi)
+        for r in range(args.rounds * 4):
+            for v, impl, part, m, xi in runs if r % 2 == 0 else runs[::-1]:
+                t0 = clock()
+                m(xi)
+                samples[(v, impl, part)].append((clock() - t0) / 1e6)
+
+    def stat(key: tuple[str, str, str]) -> tuple[float, float]:
+        s = sorted(samples[key])
+        return s[0], s[len(s) // 4]
+
+    for part in ("model", "last stage"):
+        print(f"\n [{part}] ms min (p25); ours / timm (goal <= 0.80)")
+        for v in ATTENTION_VARIANTS:
+            t = stat((v, "timm", part))
+            cells = [f"timm {t[0]:7.2f} ({t[1]:7.2f})"]
+            for impl in impls[1:]:
+                o = stat((v, impl, part))
+                name = "ours" if impl == "fastvit" else impl
+                cells.append(
+                    f"{name} {o[0]:7.2f} ({o[1]:7.2f}) = x{o[0] / t[0]:.3f} (x{o[1] / t[1]:.3f})"
+                )
+            print(f"  {v:<14} " + "   ".join(cells))
+    if before:
+        print(f"\n ours / before ({args.before}), min (p25)")
+        for v in ATTENTION_VARIANTS:
+            cells = []
+            for part in ("model", "last stage"):
+                a, b = stat((v, "fastvit", part)), stat((v, "before", part))
+                cells.append(f"{part} x{a[0] / b[0]:.3f} (x{a[1] / b[1]:.3f})")
+            print(f"  {v:<14} " + "   ".join(cells))
 
 
 # --------------------------------------------------------------------------- runtimes
@@ -617,7 +705,7 @@ def main() -> None:
     p.add_argument(
         "--before",
         metavar="SRC",
-        help="targets: also time the fused models of the "
+        help="targets, attention: also time the fused models of the "
         "fastvit package in SRC (another checkout's src folder), interleaved",
     )
     p.add_argument("--rounds", type=int, default=8)
@@ -642,6 +730,7 @@ def main() -> None:
             "int8": section_int8,
             "ortprofile": section_ortprofile,
             "int8gelu": section_int8gelu,
+            "attention": section_attention,
         }[sec.strip()](args)
         print(f"(load average after {sec}: {load()})")
 

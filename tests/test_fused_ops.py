@@ -4,6 +4,7 @@ in inference, and never used where they must not be; training-form models never 
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -16,9 +17,12 @@ from torch.utils.flop_counter import FlopCounterMode
 import fastvit.layers.inference.conv as conv_mod
 import fastvit.layers.inference.ffn as ffn_mod
 import fastvit.layers.inference.kernels as kernels
+import fastvit.layers.inference.linear as linear_mod
 from conftest import randomize_bn_and_scales
 from fastvit import create_model, reparameterize
-from fastvit.layers.inference import FusedConv2d, FusedConvFFN
+from fastvit.host import HostInfo
+from fastvit.layers.inference import FusedConv2d, FusedConvFFN, FusedLinear
+from fastvit.models.blocks import AttentionBlock
 
 
 @pytest.fixture
@@ -219,3 +223,116 @@ def test_fused_conv_gelu_matches_plain(kernel_calls: dict[str, int]) -> None:
     with torch.no_grad():
         tanh(x)  # not what oneDNN's gelu post-op computes: plain ops
     assert kernel_calls["conv_gelu"] == 1
+
+
+# --------------------------------------------------------------------- attention GEMMs per host
+
+_AVX2 = HostInfo("AMD EPYC", "AuthenticAMD", "x86_64", 2, "/proc/cpuinfo", fma=True, avx2=True)
+_AVX512 = dataclasses.replace(
+    _AVX2, model="Xeon", vendor="GenuineIntel", avx512f=True, avx512_vnni=True
+)
+_AMX = dataclasses.replace(_AVX512, avx512_bf16=True, amx_tile=True, amx_bf16=True, amx_int8=True)
+
+
+def test_onednn_gemm_choice_is_a_function_of_the_isa(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert kernels.prefer_onednn_gemm(_AVX2)
+    assert kernels.prefer_onednn_gemm(dataclasses.replace(_AVX2, vendor="GenuineIntel"))
+    assert not kernels.prefer_onednn_gemm(_AVX512) and not kernels.prefer_onednn_gemm(_AMX)
+    arm = HostInfo("Neoverse-N1", "ARM", "aarch64", 4, "/proc/cpuinfo", neon=True, dotprod=True)
+    assert not kernels.prefer_onednn_gemm(arm)
+    assert not kernels.prefer_onednn_gemm(HostInfo("?", "", "x86_64", 1))  # flags unknown
+    monkeypatch.setattr(kernels, "host_info", lambda: _AVX2)  # default: this machine
+    assert kernels.prefer_onednn_gemm()
+    monkeypatch.setattr(kernels, "host_info", lambda: _AVX512)
+    assert not kernels.prefer_onednn_gemm()
+
+
+@pytest.fixture
+def gemm_calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Count the oneDNN GEMMs FusedLinear runs (plain ``linear`` and ``linear_add``)."""
+    calls = {"linear": 0, "linear_add": 0}
+    for name in calls:
+        orig = getattr(linear_mod, name)
+
+        def counted(*args, _orig=orig, _name=name, **kwargs):
+            calls[_name] += 1
+            return _orig(*args, **kwargs)
+
+        monkeypatch.setattr(linear_mod, name, counted)
+    return calls
+
+
+def _attention_block() -> tuple[nn.Module, nn.Module]:
+    """A training-form attention block with random BN statistics and layer scales, and its
+    fused form (FusedLinear qkv/proj)."""
+    torch.manual_seed(0)
+    block = AttentionBlock(64, mlp_ratio=2.0).eval()
+    randomize_bn_and_scales(block, seed=5)
+    fused = reparameterize(block)
+    attn = fused.token_mixer
+    assert type(attn.qkv) is FusedLinear and type(attn.proj) is FusedLinear
+    assert attn.qkv.bias is not None  # (the BatchNorm folded into it)
+    return block, fused
+
+
+@pytest.mark.parametrize(
+    "host,channels_last,calls",
+    [
+        (_AVX2, True, {"linear": 1, "linear_add": 1}),
+        (_AVX2, False, {"linear": 1, "linear_add": 0}),
+        (_AVX512, True, {"linear": 0, "linear_add": 0}),
+        (_AMX, True, {"linear": 0, "linear_add": 0}),
+    ],
+    ids=["avx2", "avx2-nchw", "avx512", "amx"],
+)
+def test_attention_gemms_follow_the_host(
+    host: HostInfo,
+    channels_last: bool,
+    calls: dict[str, int],
+    gemm_calls: dict[str, int],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(kernels, "host_info", lambda: host)
+    block, fused = _attention_block()
+    x = torch.randn(2, 64, 5, 7, generator=torch.Generator().manual_seed(0))
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        unfused = block(x)
+    with torch.enable_grad():  # autograd on: the plain ops
+        plain = fused(x).detach()
+    assert gemm_calls == {"linear": 0, "linear_add": 0}
+    with torch.inference_mode():
+        out = fused(x)
+    # AVX2-only CPUs: qkv as one oneDNN GEMM and proj with the residual added inside it (for an
+    # NCHW input the tokens are strided, so qkv runs F.linear, and proj's GEMM leaves the add
+    # to the plain op). Elsewhere: F.linear.
+    assert gemm_calls == calls
+    torch.testing.assert_close(out, plain, atol=1e-5, rtol=1e-5)
+    scale = unfused.abs().max().item()
+    assert (out - unfused).abs().max().item() <= 1e-5 * scale  # the project's fp32 tolerance
+
+
+def test_attention_fast_path_keeps_hooks_and_graphs_plain(
+    gemm_calls: dict[str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(kernels, "host_info", lambda: _AVX2)
+    _, fused = _attention_block()
+    x = torch.randn(1, 64, 4, 4).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        ref = fused(x)
+        assert gemm_calls == {"linear": 1, "linear_add": 1}
+        gemm_calls.update(linear=0, linear_add=0)
+        traced = torch.jit.trace(fused, x, check_trace=False)
+        graph = torch.fx.symbolic_trace(fused)
+        scripted = torch.jit.script(fused)
+        assert gemm_calls == {"linear": 0, "linear_add": 0}
+        assert "mkldnn" not in str(traced.inlined_graph) and "mkldnn" not in str(graph.graph)
+        for g in (traced, graph, scripted):
+            torch.testing.assert_close(g(x), ref, atol=1e-5, rtol=1e-5)
+        assert gemm_calls == {"linear": 0, "linear_add": 0}
+        # A hook on proj must see proj called: its residual add is then done apart.
+        seen: list[tuple[int, ...]] = []
+        fused.token_mixer.proj.register_forward_hook(lambda m, i, o: seen.append(tuple(o.shape)))
+        torch.testing.assert_close(fused(x), ref, atol=1e-5, rtol=1e-5)
+    assert seen == [(1, 16, 64)] and gemm_calls == {"linear": 2, "linear_add": 0}

@@ -19,6 +19,8 @@ from torch import Tensor, nn
 from fastvit.layers.ffn import ConvFFN
 from fastvit.layers.inference.conv import FusedConv2d
 from fastvit.layers.inference.ffn import FusedConvFFN
+from fastvit.layers.inference.kernels import eager, unhooked
+from fastvit.layers.inference.linear import FusedLinear
 from fastvit.layers.large_kernel import ReparamLargeKernelConv
 from fastvit.layers.mobileone import MobileOneBlock
 from fastvit.layers.repmixer import RepMixer
@@ -138,7 +140,12 @@ def _tokens(x: Tensor) -> Tensor:
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention over the spatial positions of an NCHW map."""
+    """Multi-head self-attention over the spatial positions of an NCHW map.
+
+    ``inference_mode=True`` (the fused block's attention) makes ``qkv`` and ``proj``
+    :class:`~fastvit.layers.inference.FusedLinear` (same keys; the faster GEMM for the CPU in
+    eager inference), and ``forward(x, residual)`` may add the residual inside ``proj``'s GEMM.
+    """
 
     def __init__(
         self,
@@ -147,6 +154,7 @@ class Attention(nn.Module):
         qkv_bias: bool = False,
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
+        inference_mode: bool = False,
     ) -> None:
         super().__init__()
         if dim % head_dim:
@@ -154,12 +162,14 @@ class Attention(nn.Module):
         self.head_dim = head_dim
         self.num_heads = dim // head_dim
         self.scale = head_dim**-0.5
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        linear = FusedLinear if inference_mode else nn.Linear
+        self.qkv = linear(dim, dim * 3, bias=qkv_bias)
         self.attn_drop = attn_drop
-        self.proj = nn.Linear(dim, dim)
+        self.proj = linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
+        """Attention of ``x`` (NCHW), plus ``residual`` (same shape) when given."""
         B, C, H, W = x.shape
         N = H * W
         tokens = _tokens(x)  # (B, N, C)
@@ -168,9 +178,34 @@ class Attention(nn.Module):
         out = F.scaled_dot_product_attention(
             q, k, v, dropout_p=self.attn_drop if self.training else 0.0
         )
-        out = self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, N, C)))
+        out = out.transpose(1, 2).reshape(B, N, C)
+        if residual is not None and not torch.jit.is_scripting() and self._proj_adds(out, residual):
+            return self._proj_add(out, residual)
+        out = self.proj_drop(self.proj(out))
         # (B, H, W, C) viewed as NCHW; reshaping out.transpose(1, 2) would guard N != 1 in export
-        return out.reshape(B, H, W, C).permute(0, 3, 1, 2)
+        out = out.reshape(B, H, W, C).permute(0, 3, 1, 2)
+        return out if residual is None else residual + out
+
+    @torch.jit.unused
+    def _proj_adds(self, out, residual):  # (unannotated: TorchScript reads unused signatures)
+        """Whether ``residual + proj(out)`` runs as one fused GEMM (channels-last residual)."""
+        if not (
+            isinstance(self.proj, FusedLinear)
+            and not self.training
+            and eager(out)  # (before any shape read: `out` may be an fx proxy)
+            and unhooked(self.proj_drop)
+            and residual.dim() == 4
+            and residual.shape[2] * residual.shape[3] == out.shape[1]
+        ):
+            return False
+        r = residual.permute(0, 2, 3, 1)
+        return self.proj.can_add_nhwc(out.view(*r.shape[:3], -1), r)
+
+    @torch.jit.unused
+    def _proj_add(self, out, residual):  # (unannotated: TorchScript reads unused signatures)
+        """``residual + proj(out)`` as one oneDNN GEMM on the (B, H, W, C) views."""
+        r = residual.permute(0, 2, 3, 1)
+        return self.proj.add_nhwc(out.view(*r.shape[:3], -1), r).permute(0, 3, 1, 2)
 
 
 def _conv_ffn(
@@ -259,7 +294,9 @@ class AttentionBlock(Reparameterizable):
         norm = norm_layer(dim)
         foldable = norm_affine(norm) is not None
         self.norm = residual_norm(norm) if inference_mode else norm
-        self.token_mixer = Attention(dim, qkv_bias=inference_mode and foldable)
+        self.token_mixer = Attention(
+            dim, qkv_bias=inference_mode and foldable, inference_mode=inference_mode
+        )
         self.convffn = _conv_ffn(dim, mlp_ratio, act_layer, drop, inference_mode)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         if use_layer_scale and not inference_mode:
@@ -270,10 +307,19 @@ class AttentionBlock(Reparameterizable):
             self.register_parameter("layer_scale_2", None)
 
     def forward(self, x: Tensor) -> Tensor:
-        y = self.token_mixer(self.norm(x) if self.norm is not None else x)
+        normed = self.norm(x) if self.norm is not None else x
+        if self.layer_scale_1 is None and not self.training:
+            # x + attn(norm(x)); fused: added inside proj (the residual is a keyword, so
+            # forward hooks on the token mixer see only its input)
+            return self._ffn_residual(self.token_mixer(normed, residual=x))
+        y = self.token_mixer(normed)
         if self.layer_scale_1 is not None:
             y = self.layer_scale_1 * y
         x = x + self.drop_path(y)
+        return self._ffn_residual(x)
+
+    def _ffn_residual(self, x: Tensor) -> Tensor:
+        """``x + ls2 * ffn(x)``."""
         if self.layer_scale_2 is None and not self.training:
             return self.convffn(x, residual=x)  # x + ffn(x); fused: added inside fc2
         y = self.convffn(x)
@@ -292,6 +338,8 @@ class AttentionBlock(Reparameterizable):
         if self.layer_scale_1 is not None:
             attn.proj = _fold_scale_into(attn.proj, self.layer_scale_1)
             self.layer_scale_1 = None
+        attn.qkv = FusedLinear.from_linear(attn.qkv)
+        attn.proj = FusedLinear.from_linear(attn.proj)
         if self.layer_scale_2 is not None:
             self.convffn.fold_output_scale(self.layer_scale_2)
             self.layer_scale_2 = None

@@ -4,17 +4,19 @@
 training-form blocks never use them. Each keeps the parameters and state-dict keys of the
 plain module it stands for and a plain path that fx, TorchScript, ``torch.jit.trace``,
 ONNX/``torch.export`` and ``torch.compile`` see. The eager speed paths (channel-repeat depthwise
-convs, NHWC GEMMs, oneDNN post-op kernels) and all their guards live here only; the private
-oneDNN ops are used only with torch in :data:`~fastvit.layers.inference.kernels.SUPPORTED_TORCH`
-(``[tool.fastvit] fused-kernels-torch`` in pyproject.toml).
+convs, NHWC GEMMs, oneDNN post-op kernels, the per-CPU GEMM choice) and all their guards live
+here only; the private oneDNN ops are used only with torch in
+:data:`~fastvit.layers.inference.kernels.SUPPORTED_TORCH` (``[tool.fastvit]
+fused-kernels-torch`` in pyproject.toml).
 """
 
 from typing import Any
 
 from fastvit.layers.inference.conv import FusedConv2d
 from fastvit.layers.inference.kernels import SUPPORTED_TORCH, kernels_available
+from fastvit.layers.inference.linear import FusedLinear
 
-__all__ = ["SUPPORTED_TORCH", "FusedConv2d", "FusedConvFFN", "kernels_available"]
+__all__ = ["SUPPORTED_TORCH", "FusedConv2d", "FusedConvFFN", "FusedLinear", "kernels_available"]
 
 
 def __getattr__(name: str) -> Any:

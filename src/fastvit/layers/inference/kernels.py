@@ -19,6 +19,10 @@ the plain ops:
 * no forward hook that the kernel would bypass (:func:`unhooked`).
 
 The result equals the plain ops up to float rounding (oneDNN and MKL sum in different orders).
+
+Plain GEMMs without a post-op (the attention's qkv and output projections) are a different
+choice: oneDNN or torch's own sgemm (MKL), whichever is faster on the host
+(:func:`prefer_onednn_gemm`, a function of the CPU's ISA only).
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules import module as module_mod
+
+from fastvit.host import HostInfo, host_info
 
 #: torch versions (inclusive lower, exclusive upper ``(major, minor)``) whose private oneDNN
 #: post-op kernels the fast path may use; keep equal to ``[tool.fastvit] fused-kernels-torch``
@@ -66,6 +72,7 @@ def kernels_available() -> bool:
         r = torch.randn(2, 3, 3, 16, **kw)
         with torch.no_grad():
             got_gelu = torch.ops.mkldnn._linear_pointwise(x, w, b, "gelu", [], "none")
+            got_none = torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "none")
             got_add = torch.ops.mkldnn._linear_pointwise.binary(x, r, w, b, "add")
             wc = w[:, :, None, None]
             xc = x.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
@@ -75,6 +82,7 @@ def kernels_available() -> bool:
             ref = F.linear(x, w, b)
             ok = (
                 torch.allclose(got_gelu, F.gelu(ref), atol=1e-4)
+                and torch.allclose(got_none, ref, atol=1e-4)
                 and torch.allclose(got_add, ref + r, atol=1e-4)
                 and torch.allclose(got_conv.permute(0, 2, 3, 1), F.gelu(ref), atol=1e-4)
             )
@@ -141,6 +149,27 @@ def is_exact_gelu(act: nn.Module) -> bool:
     return type(act) is nn.GELU and act.approximate == "none"
 
 
+def prefer_onednn_gemm(host: HostInfo | None = None) -> bool:
+    """Whether a plain fp32 GEMM (no post-op) should run on oneDNN rather than torch's sgemm.
+
+    True on x86 CPUs with AVX2 but no AVX-512 (``host``: default this machine). On a 2-core
+    AMD EPYC (AVX2 only) oneDNN's AVX2 brgemm computes FastViT's attention projections (64
+    tokens x 512-608 channels) 4-8% faster than MKL's sgemm on one thread, in one OpenMP
+    parallel region where MKL's small-M sgemm synchronises its threads several times: the
+    attention mixer (qkv, SDPA, proj + residual) takes 7% less time on 1 thread and 15% less on
+    2 (BENCHMARKS.md, issue 20). On AVX-512/AMX CPUs MKL's sgemm is Intel's tuned path and was
+    measured well there, so it is kept. A pure function of the CPU's ISA: callers ask per call,
+    nothing is cached on modules.
+    """
+    host = host_info() if host is None else host
+    return host.is_x86 and host.avx2 and not host.avx512f
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """``x @ weight.T + bias`` as one oneDNN GEMM; call only where :func:`can_fuse`."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "none")
+
+
 def linear_gelu(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """``gelu(x @ weight.T + bias)`` in one oneDNN GEMM; call only where :func:`can_fuse`."""
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu", [], "none")
@@ -177,3 +206,53 @@ def repeat_channels(x: Tensor, m: int) -> Tensor:
         y = x.permute(0, 2, 3, 1).unsqueeze(-1).expand(b, h, w, c, m)
         return y.reshape(b, h, w, c * m).permute(0, 3, 1, 2)
     return x.repeat_interleave(m, dim=1)
+
+
+def reach_cropped(weight: Tensor, padding: tuple[int, int], size: tuple[int, int]):
+    """``(weight, padding)`` of a stride-any, dilation-1 conv with "same" padding (``k // 2``,
+    odd ``k``) cut to the taps that can touch an input of spatial ``size``; None if all can.
+
+    Output ``o`` reads input rows ``o * s + i - k // 2``: over all outputs the tap offsets
+    ``i - k // 2`` that land inside ``[0, H)`` lie in ``[-(H - 1), H - 1]``, so on a map smaller
+    than the kernel's reach the outer taps only ever multiply padding zeros. Dropping them (and
+    shrinking the padding to match) keeps every output and every gradient: a dropped tap's
+    gradient is exactly zero either way. FastViT's 7x7 depthwise convs meet 1x1 and 2x2 maps in
+    its last stages at 32 px, where oneDNN's forward and weight-gradient kernels for a kernel
+    larger than the map are 20-100x slower than for the cropped one (AVX2).
+    """
+    k_h, k_w = weight.shape[-2:]
+    radii = []
+    for k, p, n in ((k_h, padding[0], size[0]), (k_w, padding[1], size[1])):
+        if k % 2 == 0 or p != k // 2:
+            return None
+        radii.append(min(k // 2, n - 1))
+    r_h, r_w = radii
+    if (r_h, r_w) == (k_h // 2, k_w // 2):
+        return None
+    c_h, c_w = k_h // 2, k_w // 2
+    return weight[..., c_h - r_h : c_h + r_h + 1, c_w - r_w : c_w + r_w + 1], (r_h, r_w)
+
+
+def split_multiplier_conv(
+    x: Tensor,
+    weight: Tensor,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    m: int,
+) -> Tensor:
+    """A channel-multiplier grouped conv (``C -> m*C``, ``groups=C``, no bias) as ``m``
+    depthwise convs over the unchanged input, interleaved back into channel order.
+
+    Output channel ``o = m*c + j`` reads input channel ``c`` with kernel ``weight[o]``: the
+    ``j``-th depthwise conv takes ``weight[j::m]``. Same values and gradients as the grouped
+    conv; oneDNN's depthwise forward and backward are 2-5x faster than its grouped ones for
+    FastViT's patch embeddings in training (and the backward of the input repeat that
+    :func:`repeat_channels` needs costs more than the interleave here). Channels-last in,
+    channels-last out.
+    """
+    c = x.shape[1]
+    outs = [F.conv2d(x, weight[j::m], None, stride, padding, 1, c) for j in range(m)]
+    if x.is_contiguous(memory_format=torch.channels_last):
+        nhwc = torch.stack([o.permute(0, 2, 3, 1) for o in outs], -1)  # (N, H, W, C, m)
+        return nhwc.flatten(3).permute(0, 3, 1, 2)
+    return torch.stack(outs, 2).flatten(1, 2)  # (N, C, m, H, W) -> channel m*c + j
