@@ -4,6 +4,7 @@
     python benchmarks/bench_openvino.py accuracy --checkpoint runs/fastvit_t8_digits/model_reparam.safetensors
     python benchmarks/bench_openvino.py scale                 # latency vs resolution + PNG
     python benchmarks/bench_openvino.py layers                # per-layer counters, f32 vs int8
+    python benchmarks/bench_openvino.py keep-f32              # int8 with op kinds left f32
 
 ``speed``: every runner (ours in onnxruntime fp32 and OpenVINO f32/bf16/int8 at batch 1;
 ours in OpenVINO bf16/int8 and timm's fused model in onnxruntime fp32 at the throughput batch)
@@ -18,6 +19,12 @@ its training size and at 256 px.
 model of each variant, summed by what the layer does (1x1 / depthwise / dense conv, GELU and
 other eltwise, attention MatMul, reorders...) and the kernel that ran it (``jit_avx2_I8``,
 ``brgconv_avx512_1x1``, ``ref_*``...): where int8 time goes and what bounds its speed-up.
+``keep-f32``: OpenVINO f32 against NNCF int8 with all layers quantized and with the MatMuls,
+the grouped/depthwise convs or both left f32, interleaved in this process (OpenVINO only).
+
+``ONEDNN_MAX_CPU_ISA=AVX2`` in the environment caps the kernels OpenVINO's oneDNN may pick
+(``layers`` and ``keep-f32`` print the cap): on an AVX-512/VNNI CPU it shows what the AVX2
+kernels, which have no int8 dot-product instruction, do with the same graph.
 
 The machine is shared: the 1-minute load average is printed with every table (above the core
 count, two-thread timings suffer; ratios are still measured side by side).
@@ -253,6 +260,12 @@ def _layer_group(op_type: str, exec_type: str) -> str:
     return op_type
 
 
+def isa_cap() -> str:
+    """The oneDNN ISA cap in effect (``ONEDNN_MAX_CPU_ISA``), for the table headers."""
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    return f"oneDNN kernels capped at {cap} (ONEDNN_MAX_CPU_ISA)" if cap else "no ISA cap"
+
+
 def layers(args: argparse.Namespace) -> None:
     """Per-layer OpenVINO counters, f32 vs int8, grouped; batch 1 at ``--size``."""
     import collections
@@ -260,7 +273,7 @@ def layers(args: argparse.Namespace) -> None:
     from fastvit.bench.runners import openvino_model
 
     cache = tempfile.mkdtemp(prefix="bench-ov-layers-")
-    print(f"host: {host_info().describe()}; {load()}")
+    print(f"host: {host_info().describe()}; {isa_cap()}; {load()}")
     for v in args.variants:
         totals = {}
         for be in ("openvino-f32", "openvino-int8"):
@@ -316,9 +329,71 @@ def layers(args: argparse.Namespace) -> None:
         )
 
 
+def keep_f32(args: argparse.Namespace) -> None:
+    """f32 vs int8 vs int8 with op kinds left f32 (NNCF ignored scope), batch 1, in-process."""
+    import time
+
+    import openvino as ov
+
+    from fastvit.bench.runners import onnx_path, openvino_model
+    from fastvit.data import calibration_images
+    from fastvit.export.onnx import read_onnx_metadata
+    from fastvit.export.openvino import quantize_int8
+    from fastvit.export.quantize import int8_weight_bits
+
+    cache = tempfile.mkdtemp(prefix="bench-ov-keep-")
+    bits = int8_weight_bits()
+    print(f"host: {host_info().describe()}; {isa_cap()}; int8 weight bits {bits}; {load()}")
+    kinds = {
+        "int8": (),
+        "int8, MatMul f32": ("MatMul",),
+        "int8, GroupConvolution f32": ("GroupConvolution",),
+        "int8, both f32": ("MatMul", "GroupConvolution"),
+    }
+    config = {
+        "INFERENCE_PRECISION_HINT": "f32",
+        "INFERENCE_NUM_THREADS": args.threads,
+        "NUM_STREAMS": 1,
+        "PERFORMANCE_HINT": "LATENCY",
+    }
+    core = ov.Core()
+    x = np.random.default_rng(0).random((1, 3, args.size, args.size), dtype=np.float32)
+    for v in args.variants:
+        spec = RunnerSpec(v, "openvino-f32", 1, args.size, "fastvit", args.threads, cache)
+        f32 = openvino_model(spec)
+        card = read_onnx_metadata(onnx_path(spec))
+        assert card is not None
+        # random weights: calibration only sets the activation ranges, as in `speed`
+        calib = calibration_images("digits", card.preprocessing, limit=64)
+        models = {"f32": f32}
+        for name, types in kinds.items():
+            models[name] = quantize_int8(f32.clone(), calib, weight_bits=bits, keep_f32=types)
+        compiled = {k: core.compile_model(m, "CPU", config) for k, m in models.items()}
+        reqs = {k: c.create_infer_request() for k, c in compiled.items()}
+        for r in reqs.values():
+            for _ in range(args.warmup):
+                r.infer({0: x})
+        times: dict[str, list[float]] = {k: [] for k in reqs}
+        order = list(reqs)
+        for i in range(args.rounds * 2):
+            for k in order[i % len(order) :] + order[: i % len(order)]:
+                end = time.perf_counter() + args.round_time
+                while time.perf_counter() < end:
+                    t0 = time.perf_counter()
+                    reqs[k].infer({0: x})
+                    times[k].append(time.perf_counter() - t0)
+        ref = float(np.median(times["f32"]))
+        print(f"\n{v} at {args.size} px, batch 1, {args.threads} threads; {load()}")
+        for k, ts in times.items():
+            med, p10 = float(np.median(ts)), float(np.percentile(ts, 10))
+            print(
+                f"  {k:<28}median {med * 1e3:7.2f} ms  p10 {p10 * 1e3:7.2f} ms  f32/this {ref / med:5.2f}x"
+            )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=("speed", "accuracy", "scale", "layers"))
+    p.add_argument("what", choices=("speed", "accuracy", "scale", "layers", "keep-f32"))
     p.add_argument("--variants", nargs="+", default=["fastvit_t8", "fastvit_s12", "fastvit_sa12"])
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--batch", type=int, default=32, help="throughput batch (default 32)")
@@ -343,7 +418,9 @@ def main() -> None:
     p.add_argument("--out", default="runs/bench/openvino_scale.png")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    {"speed": speed, "accuracy": accuracy, "scale": scale, "layers": layers}[args.what](args)
+    sections = {"speed": speed, "accuracy": accuracy, "scale": scale, "layers": layers}
+    sections["keep-f32"] = keep_f32
+    sections[args.what](args)
 
 
 if __name__ == "__main__":

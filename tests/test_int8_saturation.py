@@ -141,6 +141,27 @@ def test_openvino_int8_does_not_saturate_on_this_host() -> None:
         assert err7 < 0.02 and wmax7 <= 64
 
 
+def test_openvino_int8_keep_f32_leaves_those_layers_unquantized() -> None:
+    """``keep_f32`` (op types NNCF leaves alone) keeps their weights f32; the rest int8."""
+    pytest.importorskip("nncf")
+    import openvino as ov
+
+    from fastvit.export.openvino import quantize_int8
+
+    m, x, _ = _saturating_model()
+    model = ov.convert_model(m, example_input=x[:1])
+
+    def int8_weights(keep: tuple[str, ...]) -> int:
+        q = quantize_int8(model.clone(), x.numpy()[:16], weight_bits="8", keep_f32=keep)
+        return sum(
+            op.get_type_name() == "Constant" and op.get_element_type().get_type_name() == "i8"
+            for op in q.get_ops()
+        )
+
+    assert int8_weights(()) == 2  # both 1x1 convs quantized
+    assert int8_weights(("Convolution",)) == 0
+
+
 def test_onnxruntime_int8_does_not_saturate_on_this_host(tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
     import onnx

@@ -362,6 +362,7 @@ def quantize_int8(
     fast_bias_correction: bool = True,
     transformer: bool = False,
     weight_bits: str | int = "auto",
+    keep_f32: Sequence[str] = (),
 ) -> Any:
     """NNCF post-training int8 quantization of an ``openvino.Model``.
 
@@ -375,6 +376,9 @@ def quantize_int8(
     CPU): 7 halves the weight range of every convolution and MatMul (NNCF's overflow fix for
     all layers), so that the int8 kernels of CPUs without VNNI cannot saturate; 8 is NNCF's
     default, which halves only the first convolution.
+
+    ``keep_f32``: OpenVINO op types left unquantized (e.g. ``("GroupConvolution",)``); for
+    measuring what int8 gains per kind of layer (``benchmarks/bench_openvino.py keep-f32``).
     """
     nncf = require_nncf()  # first: a missing nncf gets the one-line install hint
     from nncf.quantization.advanced_parameters import (
@@ -399,6 +403,7 @@ def quantize_int8(
             preset=nncf.QuantizationPreset.PERFORMANCE,
             model_type=nncf.ModelType.TRANSFORMER if transformer else None,
             fast_bias_correction=fast_bias_correction,
+            ignored_scope=nncf.IgnoredScope(types=list(keep_f32)) if keep_f32 else None,
             advanced_parameters=AdvancedQuantizationParameters(
                 overflow_fix=OverflowFix.ENABLE if bits == 7 else OverflowFix.FIRST_LAYER
             ),
@@ -496,7 +501,6 @@ class _Candidate:
 
 def _check_candidate(
     cand: _Candidate,
-    fused: nn.Module,
     probe: ImageSet,
     ref: np.ndarray,
     *,
@@ -677,9 +681,7 @@ def export_openvino(
                 ]
             )
         for c in cands:
-            compiled[c.name] = _check_candidate(
-                c, fused, probe, ref, max_drop=max_drop, threads=threads
-            )
+            compiled[c.name] = _check_candidate(c, probe, ref, max_drop=max_drop, threads=threads)
 
     if auto:
         trials = [PrecisionTrial("f32", None, True, "")]
