@@ -260,6 +260,17 @@ def _layer_group(op_type: str, exec_type: str) -> str:
     return op_type
 
 
+def latency_config(threads: int) -> dict:
+    """OpenVINO CPU settings of the per-layer runs: stored precision (f32 hint: int8 layers
+    stay int8, the rest f32), one stream, ``threads`` threads, latency mode."""
+    return {
+        "INFERENCE_PRECISION_HINT": "f32",
+        "INFERENCE_NUM_THREADS": threads,
+        "NUM_STREAMS": 1,
+        "PERFORMANCE_HINT": "LATENCY",
+    }
+
+
 def isa_cap() -> str:
     """The oneDNN ISA cap in effect (``ONEDNN_MAX_CPU_ISA``), for the table headers."""
     cap = os.environ.get("ONEDNN_MAX_CPU_ISA")
@@ -282,15 +293,7 @@ def layers(args: argparse.Namespace) -> None:
             spec = RunnerSpec(v, be, 1, args.size, "fastvit", args.threads, cache)
             model = openvino_model(spec)
             compiled = ov.Core().compile_model(
-                model,
-                "CPU",
-                {
-                    "PERF_COUNT": True,
-                    "INFERENCE_PRECISION_HINT": "f32",
-                    "INFERENCE_NUM_THREADS": args.threads,
-                    "NUM_STREAMS": 1,
-                    "PERFORMANCE_HINT": "LATENCY",
-                },
+                model, "CPU", {**latency_config(args.threads), "PERF_COUNT": True}
             )
             req = compiled.create_infer_request()
             x = np.random.default_rng(0).random((1, 3, args.size, args.size), dtype=np.float32)
@@ -350,12 +353,7 @@ def keep_f32(args: argparse.Namespace) -> None:
         "int8, GroupConvolution f32": ("GroupConvolution",),
         "int8, both f32": ("MatMul", "GroupConvolution"),
     }
-    config = {
-        "INFERENCE_PRECISION_HINT": "f32",
-        "INFERENCE_NUM_THREADS": args.threads,
-        "NUM_STREAMS": 1,
-        "PERFORMANCE_HINT": "LATENCY",
-    }
+    config = latency_config(args.threads)
     core = ov.Core()
     x = np.random.default_rng(0).random((1, 3, args.size, args.size), dtype=np.float32)
     for v in args.variants:

@@ -25,11 +25,10 @@ from fastvit.layers.inference import FusedConv2d, FusedConvFFN, FusedLinear
 from fastvit.models.blocks import AttentionBlock
 
 
-@pytest.fixture
-def kernel_calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
-    """Count calls of the three fused kernels, as the inference modules see them."""
-    calls = {"linear_gelu": 0, "linear_add": 0, "conv_gelu": 0}
-    for mod, name in ((ffn_mod, "linear_gelu"), (ffn_mod, "linear_add"), (conv_mod, "conv_gelu")):
+def _count_calls(monkeypatch: pytest.MonkeyPatch, targets: list[tuple[object, str]]) -> dict:
+    """Wrap each ``module.name`` so that calls are counted in the returned dict."""
+    calls = {name: 0 for _, name in targets}
+    for mod, name in targets:
         orig = getattr(mod, name)
 
         def counted(*args, _orig=orig, _name=name, **kwargs):
@@ -38,6 +37,14 @@ def kernel_calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
 
         monkeypatch.setattr(mod, name, counted)
     return calls
+
+
+@pytest.fixture
+def kernel_calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Count calls of the three fused kernels, as the inference modules see them."""
+    return _count_calls(
+        monkeypatch, [(ffn_mod, "linear_gelu"), (ffn_mod, "linear_add"), (conv_mod, "conv_gelu")]
+    )
 
 
 def _fused(variant: str) -> nn.Module:
@@ -250,16 +257,7 @@ def test_onednn_gemm_choice_is_a_function_of_the_isa(monkeypatch: pytest.MonkeyP
 @pytest.fixture
 def gemm_calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     """Count the oneDNN GEMMs FusedLinear runs (plain ``linear`` and ``linear_add``)."""
-    calls = {"linear": 0, "linear_add": 0}
-    for name in calls:
-        orig = getattr(linear_mod, name)
-
-        def counted(*args, _orig=orig, _name=name, **kwargs):
-            calls[_name] += 1
-            return _orig(*args, **kwargs)
-
-        monkeypatch.setattr(linear_mod, name, counted)
-    return calls
+    return _count_calls(monkeypatch, [(linear_mod, "linear"), (linear_mod, "linear_add")])
 
 
 def _attention_block() -> tuple[nn.Module, nn.Module]:
