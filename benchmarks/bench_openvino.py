@@ -19,8 +19,8 @@ its training size and at 256 px.
 model of each variant, summed by what the layer does (1x1 / depthwise / dense conv, GELU and
 other eltwise, attention MatMul, reorders...) and the kernel that ran it (``jit_avx2_I8``,
 ``brgconv_avx512_1x1``, ``ref_*``...): where int8 time goes and what bounds its speed-up.
-``keep-f32``: OpenVINO f32 against NNCF int8 with all layers quantized and with the MatMuls,
-the grouped/depthwise convs or both left f32, interleaved in this process (OpenVINO only).
+``keep-f32``: OpenVINO f32 against NNCF int8 with all layers quantized and with the first
+conv (the exporter's fallback), the MatMuls, the grouped/depthwise convs or both left f32, interleaved in this process (OpenVINO only).
 
 ``ONEDNN_MAX_CPU_ISA=AVX2`` in the environment caps the kernels OpenVINO's oneDNN may pick
 (``layers`` and ``keep-f32`` print the cap): on an AVX-512/VNNI CPU it shows what the AVX2
@@ -169,17 +169,17 @@ def accuracy(args: argparse.Namespace) -> None:
             outs["openvino bf16"] = compiled_logits(
                 compile_ir(ovm, "bf16", threads=args.threads), val.images
             )
-        q = quantize_int8(ovm, calib)
-        outs["openvino int8"] = compiled_logits(
-            compile_ir(q, "f32", threads=args.threads), val.images
-        )
+        for name, first_f32 in (("openvino int8", False), ("int8, 1st conv f32", True)):
+            q = quantize_int8(ovm, calib, first_conv_f32=first_f32)
+            outs[name] = compiled_logits(compile_ir(q, "f32", threads=args.threads), val.images)
         a32 = (ref.argmax(1) == val.labels).mean() * 100
         for name, out in outs.items():
             acc = (out.argmax(1) == val.labels).mean() * 100
             agree = (out.argmax(1) == ref.argmax(1)).mean() * 100
             print(
-                f"  {size:>4}px {name:<14} top-1 {acc:6.2f}  (drop {a32 - acc:+.2f} points)  "
-                f"agreement {agree:6.2f}%  max |diff| {np.abs(out - ref).max():.2e}"
+                f"  {size:>4}px {name:<18} top-1 {acc:6.2f}  (drop {a32 - acc:+.2f} points)  "
+                f"agreement {agree:6.2f}%  max |diff| {np.abs(out - ref).max():.2e}  "
+                f"mean |diff| {np.abs(out - ref).mean() / np.abs(ref).mean():.1%} of mean |logit|"
             )
         print(f"  ({len(val.labels)} val images, int8 calibrated on {len(calib)} train images)")
 
@@ -347,11 +347,12 @@ def keep_f32(args: argparse.Namespace) -> None:
     cache = tempfile.mkdtemp(prefix="bench-ov-keep-")
     bits = int8_weight_bits()
     print(f"host: {host_info().describe()}; {isa_cap()}; int8 weight bits {bits}; {load()}")
-    kinds = {
-        "int8": (),
-        "int8, MatMul f32": ("MatMul",),
-        "int8, GroupConvolution f32": ("GroupConvolution",),
-        "int8, both f32": ("MatMul", "GroupConvolution"),
+    kinds = {  # name: (op types kept f32, first conv kept f32)
+        "int8": ((), False),
+        "int8, first conv f32": ((), True),
+        "int8, MatMul f32": (("MatMul",), False),
+        "int8, GroupConvolution f32": (("GroupConvolution",), False),
+        "int8, both f32": (("MatMul", "GroupConvolution"), False),
     }
     config = latency_config(args.threads)
     core = ov.Core()
@@ -364,8 +365,10 @@ def keep_f32(args: argparse.Namespace) -> None:
         # random weights: calibration only sets the activation ranges, as in `speed`
         calib = calibration_images("digits", card.preprocessing, limit=64)
         models = {"f32": f32}
-        for name, types in kinds.items():
-            models[name] = quantize_int8(f32.clone(), calib, weight_bits=bits, keep_f32=types)
+        for name, (types, first) in kinds.items():
+            models[name] = quantize_int8(
+                f32.clone(), calib, weight_bits=bits, keep_f32=types, first_conv_f32=first
+            )
         compiled = {k: core.compile_model(m, "CPU", config) for k, m in models.items()}
         reqs = {k: c.create_infer_request() for k, c in compiled.items()}
         for r in reqs.values():

@@ -165,6 +165,51 @@ def _tiny_trained(epochs: int = 8) -> torch.nn.Module:
     return fastvit.reparameterize(m.eval())
 
 
+def _first_conv_weight_type(model) -> str:
+    """Element type of the constant feeding the first convolution's weights (through the
+    Convert / Multiply of a quantized weight)."""
+    from fastvit.export.openvino import first_convolution
+
+    name = first_convolution(model)
+    conv = next(op for op in model.get_ops() if op.get_friendly_name() == name)
+    node = conv.input_value(1).get_node()
+    while node.get_type_name() != "Constant":
+        node = node.input_value(0).get_node()
+    return node.get_element_type().get_type_name()
+
+
+def test_int8_falls_back_to_a_f32_first_conv(
+    art: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An all-int8 model that fails the gate is quantized again with the input conv in f32;
+    the report names both, the IR written is the second."""
+    import fastvit.export.openvino as ov_mod
+
+    seen: list[str] = []
+    real = ov_mod._check_candidate
+
+    def first_int8_fails(cand, *args, **kwargs):
+        out = real(cand, *args, **kwargs)
+        seen.append(cand.quantization or "")
+        if cand.name == "int8" and len(seen) == 1:
+            assert _first_conv_weight_type(cand.model) == "i8"
+            cand.failure = "int8 top-1 dropped (simulated)"
+        return out
+
+    monkeypatch.setattr(ov_mod, "_check_candidate", first_int8_fails)
+    path = tmp_path / "q.xml"
+    report = export_openvino(
+        art["ckpt"], path, int8=True, calib_count=64, max_drop=100.0, threads=1
+    )
+    assert len(seen) == 2 and seen[1].endswith("first convolution kept f32")
+    assert report.details["all-int8 model"] == "int8 top-1 dropped (simulated): not used"
+    assert "accuracy gate" in report.details
+    ir = read_openvino(path)
+    assert ir.quantization.endswith("first convolution kept f32")
+    assert _first_conv_weight_type(ir.model) == "f32"
+    assert "FakeQuantize" in {op.get_type_name() for op in ir.model.get_ops()}  # the rest int8
+
+
 @pytest.mark.slow
 def test_int8_agreement_and_refusal(tmp_path: Path) -> None:
     model = _tiny_trained()
@@ -186,7 +231,7 @@ def test_int8_agreement_and_refusal(tmp_path: Path) -> None:
     for i in range(4):
         Image.new("RGB", (SIZE, SIZE)).save(black / f"{i}.png")
     bad = tmp_path / "bad.xml"
-    with pytest.raises(AccuracyDropError, match="--max-drop"):
+    with pytest.raises(AccuracyDropError, match=r"--max-drop.*with the first convolution f32"):
         export_openvino(model, bad, int8=True, calib=black, max_drop=0.0, threads=1)
     assert not any(tmp_path.glob("bad*")) and not any(
         p.name.startswith(".") for p in tmp_path.iterdir()
