@@ -164,6 +164,39 @@ def test_int8_quantization_keeps_predictions(tmp_path: Path) -> None:
     assert onnx_top1(fp32, val) == 100.0
 
 
+@pytest.mark.slow
+def test_int8_first_conv_stays_fp32_on_a_trained_model(tmp_path: Path) -> None:
+    """On a digits-trained T8 the int8 first conv (the one reading the image) made most of
+    the int8 error: logits 11% off on average after 4 epochs, 33% after the main job's 10
+    (top-1 100 -> 95%). Kept fp32 (the default), ~5%."""
+    from fastvit.data import calibration_images, load_labelled
+    from fastvit.export.quantize import quantize_onnx
+
+    assert main(["train", "--epochs", "4", "--output", str(tmp_path / "run")]) == 0
+    fp32 = tmp_path / "m.onnx"
+    export_onnx(fastvit.load_model(tmp_path / "run" / "model_reparam.safetensors"), fp32)
+    meta = read_onnx_metadata(fp32)
+    calib = calibration_images("digits", meta.preprocessing, limit=128)
+    batches = [calib[i : i + 16] for i in range(0, len(calib), 16)]
+    val = load_labelled("digits", meta, split="val")
+    ref = ort_session(fp32).run(None, {"input": val.images})[0]
+
+    def quantized(path: Path, **kw) -> tuple[float, float]:
+        q = quantize_onnx(fp32, path, batches, **kw)
+        graph = load_onnx(q).graph
+        first = next(n for n in graph.node if n.op_type in ("Conv", "ConvInteger", "QLinearConv"))
+        weights = {i.name for i in graph.initializer}
+        out = ort_session(q).run(None, {"input": val.images})[0]
+        err = float(np.abs(out - ref).mean() / np.abs(ref).mean())
+        return err, first.input[1] in weights  # a float initializer: the conv stayed fp32
+
+    err, first_fp32 = quantized(tmp_path / "q.onnx")
+    err_all, first_fp32_all = quantized(tmp_path / "q8.onnx", first_conv_fp32=False)
+    assert first_fp32 and not first_fp32_all
+    assert err < 0.08 and err < 0.7 * err_all, (err, err_all)
+    assert "first_conv=fp32" in read_onnx_metadata(tmp_path / "q.onnx").extra["quantization"]
+
+
 def test_simplify_graph_removes_identity_dropout_and_folds() -> None:
     import onnx
     from onnx import TensorProto, helper, numpy_helper

@@ -303,7 +303,7 @@ def _export_int8(args: argparse.Namespace, fp32: Path, out: Path) -> None:
     )
     print(
         f"wrote int8 ONNX model to {out} ({args.quant_format}, per-channel {bits}-bit weights, "
-        f"{len(calib)} calibration images from {args.calibration or 'digits'})"
+        f"first conv fp32, {len(calib)} calibration images from {args.calibration or 'digits'})"
     )
     if args.val is not None:  # the val split, exactly as `fastvit eval --data` reads it
         val = load_labelled(args.val, card)
