@@ -382,7 +382,7 @@ def quantize_int8(
     measuring what int8 gains per kind of layer (``benchmarks/bench_openvino.py keep-f32``).
     ``first_conv_f32`` leaves the first convolution (the one reading the image) in f32: on the
     digits T8 its int8 input and weights cause two thirds of the int8 model's logit error
-    (mean |diff| 15% of the logits' scale, 4.5% with it in f32) for 3-6% more latency; the
+    (mean |diff| 15% of the logits' scale, 4.5% with it in f32) for 4-7% more latency; the
     exporter falls back to it when the all-int8 model fails the accuracy gate.
     """
     nncf = require_nncf()  # first: a missing nncf gets the one-line install hint
@@ -581,7 +581,8 @@ def export_openvino(
     ``int8`` quantizes with NNCF on ``calib`` images (default: the digits train split for a
     digits model) and refuses to write if top-1 on ``val`` drops more than ``max_drop``
     points, unless ``force``; an all-int8 model that fails is quantized once more with its
-    first convolution in f32 (``quantize_int8(first_conv_f32=True)``) before giving up. ``int8_weight_bits`` ("auto": 7 on CPUs without VNNI/AMX, whose
+    first convolution in f32 (``quantize_int8(first_conv_f32=True)``) before giving up.
+    ``int8_weight_bits`` ("auto": 7 on CPUs without VNNI/AMX, whose
     int8 kernels saturate, else 8; see :func:`fastvit.export.quantize.int8_weight_bits`) is
     stored in the IR's quantization note.
 
