@@ -4,6 +4,7 @@ export bug cannot hide behind identity statistics."""
 
 from __future__ import annotations
 
+import itertools
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -336,6 +337,8 @@ def test_cli_export_int8_with_accuracy_and_speed_check(
                 "digits",
                 "--calibration-count",
                 "16",
+                "--max-drop",
+                "100",  # a random model: its accuracy is chance (the gate has its own test)
                 "--threads",
                 "1",
                 "--no-verify",
@@ -349,6 +352,37 @@ def test_cli_export_int8_with_accuracy_and_speed_check(
     assert out.exists() and (tmp_path / "t8_q.fp32.onnx").exists()  # fp32 kept beside it
     ops = describe_onnx(load_onnx(out))["op_counts"]
     assert ops.get("QuantizeLinear", 0) > 0
+
+
+def test_cli_export_int8_refuses_an_accuracy_drop(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """onnx-int8 with a labelled val set (digits val for a digits model, by default): a drop
+    over --max-drop writes no int8 file (and no temporary one) unless --force."""
+    import fastvit.export.quantize as quantize_mod
+
+    m = _model("fastvit_t8", seed=6)
+    ckpt = tmp_path / "t8.safetensors"
+    fastvit.save_model(
+        m, ckpt, class_names=[str(i) for i in range(10)], metadata={"input_size": [3, 32, 32]}
+    )
+    # each export scores the fp32 model, then the int8 one: 100% and 99%
+    scores = itertools.cycle([100.0, 99.0])
+    monkeypatch.setattr(quantize_mod, "onnx_top1", lambda sess, val: next(scores))
+    out = tmp_path / "q.onnx"
+    argv = ["export", str(ckpt), "--format", "onnx-int8", "-o", str(out)]
+    argv += ["--calibration-count", "16", "--threads", "1", "--no-verify"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "drop 1.00 > --max-drop 0.5 points" in err and "nothing written" in err
+    assert len(err.splitlines()) == 1
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert not (tmp_path / "q.fp32.onnx").exists()  # its by-product is not left either
+    assert main([*argv, "--max-drop", "1"]) == 0
+    assert "(delta -1.00 points)" in capsys.readouterr().out and out.exists()
+    assert (tmp_path / "q.fp32.onnx").exists()  # kept beside a written int8 model
+    assert main([*argv, "--force", "--overwrite"]) == 0
+    assert "written anyway (--force)" in capsys.readouterr().out and out.exists()
 
 
 def test_training_metadata_conventions_are_applied(tmp_path: Path) -> None:

@@ -130,8 +130,9 @@ def add_parser(p: argparse.ArgumentParser) -> None:
         "--max-drop",
         type=float,
         default=0.5,
-        help="int8: refuse to write if top-1 on --val drops more (points, default 0.5; "
-        "an all-int8 model that fails is quantized again with its first conv in f32)",
+        help="int8 (--int8, onnx-int8): refuse to write if top-1 on --val drops more (points, "
+        "default 0.5; an all-int8 OpenVINO model that fails is quantized again with its first "
+        "conv in f32)",
     )
     g.add_argument("--force", action="store_true", help="int8: write despite --max-drop")
     p.add_argument("--coreml-precision", default="float32", choices=("float32", "float16"))
@@ -190,7 +191,7 @@ def _openvino_path(args: argparse.Namespace, out: Path) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     from fastvit.data import read_class_names
-    from fastvit.errors import ConfigError
+    from fastvit.errors import ConfigError, FastViTError
     from fastvit.export.common import fuse_for_export, load_source
 
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
@@ -241,7 +242,12 @@ def run(args: argparse.Namespace) -> int:
             fp32_onnx = path
         if fmt == "onnx-int8":
             assert fp32_onnx is not None
-            _export_int8(args, fp32_onnx, out)
+            try:
+                _export_int8(args, fp32_onnx, out)
+            except FastViTError:
+                if "onnx-fp32" in outputs:  # written only for the int8 model: not kept either
+                    fp32_onnx.unlink(missing_ok=True)
+                raise
         elif fmt == "torchscript":
             from fastvit.export.torchscript import export_torchscript
 
@@ -280,11 +286,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _export_int8(args: argparse.Namespace, fp32: Path, out: Path) -> None:
-    """Quantize ``fp32`` to ``out`` and print the accuracy and speed checks."""
+    """Quantize ``fp32`` to ``out`` and print the accuracy and speed checks. With a labelled
+    ``--val`` (digits val for a digits model) nothing is written when top-1 drops more than
+    ``--max-drop`` points, unless ``--force``."""
     from fastvit.bench.measure import onnx_latency
     from fastvit.data import calibration_images, load_labelled
     from fastvit.export.onnx import ort_session, read_onnx_metadata
+    from fastvit.export.openvino import AccuracyDropError, is_digits_model
     from fastvit.export.quantize import int8_weight_bits, onnx_top1, quantize_onnx
+    from fastvit.fileio import atomic_path
 
     card = read_onnx_metadata(fp32)
     assert card is not None
@@ -293,26 +303,41 @@ def _export_int8(args: argparse.Namespace, fp32: Path, out: Path) -> None:
     )
     batches = [calib[i : i + 16] for i in range(0, len(calib), 16)]
     bits = int8_weight_bits(args.int8_weight_bits)
-    quantize_onnx(
-        fp32,
-        out,
-        batches,
-        quant_format=args.quant_format,
-        method=args.calibration_method,
-        weight_bits=bits,
-    )
+    val_source = args.val if args.val is not None else "digits" if is_digits_model(card) else None
+    checked = None
+    with atomic_path(out) as tmp:  # `out` appears only once the int8 model passed its check
+        quantize_onnx(
+            fp32,
+            tmp,
+            batches,
+            quant_format=args.quant_format,
+            method=args.calibration_method,
+            weight_bits=bits,
+        )
+        if val_source is not None:  # the val split, exactly as `fastvit eval --data` reads it
+            val = load_labelled(val_source, card)
+            a32 = onnx_top1(ort_session(fp32, threads=args.threads), val)
+            a8 = onnx_top1(ort_session(tmp, threads=args.threads), val)
+            checked = (
+                f"  top-1 on {val_source} ({len(val.labels)} images): fp32 {a32:.2f}%  "
+                f"int8 {a8:.2f}%  (delta {a8 - a32:+.2f} points)"
+            )
+            if a32 - a8 > args.max_drop:
+                drop = (
+                    f"int8 top-1 on {val_source} is {a8:.2f}% vs {a32:.2f}% in fp32 "
+                    f"(drop {a32 - a8:.2f} > --max-drop {args.max_drop:g} points)"
+                )
+                if not args.force:
+                    raise AccuracyDropError(
+                        f"{drop}; nothing written: calibrate on more representative images "
+                        "(--calibration), or pass --force"
+                    )
+                checked += f"\n  warning: {drop}; written anyway (--force)"
     print(
         f"wrote int8 ONNX model to {out} ({args.quant_format}, per-channel {bits}-bit weights, "
         f"first conv fp32, {len(calib)} calibration images from {args.calibration or 'digits'})"
     )
-    if args.val is not None:  # the val split, exactly as `fastvit eval --data` reads it
-        val = load_labelled(args.val, card)
-        a32 = onnx_top1(ort_session(fp32, threads=args.threads), val)
-        a8 = onnx_top1(ort_session(out, threads=args.threads), val)
-        print(
-            f"  top-1 on {args.val} ({len(val.labels)} images): fp32 {a32:.2f}%  "
-            f"int8 {a8:.2f}%  (delta {a8 - a32:+.2f} points)"
-        )
+    print(checked or "  accuracy not checked: pass a labelled --val folder")
     t32, t8 = onnx_latency([fp32, out], (1, *card.input_size), threads=args.threads)
     print(
         f"  batch-1 latency (median, interleaved): fp32 {t32:.2f} ms  int8 {t8:.2f} ms  "
