@@ -291,8 +291,8 @@ def _export_int8(args: argparse.Namespace, fp32: Path, out: Path) -> None:
     ``--max-drop`` points, unless ``--force``."""
     from fastvit.bench.measure import onnx_latency
     from fastvit.data import calibration_images, load_labelled
+    from fastvit.export.common import AccuracyDropError, is_digits_model
     from fastvit.export.onnx import ort_session, read_onnx_metadata
-    from fastvit.export.openvino import AccuracyDropError, is_digits_model
     from fastvit.export.quantize import int8_weight_bits, onnx_top1, quantize_onnx
     from fastvit.fileio import atomic_path
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from fastvit.card import ModelCard
-from fastvit.errors import CheckpointError, ConfigError, ReparamError
+from fastvit.errors import CheckpointError, ConfigError, FastViTError, ReparamError
 from fastvit.reparam.walk import OutputDiff, image_like_inputs
 
 #: Parity tolerance of an exported model against PyTorch, relative to the output scale:
@@ -153,3 +153,16 @@ def output_diff(ref: np.ndarray | torch.Tensor, out: np.ndarray | torch.Tensor) 
 
 def max_abs_diff(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> float:
     return output_diff(a, b).max_abs
+
+
+class AccuracyDropError(FastViTError):
+    """An int8 model loses more top-1 than allowed; nothing was written."""
+
+
+def is_digits_model(meta: ModelCard) -> bool:
+    """Whether ``meta`` describes a model trained on the embedded digits (classes 0..9)."""
+    from fastvit.data import DIGITS_CLASSES
+
+    return meta.extra.get("dataset") == "digits" or (
+        meta.class_names is not None and list(meta.class_names) == list(DIGITS_CLASSES)
+    )

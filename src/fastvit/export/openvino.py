@@ -36,8 +36,10 @@ from fastvit.card import ModelCard
 from fastvit.data import LabelledImages
 from fastvit.errors import ConfigError, DataError, FastViTError, ReparamError
 from fastvit.export.common import (
+    AccuracyDropError,
     ExportReport,
     fuse_for_export,
+    is_digits_model,
     load_source,
     max_abs_diff,
     output_diff,
@@ -301,15 +303,6 @@ class ImageSet(LabelledImages):
         return bool(len(self.labels)) and bool((self.labels >= 0).all())
 
 
-def is_digits_model(meta: ModelCard) -> bool:
-    """Whether ``meta`` describes a model trained on the embedded digits (classes 0..9)."""
-    from fastvit.data import DIGITS_CLASSES
-
-    return meta.extra.get("dataset") == "digits" or (
-        meta.class_names is not None and list(meta.class_names) == list(DIGITS_CLASSES)
-    )
-
-
 def load_image_set(
     source: str | Path | None,
     meta: ModelCard,
@@ -424,10 +417,6 @@ def first_convolution(model: Any) -> str:
         if op.get_type_name() in ("Convolution", "GroupConvolution"):
             return op.get_friendly_name()
     raise ConfigError("the model has no convolution to keep in f32")
-
-
-class AccuracyDropError(FastViTError):
-    """An int8 model loses more top-1 than allowed; nothing was written."""
 
 
 # --------------------------------------------------------------------------- export
