@@ -24,11 +24,19 @@ Sections (``--sections``, default all):
                blocks), one call at a time in rotating order; with ``--threads 1`` the time is the
                thread's CPU time, which does not count the time other processes hold the core (a
                shared host's load hardly changes it). Not in the default set.
+* ``gelu``     the per-host GELU placement (``prefer_gelu_postop``): ours as this host runs it
+               vs ours with the GELU forced into the oneDNN post-op, and timm, for the
+               ``targets`` variants, interleaved. Not in the default set.
 * ``int8gelu`` the int8 experiment with GELU replaced by x*sigmoid(1.702x), whose int8 form
                onnxruntime has kernels for (QLinearSigmoid, QLinearMul): speed only, per-op
                split. Not in the default set.
 
 Run: ``.venv/bin/python benchmarks/bench_inference.py --threads 2``
+
+AVX2 kernels on an AVX-512 machine: ``ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2
+MKL_ENABLE_INSTRUCTIONS=AVX2`` in the environment make oneDNN, ATen and MKL run their AVX2 code;
+this script then also shows fastvit's per-ISA kernel choices an AVX2-only CPU (the only thing
+it changes in fastvit), and says so in its first line.
 """
 
 from __future__ import annotations
@@ -154,6 +162,61 @@ def section_postops(args: argparse.Namespace) -> None:
             print(
                 f"  {v:<14} unfused/fused {un / on:.2f}x  (post-ops off: {un / off:.2f}x)   "
                 f"fused {on:.2f} ms vs {off:.2f} ms without post-ops: x{on / off:.3f}"
+            )
+
+
+# --------------------------------------------------------------------------- gelu
+
+
+def section_gelu(args: argparse.Namespace) -> None:
+    """Where the exact GELU runs (oneDNN post-op, or ATen in place after the GEMM/conv): ours
+    as this host runs it vs the post-op forced, both against timm, interleaved."""
+    from fastvit.layers.inference import kernels
+
+    host_choice = kernels.prefer_gelu_postop()
+    print(
+        f"\n== gelu: fused eager, batch 1, {SIZE}px, fp32, {args.threads} threads; this host "
+        f"runs the GELU {'as the post-op' if host_choice else 'in place after the GEMM/conv'} =="
+    )
+    real = kernels.prefer_gelu_postop
+
+    def run_with(model: nn.Module, postop: bool | None) -> Callable[[], object]:
+        def run() -> object:
+            kernels.prefer_gelu_postop = real if postop is None else (lambda host=None: postop)
+            try:
+                with torch.inference_mode():
+                    return model(x)
+            finally:
+                kernels.prefer_gelu_postop = real
+
+        return run
+
+    x = torch.randn(1, 3, SIZE, SIZE)
+    names, fns = [], []
+    for v in TARGET_VARIANTS:
+        ours = build_model(v, "fastvit", fused=True)
+        for name, m, postop in (
+            ("timm", build_model(v, "timm", fused=True), None),
+            ("ours, post-op", ours, True),
+            ("ours, in place", ours, False),
+        ):
+            names.append(f"{v} | {name}")
+            fns.append(run_with(m, postop))
+    timings = time_interleaved(
+        fns, warmup=args.warmup, rounds=args.rounds, round_time=args.round_time
+    )
+    report(names, timings)
+    t = dict(zip(names, timings))
+    for stat in ("median_ms", "p10_ms"):
+        print(f"\n [{stat[:-3]}] ours / timm with the GELU as the post-op | in place")
+        for v in TARGET_VARIANTS:
+            timm_ms, post, inplace = (
+                getattr(t[f"{v} | {n}"], stat) for n in ("timm", "ours, post-op", "ours, in place")
+            )
+            print(
+                f"  {v:<14} post-op {post / timm_ms:.3f}   in place {inplace / timm_ms:.3f}   "
+                f"in place / post-op x{inplace / post:.3f}   (timm {timm_ms:.2f} ms, "
+                f"{post:.2f} / {inplace:.2f} ms)"
             )
 
 
@@ -719,7 +782,7 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     print(
         f"torch {torch.__version__}, {args.threads} threads, rounds {args.rounds} x "
-        f"{args.round_time}s per runner"
+        f"{args.round_time}s per runner; {isa_view()}"
     )
     for sec in args.sections.split(","):
         print(f"\n(load average before {sec}: {load()})")
@@ -731,8 +794,34 @@ def main() -> None:
             "ortprofile": section_ortprofile,
             "int8gelu": section_int8gelu,
             "attention": section_attention,
+            "gelu": section_gelu,
         }[sec.strip()](args)
         print(f"(load average after {sec}: {load()})")
+
+
+def isa_view() -> str:
+    """With ``ONEDNN_MAX_CPU_ISA=AVX2`` (see the module doc) on a CPU with AVX-512, make
+    fastvit's per-ISA kernel choices see the AVX2-only CPU the capped kernels stand for; say
+    which CPU fastvit's choices see."""
+    import dataclasses
+    import os
+
+    from fastvit.host import host_info
+    from fastvit.layers.inference import kernels
+
+    host = host_info()
+    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() == "AVX2" and host.avx512f:
+        capped = dataclasses.replace(
+            host, avx512f=False, avx512_vnni=False, avx_vnni=False, avx512_bf16=False, amx_tile=False,
+            amx_bf16=False, amx_int8=False,
+        )  # fmt: skip
+        kernels.host_info = lambda: capped
+        return (
+            f"ISA capped to AVX2 (ONEDNN_MAX_CPU_ISA={os.environ['ONEDNN_MAX_CPU_ISA']}, "
+            f"ATEN_CPU_CAPABILITY={os.environ.get('ATEN_CPU_CAPABILITY', 'unset')}): fastvit's "
+            f"kernel choices see an AVX2-only {host.model}"
+        )
+    return f"fastvit's kernel choices see {host.label()}"
 
 
 def load() -> str:

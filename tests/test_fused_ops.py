@@ -334,3 +334,73 @@ def test_attention_fast_path_keeps_hooks_and_graphs_plain(
         fused.token_mixer.proj.register_forward_hook(lambda m, i, o: seen.append(tuple(o.shape)))
         torch.testing.assert_close(fused(x), ref, atol=1e-5, rtol=1e-5)
     assert seen == [(1, 16, 64)] and gemm_calls == {"linear": 2, "linear_add": 0}
+
+
+# --------------------------------------------------------------------- GELU placement per host
+
+
+def test_gelu_postop_choice_is_a_function_of_the_isa(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert not kernels.prefer_gelu_postop(_AVX2)
+    assert not kernels.prefer_gelu_postop(dataclasses.replace(_AVX2, vendor="GenuineIntel"))
+    assert kernels.prefer_gelu_postop(_AVX512) and kernels.prefer_gelu_postop(_AMX)
+    arm = HostInfo("Neoverse-N1", "ARM", "aarch64", 4, "/proc/cpuinfo", neon=True, dotprod=True)
+    assert kernels.prefer_gelu_postop(arm)
+    assert kernels.prefer_gelu_postop(HostInfo("?", "", "x86_64", 1))  # flags unknown
+    monkeypatch.setattr(kernels, "host_info", lambda: _AVX2)  # default: this machine
+    assert not kernels.prefer_gelu_postop()
+    monkeypatch.setattr(kernels, "host_info", lambda: _AVX512)
+    assert kernels.prefer_gelu_postop()
+
+
+@pytest.fixture
+def postops(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The post-op of every oneDNN GEMM/conv the kernels run, in call order."""
+    assert kernels.kernels_available()  # (probe first: it runs the ops too, and is cached)
+    seen: list[str] = []
+    mkldnn = torch.ops.mkldnn
+
+    class Recorded:
+        """A oneDNN op that records its ``attr`` argument (at ``index``) before running."""
+
+        def __init__(self, op, index: int) -> None:
+            self.op, self.index = op, index
+
+        def __call__(self, *args):
+            seen.append(args[self.index])
+            return self.op(*args)
+
+    class Ops:  # torch.ops as the kernels module sees it
+        class mkldnn:
+            _linear_pointwise = Recorded(mkldnn._linear_pointwise, 3)
+            _linear_pointwise.binary = Recorded(mkldnn._linear_pointwise.binary, 4)
+            _convolution_pointwise = Recorded(mkldnn._convolution_pointwise, 7)
+
+        aten = torch.ops.aten
+
+    monkeypatch.setattr(kernels.torch, "ops", Ops)
+    return seen
+
+
+@pytest.mark.parametrize(
+    "host,attr", [(_AVX2, "none"), (_AVX512, "gelu"), (_AMX, "gelu")], ids=["avx2", "avx512", "amx"]
+)
+def test_gelu_runs_where_the_host_prefers_with_the_same_outputs(
+    host: HostInfo, attr: str, postops: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(kernels, "host_info", lambda: host)
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 8, 6, 5, generator=gen).contiguous(memory_format=torch.channels_last)
+    conv = FusedConv2d(8, 16, 3, padding=1, act=nn.GELU()).eval()
+    ffn = _fused("fastvit_t8").network[0][0].convffn
+    assert type(ffn) is FusedConvFFN
+    xf = torch.randn(1, ffn.fc1.in_channels, 9, 7, generator=gen)
+    xf = xf.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        conv_ref = F.gelu(F.conv2d(x, conv.weight, conv.bias, padding=1))
+        ffn_ref = xf + ffn.fc2(F.gelu(ffn.fc1(ffn.conv(xf))))
+        conv_out, ffn_out = conv(x), ffn(xf, residual=xf)
+    # AVX2-only: the conv and fc1 run without a post-op and the GELU in place after them;
+    # elsewhere the GELU is their post-op. fc2 adds the residual as its post-op either way.
+    assert postops == [attr, attr, "add"]
+    torch.testing.assert_close(conv_out, conv_ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ffn_out, ffn_ref, atol=1e-5, rtol=1e-5)

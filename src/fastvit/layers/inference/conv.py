@@ -29,7 +29,8 @@ class FusedConv2d(nn.Conv2d):
       channel ``o // m`` either way, and oneDNN's depthwise kernels are far faster than its
       generic grouped path;
     * in CPU inference an exact ``nn.GELU`` ``act`` is applied inside the conv as a oneDNN
-      post-op (:mod:`fastvit.layers.inference.kernels`), unless ``act`` is hooked.
+      post-op (:mod:`fastvit.layers.inference.kernels`; on AVX2-only CPUs in place right after
+      it), unless ``act`` is hooked.
     """
 
     def __init__(self, *args, act: nn.Module | None = None, **kwargs) -> None:
@@ -114,4 +115,4 @@ class FusedConv2d(nn.Conv2d):
                 self.out_channels,
             )
             return y if self.act is None else self.act(y)
-        return conv_gelu(self, x)  # GELU as a oneDNN post-op
+        return conv_gelu(self, x)  # conv + GELU in one oneDNN call (or GELU in place after)

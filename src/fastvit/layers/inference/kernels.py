@@ -20,9 +20,11 @@ the plain ops:
 
 The result equals the plain ops up to float rounding (oneDNN and MKL sum in different orders).
 
-Plain GEMMs without a post-op (the attention's qkv and output projections) are a different
-choice: oneDNN or torch's own sgemm (MKL), whichever is faster on the host
-(:func:`prefer_onednn_gemm`, a function of the CPU's ISA only).
+Two choices depend on the CPU's ISA only (never on state cached at run time): plain GEMMs
+without a post-op (the attention's qkv and output projections) run on oneDNN or on torch's own
+sgemm (MKL), whichever is faster on the host (:func:`prefer_onednn_gemm`); and the exact GELU
+runs as the GEMM's/conv's post-op or as a separate in-place pass right after it
+(:func:`prefer_gelu_postop`).
 """
 
 from __future__ import annotations
@@ -149,6 +151,13 @@ def is_exact_gelu(act: nn.Module) -> bool:
     return type(act) is nn.GELU and act.approximate == "none"
 
 
+def avx2_only(host: HostInfo | None = None) -> bool:
+    """An x86 CPU with AVX2 but no AVX-512 (``host``: default this machine), where oneDNN runs
+    its AVX2 kernels: the host kind both per-ISA choices below single out."""
+    host = host_info() if host is None else host
+    return host.is_x86 and host.avx2 and not host.avx512f
+
+
 def prefer_onednn_gemm(host: HostInfo | None = None) -> bool:
     """Whether a plain fp32 GEMM (no post-op) should run on oneDNN rather than torch's sgemm.
 
@@ -161,8 +170,21 @@ def prefer_onednn_gemm(host: HostInfo | None = None) -> bool:
     measured well there, so it is kept. A pure function of the CPU's ISA: callers ask per call,
     nothing is cached on modules.
     """
-    host = host_info() if host is None else host
-    return host.is_x86 and host.avx2 and not host.avx512f
+    return avx2_only(host)
+
+
+def prefer_gelu_postop(host: HostInfo | None = None) -> bool:
+    """Whether the exact GELU after a GEMM/conv should run as oneDNN's post-op (else as ATen's
+    in-place GELU over the fresh output, which is still in cache).
+
+    False on x86 CPUs with AVX2 but no AVX-512: there oneDNN's AVX2 kernels evaluate the erf
+    post-op slower than ATen's vectorised GELU does in a pass of its own. With the AVX2 kernels
+    (Zen 5 capped by ``ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2``) SA12's first fc1
+    (4096 x 64 -> 256) takes 0.89 ms with the post-op and 0.81 ms with the separate pass, and
+    whole fused models run 1.6% (T8) to 4.1% (SA12) faster; with AVX-512 the post-op is
+    1-2% faster and is kept (BENCHMARKS.md, issue 20). Same values up to float rounding.
+    """
+    return not avx2_only(host)
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -171,8 +193,13 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
 
 
 def linear_gelu(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """``gelu(x @ weight.T + bias)`` in one oneDNN GEMM; call only where :func:`can_fuse`."""
-    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu", [], "none")
+    """``gelu(x @ weight.T + bias)``: one oneDNN GEMM, the GELU as its post-op or in place
+    right after it (:func:`prefer_gelu_postop`); call only where :func:`can_fuse`."""
+    if prefer_gelu_postop():
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu", [], "none")
+    return torch.ops.aten.gelu_(
+        torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "none")
+    )
 
 
 def linear_add(x: Tensor, weight: Tensor, bias: Tensor | None, residual: Tensor) -> Tensor:
@@ -181,8 +208,10 @@ def linear_add(x: Tensor, weight: Tensor, bias: Tensor | None, residual: Tensor)
 
 
 def conv_gelu(conv: nn.Conv2d, x: Tensor) -> Tensor:
-    """``gelu(conv(x))`` in one oneDNN convolution; call only where :func:`can_fuse`."""
-    return torch.ops.mkldnn._convolution_pointwise(
+    """``gelu(conv(x))``: one oneDNN convolution, the GELU as its post-op or in place right
+    after it (:func:`prefer_gelu_postop`); call only where :func:`can_fuse`."""
+    postop = prefer_gelu_postop()
+    y = torch.ops.mkldnn._convolution_pointwise(
         x,
         conv.weight,
         conv.bias,
@@ -190,10 +219,11 @@ def conv_gelu(conv: nn.Conv2d, x: Tensor) -> Tensor:
         list(conv.stride),
         list(conv.dilation),
         conv.groups,
-        "gelu",
+        "gelu" if postop else "none",
         [],
         "none",
     )
+    return y if postop else torch.ops.aten.gelu_(y)
 
 
 def repeat_channels(x: Tensor, m: int) -> Tensor:
