@@ -27,6 +27,10 @@ Sections (``--sections``, default all):
 * ``gelu``     the per-host GELU placement (``prefer_gelu_postop``): ours as this host runs it
                vs ours with the GELU forced into the oneDNN post-op, and timm, for the
                ``targets`` variants, interleaved. Not in the default set.
+* ``prepack``  an experiment, not what ships: ours with the weights of the oneDNN GEMMs (FFN
+               fc1/fc2, and attention qkv/proj where they run on oneDNN) packed once into
+               oneDNN's blocked layout, vs ours as shipped and timm, for the ``targets``
+               variants, interleaved. Not in the default set.
 * ``int8gelu`` the int8 experiment with GELU replaced by x*sigmoid(1.702x), whose int8 form
                onnxruntime has kernels for (QLinearSigmoid, QLinearMul): speed only, per-op
                split. Not in the default set.
@@ -217,6 +221,104 @@ def section_gelu(args: argparse.Namespace) -> None:
                 f"  {v:<14} post-op {post / timm_ms:.3f}   in place {inplace / timm_ms:.3f}   "
                 f"in place / post-op x{inplace / post:.3f}   (timm {timm_ms:.2f} ms, "
                 f"{post:.2f} / {inplace:.2f} ms)"
+            )
+
+
+# --------------------------------------------------------------------------- prepack
+
+
+class _PrepackedTorch:
+    """``torch`` as :mod:`fastvit.layers.inference.kernels` sees it, except that its oneDNN
+    GEMMs (``torch.ops.mkldnn._linear_pointwise`` and ``.binary``) read the prepacked copy of a
+    weight where ``packed`` has one (keyed by the weight's data pointer: the weights do not
+    change during the benchmark)."""
+
+    def __init__(self, packed: dict[int, torch.Tensor]) -> None:
+        lin = torch.ops.mkldnn._linear_pointwise
+
+        def unary(x, w, *rest):
+            return lin(x, packed.get(w.data_ptr(), w), *rest)
+
+        def binary(x, other, w, *rest):
+            return lin.binary(x, other, packed.get(w.data_ptr(), w), *rest)
+
+        unary.binary = binary  # type: ignore[attr-defined]
+        mkldnn = type(
+            "mkldnn",
+            (),
+            {
+                "_linear_pointwise": staticmethod(unary),
+                "_convolution_pointwise": torch.ops.mkldnn._convolution_pointwise,
+            },
+        )
+        self.ops = type("ops", (), {"mkldnn": mkldnn, "aten": torch.ops.aten})
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(torch, name)
+
+
+def section_prepack(args: argparse.Namespace) -> None:
+    """What prepacking the GEMM weights into oneDNN's blocked layout would gain (an experiment:
+    a packed copy goes stale if the weights change in a way PyTorch does not track, such as
+    ``.data`` writes, so fastvit does not ship it)."""
+    from fastvit.layers.inference import FusedConvFFN, FusedLinear, kernels
+
+    print(
+        f"\n== prepack (experiment): fused eager, batch 1, {SIZE}px, fp32, {args.threads} "
+        "threads; oneDNN GEMM weights as they are vs packed once =="
+    )
+
+    def run_with(model: nn.Module, shim: object | None) -> Callable[[], object]:
+        def run() -> object:
+            if shim is not None:
+                kernels.torch = shim
+            try:
+                with torch.inference_mode():
+                    return model(x)
+            finally:
+                kernels.torch = torch
+
+        return run
+
+    x = torch.randn(1, 3, SIZE, SIZE)
+    names, fns = [], []
+    for v in TARGET_VARIANTS:
+        ours = build_model(v, "fastvit", fused=True)
+        weights = [m.weight for m in ours.modules() if isinstance(m, FusedLinear)]
+        for m in ours.modules():
+            if isinstance(m, FusedConvFFN):
+                weights += [m.fc1.weight, m.fc2.weight]
+        with torch.no_grad():
+            packed = {
+                w.data_ptr(): torch.ops.mkldnn._reorder_linear_weight(w.detach().flatten(1))
+                for w in weights
+            }
+        shim = _PrepackedTorch(packed)
+        with torch.inference_mode():
+            same = torch.equal(run_with(ours, None)(), run_with(ours, shim)())
+        log(f"{v}: {len(packed)} weights packed; outputs {'identical' if same else 'DIFFER'}")
+        for name, m, sh in (
+            ("timm", build_model(v, "timm", fused=True), None),
+            ("ours", ours, None),
+            ("ours, prepacked", ours, shim),
+        ):
+            names.append(f"{v} | {name}")
+            fns.append(run_with(m, sh))
+    timings = time_interleaved(
+        fns, warmup=args.warmup, rounds=args.rounds, round_time=args.round_time
+    )
+    report(names, timings)
+    t = dict(zip(names, timings))
+    for stat in ("median_ms", "p10_ms"):
+        print(f"\n [{stat[:-3]}] ours / timm, shipped | with prepacked GEMM weights")
+        for v in TARGET_VARIANTS:
+            timm_ms, ours_ms, pre = (
+                getattr(t[f"{v} | {n}"], stat) for n in ("timm", "ours", "ours, prepacked")
+            )
+            print(
+                f"  {v:<14} shipped {ours_ms / timm_ms:.3f}   prepacked {pre / timm_ms:.3f}   "
+                f"prepacked / shipped x{pre / ours_ms:.3f}   (timm {timm_ms:.2f} ms, "
+                f"{ours_ms:.2f} / {pre:.2f} ms)"
             )
 
 
@@ -795,6 +897,7 @@ def main() -> None:
             "int8gelu": section_int8gelu,
             "attention": section_attention,
             "gelu": section_gelu,
+            "prepack": section_prepack,
         }[sec.strip()](args)
         print(f"(load average after {sec}: {load()})")
 
