@@ -239,12 +239,14 @@ _AVX512 = dataclasses.replace(
     _AVX2, model="Xeon", vendor="GenuineIntel", avx512f=True, avx512_vnni=True
 )
 _AMX = dataclasses.replace(_AVX512, avx512_bf16=True, amx_tile=True, amx_bf16=True, amx_int8=True)
+_ZEN5 = dataclasses.replace(_AVX512, model="AMD EPYC", vendor="AuthenticAMD", avx512_bf16=True)
 
 
 def test_onednn_gemm_choice_is_a_function_of_the_isa(monkeypatch: pytest.MonkeyPatch) -> None:
     assert kernels.prefer_onednn_gemm(_AVX2)
     assert kernels.prefer_onednn_gemm(dataclasses.replace(_AVX2, vendor="GenuineIntel"))
     assert not kernels.prefer_onednn_gemm(_AVX512) and not kernels.prefer_onednn_gemm(_AMX)
+    assert kernels.prefer_onednn_gemm(_ZEN5)  # AVX-512 but not Intel: MKL's sgemm is slow there
     arm = HostInfo("Neoverse-N1", "ARM", "aarch64", 4, "/proc/cpuinfo", neon=True, dotprod=True)
     assert not kernels.prefer_onednn_gemm(arm)
     assert not kernels.prefer_onednn_gemm(HostInfo("?", "", "x86_64", 1))  # flags unknown
@@ -280,8 +282,9 @@ def _attention_block() -> tuple[nn.Module, nn.Module]:
         (_AVX2, False, {"linear": 1, "linear_add": 0}),
         (_AVX512, True, {"linear": 0, "linear_add": 0}),
         (_AMX, True, {"linear": 0, "linear_add": 0}),
+        (_ZEN5, True, {"linear": 1, "linear_add": 1}),
     ],
-    ids=["avx2", "avx2-nchw", "avx512", "amx"],
+    ids=["avx2", "avx2-nchw", "avx512", "amx", "amd-avx512"],
 )
 def test_attention_gemms_follow_the_host(
     host: HostInfo,
@@ -302,9 +305,9 @@ def test_attention_gemms_follow_the_host(
     assert gemm_calls == {"linear": 0, "linear_add": 0}
     with torch.inference_mode():
         out = fused(x)
-    # AVX2-only CPUs: qkv as one oneDNN GEMM and proj with the residual added inside it (for an
-    # NCHW input the tokens are strided, so qkv runs F.linear, and proj's GEMM leaves the add
-    # to the plain op). Elsewhere: F.linear.
+    # AVX2-only and non-Intel CPUs: qkv as one oneDNN GEMM and proj with the residual added
+    # inside it (for an NCHW input the tokens are strided, so qkv runs F.linear, and proj's GEMM
+    # leaves the add to the plain op). Intel AVX-512/AMX: F.linear.
     assert gemm_calls == calls
     torch.testing.assert_close(out, plain, atol=1e-5, rtol=1e-5)
     scale = unfused.abs().max().item()
@@ -343,6 +346,7 @@ def test_gelu_postop_choice_is_a_function_of_the_isa(monkeypatch: pytest.MonkeyP
     assert not kernels.prefer_gelu_postop(_AVX2)
     assert not kernels.prefer_gelu_postop(dataclasses.replace(_AVX2, vendor="GenuineIntel"))
     assert kernels.prefer_gelu_postop(_AVX512) and kernels.prefer_gelu_postop(_AMX)
+    assert kernels.prefer_gelu_postop(_ZEN5)
     arm = HostInfo("Neoverse-N1", "ARM", "aarch64", 4, "/proc/cpuinfo", neon=True, dotprod=True)
     assert kernels.prefer_gelu_postop(arm)
     assert kernels.prefer_gelu_postop(HostInfo("?", "", "x86_64", 1))  # flags unknown

@@ -26,8 +26,9 @@ class FusedConvFFN(ConvFFN):
     :func:`~fastvit.layers.inference.kernels.can_fuse`) oneDNN GEMMs apply the GELU and the
     block's residual add as post-ops instead: one pass less over the hidden and output tensors
     each (on AVX2-only CPUs the GELU runs in place right after fc1's GEMM:
-    :func:`~fastvit.layers.inference.kernels.prefer_gelu_postop`). fx/jit tracing, scripting, export, ``torch.compile``, dispatch modes and hooks on
-    ``fc1``/``act``/``fc2`` get the plain ops.
+    :func:`~fastvit.layers.inference.kernels.prefer_gelu_postop`). fx/jit tracing, scripting,
+    export, ``torch.compile``, dispatch modes and hooks on ``fc1``/``act``/``fc2`` get the
+    plain ops.
     """
 
     def __init__(

@@ -20,9 +20,9 @@ the plain ops:
 
 The result equals the plain ops up to float rounding (oneDNN and MKL sum in different orders).
 
-Two choices depend on the CPU's ISA only (never on state cached at run time): plain GEMMs
-without a post-op (the attention's qkv and output projections) run on oneDNN or on torch's own
-sgemm (MKL), whichever is faster on the host (:func:`prefer_onednn_gemm`); and the exact GELU
+Two choices depend on the CPU alone (never on state cached at run time): plain GEMMs without
+a post-op (the attention's qkv and output projections) run on oneDNN or on torch's own sgemm
+(MKL), whichever is faster on the host (:func:`prefer_onednn_gemm`); and the exact GELU
 runs as the GEMM's/conv's post-op or as a separate in-place pass right after it
 (:func:`prefer_gelu_postop`).
 """
@@ -151,26 +151,23 @@ def is_exact_gelu(act: nn.Module) -> bool:
     return type(act) is nn.GELU and act.approximate == "none"
 
 
-def avx2_only(host: HostInfo | None = None) -> bool:
-    """An x86 CPU with AVX2 but no AVX-512 (``host``: default this machine), where oneDNN runs
-    its AVX2 kernels: the host kind both per-ISA choices below single out."""
-    host = host_info() if host is None else host
-    return host.is_x86 and host.avx2 and not host.avx512f
-
-
 def prefer_onednn_gemm(host: HostInfo | None = None) -> bool:
     """Whether a plain fp32 GEMM (no post-op) should run on oneDNN rather than torch's sgemm.
 
-    True on x86 CPUs with AVX2 but no AVX-512 (``host``: default this machine). On a 2-core
-    AMD EPYC (AVX2 only) oneDNN's AVX2 brgemm computes FastViT's attention projections (64
-    tokens x 512-608 channels) 4-8% faster than MKL's sgemm on one thread, in one OpenMP
-    parallel region where MKL's small-M sgemm synchronises its threads several times: the
-    attention mixer (qkv, SDPA, proj + residual) takes 7% less time on 1 thread and 15% less on
-    2 (BENCHMARKS.md, issue 20). On AVX-512/AMX CPUs MKL's sgemm is Intel's tuned path and was
-    measured well there, so it is kept. A pure function of the CPU's ISA: callers ask per call,
-    nothing is cached on modules.
+    True on x86 CPUs with AVX2 but no AVX-512, and on non-Intel x86 CPUs with AVX-512
+    (``host``: default this machine). On a 2-core AMD EPYC (AVX2 only) oneDNN's AVX2 brgemm
+    computes FastViT's attention projections (64 tokens x 512-608 channels) 4-8% faster than
+    MKL's sgemm on one thread, in one OpenMP parallel region where MKL's small-M sgemm
+    synchronises its threads several times: the attention mixer (qkv, SDPA, proj + residual)
+    takes 7% less time on 1 thread and 15% less on 2. On an AMD EPYC Zen 5 (AVX-512) MKL's sgemm
+    runs those shapes at 2.5x oneDNN's time (64 x 512 -> 2048: 1.0 vs 0.39 ms), and the SA/MA
+    models run 7% faster whole with oneDNN (BENCHMARKS.md, issue 20). On Intel CPUs with
+    AVX-512/AMX MKL's sgemm is Intel's tuned path and was measured well there, so it is kept.
+    A pure function of the CPU's ISA and vendor: callers ask per call, nothing is cached on
+    modules.
     """
-    return avx2_only(host)
+    host = host_info() if host is None else host
+    return host.is_x86 and host.avx2 and (not host.avx512f or host.vendor != "GenuineIntel")
 
 
 def prefer_gelu_postop(host: HostInfo | None = None) -> bool:
@@ -184,7 +181,8 @@ def prefer_gelu_postop(host: HostInfo | None = None) -> bool:
     whole fused models run 1.6% (T8) to 4.1% (SA12) faster; with AVX-512 the post-op is
     1-2% faster and is kept (BENCHMARKS.md, issue 20). Same values up to float rounding.
     """
-    return not avx2_only(host)
+    host = host_info() if host is None else host
+    return not (host.is_x86 and host.avx2 and not host.avx512f)
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:

@@ -21,11 +21,11 @@ class FusedLinear(nn.Linear):
     the faster CPU GEMM in eager inference and can add a residual inside it.
 
     Where :func:`~fastvit.layers.inference.kernels.prefer_onednn_gemm` holds for this CPU
-    (AVX2 without AVX-512) and the oneDNN kernels may run
+    (AVX2 without AVX-512, or a non-Intel CPU) and the oneDNN kernels may run
     (:func:`~fastvit.layers.inference.kernels.can_fuse`), a contiguous float32 input goes
     through one oneDNN GEMM instead of ``F.linear`` (MKL); :meth:`add_nhwc` also applies a
-    residual add as its post-op. Everywhere else (other CPUs, autograd, tracing, scripting, export, compile,
-    dispatch modes, other dtypes) it is ``F.linear``.
+    residual add as its post-op. Everywhere else (Intel AVX-512/AMX CPUs, autograd, tracing,
+    scripting, export, compile, dispatch modes, other dtypes) it is ``F.linear``.
     """
 
     @classmethod
