@@ -178,7 +178,7 @@ def prefer_gelu_postop(host: HostInfo | None = None) -> bool:
     post-op slower than ATen's vectorised GELU does in a pass of its own. With the AVX2 kernels
     (Zen 5 capped by ``ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2``) SA12's first fc1
     (4096 x 64 -> 256) takes 0.89 ms with the post-op and 0.81 ms with the separate pass, and
-    whole fused models run 1.6% (T8) to 4.1% (SA12) faster; with AVX-512 the post-op is
+    whole fused models run 0.7% (T8) to 4.8% (SA24) faster; with AVX-512 the post-op is
     1-2% faster and is kept (BENCHMARKS.md, issue 20). Same values up to float rounding.
     """
     host = host_info() if host is None else host
