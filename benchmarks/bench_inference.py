@@ -169,7 +169,55 @@ def section_postops(args: argparse.Namespace) -> None:
             )
 
 
-# --------------------------------------------------------------------------- gelu
+# --------------------------------------------------------------------------- gelu, prepack
+
+
+def _patched_run(
+    model: nn.Module, x: torch.Tensor, target: object, name: str, value: object = None
+) -> Callable[[], object]:
+    """A runner for ``model(x)`` in inference mode with ``target.name`` set to ``value`` for
+    the call (None: left as it is)."""
+    real = getattr(target, name)
+
+    def run() -> object:
+        if value is not None:
+            setattr(target, name, value)
+        try:
+            with torch.inference_mode():
+                return model(x)
+        finally:
+            setattr(target, name, real)
+
+    return run
+
+
+def _ours_two_ways(
+    args: argparse.Namespace,
+    runners: dict[str, tuple[Callable[[], object], Callable[[], object], Callable[[], object]]],
+    way_a: str,
+    way_b: str,
+) -> None:
+    """Time timm and ours two ways per variant (``runners[v] = (timm, a, b)``), interleaved,
+    and print ours / timm each way and b / a."""
+    names, fns = [], []
+    for v, fns_v in runners.items():
+        for label, fn in zip(("timm", way_a, way_b), fns_v):
+            names.append(f"{v} | {label}")
+            fns.append(fn)
+    timings = time_interleaved(
+        fns, warmup=args.warmup, rounds=args.rounds, round_time=args.round_time
+    )
+    report(names, timings)
+    t = dict(zip(names, timings))
+    for stat in ("median_ms", "p10_ms"):
+        print(f"\n [{stat[:-3]}] ours / timm, {way_a} | {way_b}")
+        for v in runners:
+            timm_ms, ms_a, ms_b = (getattr(t[f"{v} | {n}"], stat) for n in ("timm", way_a, way_b))
+            print(
+                f"  {v:<14} {way_a} {ms_a / timm_ms:.3f}   {way_b} {ms_b / timm_ms:.3f}   "
+                f"{way_b} / {way_a} x{ms_b / ms_a:.3f}   (timm {timm_ms:.2f} ms, "
+                f"{ms_a:.2f} / {ms_b:.2f} ms)"
+            )
 
 
 def section_gelu(args: argparse.Namespace) -> None:
@@ -182,49 +230,19 @@ def section_gelu(args: argparse.Namespace) -> None:
         f"\n== gelu: fused eager, batch 1, {SIZE}px, fp32, {args.threads} threads; this host "
         f"runs the GELU {'as the post-op' if host_choice else 'in place after the GEMM/conv'} =="
     )
-    real = kernels.prefer_gelu_postop
-
-    def run_with(model: nn.Module, postop: bool | None) -> Callable[[], object]:
-        def run() -> object:
-            kernels.prefer_gelu_postop = real if postop is None else (lambda host=None: postop)
-            try:
-                with torch.inference_mode():
-                    return model(x)
-            finally:
-                kernels.prefer_gelu_postop = real
-
-        return run
-
     x = torch.randn(1, 3, SIZE, SIZE)
-    names, fns = [], []
+    runners = {}
     for v in TARGET_VARIANTS:
         ours = build_model(v, "fastvit", fused=True)
-        for name, m, postop in (
-            ("timm", build_model(v, "timm", fused=True), None),
-            ("ours, post-op", ours, True),
-            ("ours, in place", ours, False),
-        ):
-            names.append(f"{v} | {name}")
-            fns.append(run_with(m, postop))
-    timings = time_interleaved(
-        fns, warmup=args.warmup, rounds=args.rounds, round_time=args.round_time
-    )
-    report(names, timings)
-    t = dict(zip(names, timings))
-    for stat in ("median_ms", "p10_ms"):
-        print(f"\n [{stat[:-3]}] ours / timm with the GELU as the post-op | in place")
-        for v in TARGET_VARIANTS:
-            timm_ms, post, inplace = (
-                getattr(t[f"{v} | {n}"], stat) for n in ("timm", "ours, post-op", "ours, in place")
+        runners[v] = tuple(
+            _patched_run(m, x, kernels, "prefer_gelu_postop", choice)
+            for m, choice in (
+                (build_model(v, "timm", fused=True), None),
+                (ours, lambda host=None: True),
+                (ours, lambda host=None: False),
             )
-            print(
-                f"  {v:<14} post-op {post / timm_ms:.3f}   in place {inplace / timm_ms:.3f}   "
-                f"in place / post-op x{inplace / post:.3f}   (timm {timm_ms:.2f} ms, "
-                f"{post:.2f} / {inplace:.2f} ms)"
-            )
-
-
-# --------------------------------------------------------------------------- prepack
+        )
+    _ours_two_ways(args, runners, "post-op", "in place")
 
 
 class _PrepackedTorch:
@@ -267,21 +285,8 @@ def section_prepack(args: argparse.Namespace) -> None:
         f"\n== prepack (experiment): fused eager, batch 1, {SIZE}px, fp32, {args.threads} "
         "threads; oneDNN GEMM weights as they are vs packed once =="
     )
-
-    def run_with(model: nn.Module, shim: object | None) -> Callable[[], object]:
-        def run() -> object:
-            if shim is not None:
-                kernels.torch = shim
-            try:
-                with torch.inference_mode():
-                    return model(x)
-            finally:
-                kernels.torch = torch
-
-        return run
-
     x = torch.randn(1, 3, SIZE, SIZE)
-    names, fns = [], []
+    runners = {}
     for v in TARGET_VARIANTS:
         ours = build_model(v, "fastvit", fused=True)
         weights = [m.weight for m in ours.modules() if isinstance(m, FusedLinear)]
@@ -294,32 +299,15 @@ def section_prepack(args: argparse.Namespace) -> None:
                 for w in weights
             }
         shim = _PrepackedTorch(packed)
-        with torch.inference_mode():
-            same = torch.equal(run_with(ours, None)(), run_with(ours, shim)())
+        plain, prepacked = (_patched_run(ours, x, kernels, "torch", sh) for sh in (None, shim))
+        same = torch.equal(plain(), prepacked())
         log(f"{v}: {len(packed)} weights packed; outputs {'identical' if same else 'DIFFER'}")
-        for name, m, sh in (
-            ("timm", build_model(v, "timm", fused=True), None),
-            ("ours", ours, None),
-            ("ours, prepacked", ours, shim),
-        ):
-            names.append(f"{v} | {name}")
-            fns.append(run_with(m, sh))
-    timings = time_interleaved(
-        fns, warmup=args.warmup, rounds=args.rounds, round_time=args.round_time
-    )
-    report(names, timings)
-    t = dict(zip(names, timings))
-    for stat in ("median_ms", "p10_ms"):
-        print(f"\n [{stat[:-3]}] ours / timm, shipped | with prepacked GEMM weights")
-        for v in TARGET_VARIANTS:
-            timm_ms, ours_ms, pre = (
-                getattr(t[f"{v} | {n}"], stat) for n in ("timm", "ours", "ours, prepacked")
-            )
-            print(
-                f"  {v:<14} shipped {ours_ms / timm_ms:.3f}   prepacked {pre / timm_ms:.3f}   "
-                f"prepacked / shipped x{pre / ours_ms:.3f}   (timm {timm_ms:.2f} ms, "
-                f"{ours_ms:.2f} / {pre:.2f} ms)"
-            )
+        runners[v] = (
+            _patched_run(build_model(v, "timm", fused=True), x, kernels, "torch"),
+            plain,
+            prepacked,
+        )
+    _ours_two_ways(args, runners, "shipped", "prepacked")
 
 
 # --------------------------------------------------------------------------- targets
