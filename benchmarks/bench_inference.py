@@ -110,6 +110,18 @@ def report(names: list[str], timings: list[Timing], ref: str | None = None) -> N
         )
 
 
+def time_and_report(
+    args: argparse.Namespace, names: list[str], fns: list[Callable[[], object]]
+) -> dict[str, Timing]:
+    """Time ``fns`` interleaved (``--warmup``, ``--rounds``, ``--round-time``), print the
+    table, and return each runner's timing by name."""
+    timings = time_interleaved(
+        fns, warmup=args.warmup, rounds=args.rounds, round_time=args.round_time
+    )
+    report(names, timings)
+    return dict(zip(names, timings))
+
+
 # --------------------------------------------------------------------------- post-ops
 
 
@@ -152,11 +164,7 @@ def section_postops(args: argparse.Namespace) -> None:
         ):
             names.append(f"{v} | {name}")
             fns.append(switch.fn(m, x, on))
-    timings = time_interleaved(
-        fns, warmup=args.warmup, rounds=args.rounds, round_time=args.round_time
-    )
-    report(names, timings)
-    t = dict(zip(names, timings))
+    t = time_and_report(args, names, fns)
     for stat in ("median_ms", "p10_ms"):
         print(f"\n [{stat[:-3]}] unfused / fused (target 3, goal >= 1.5) and the post-ops' share")
         for v in fastvit.list_models():
@@ -204,11 +212,7 @@ def _ours_two_ways(
         for label, fn in zip(("timm", way_a, way_b), fns_v):
             names.append(f"{v} | {label}")
             fns.append(fn)
-    timings = time_interleaved(
-        fns, warmup=args.warmup, rounds=args.rounds, round_time=args.round_time
-    )
-    report(names, timings)
-    t = dict(zip(names, timings))
+    t = time_and_report(args, names, fns)
     for stat in ("median_ms", "p10_ms"):
         print(f"\n [{stat[:-3]}] ours / timm, {way_a} | {way_b}")
         for v in runners:
@@ -378,11 +382,7 @@ def section_targets(args: argparse.Namespace) -> None:
     keys = [s.key for s in specs] + list(before_fns)
     fns += list(before_fns.values())
     log(f"timing {len(fns)} runners, {args.rounds} rounds")
-    timings = time_interleaved(
-        fns, warmup=args.warmup, rounds=args.rounds, round_time=args.round_time
-    )
-    t = dict(zip(keys, timings))
-    report(keys, timings)
+    t = time_and_report(args, keys, fns)
     for stat in ("median_ms", "p10_ms"):
 
         def ms(key: str, stat: str = stat) -> float:
