@@ -361,7 +361,7 @@ def postops(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The post-op of every oneDNN GEMM/conv the kernels run, in call order."""
     assert kernels.kernels_available()  # (probe first: it runs the ops too, and is cached)
     seen: list[str] = []
-    mkldnn = torch.ops.mkldnn
+    real = torch.ops.mkldnn
 
     class Recorded:
         """A oneDNN op that records its ``attr`` argument (at ``index``) before running."""
@@ -375,9 +375,9 @@ def postops(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     class Ops:  # torch.ops as the kernels module sees it
         class mkldnn:
-            _linear_pointwise = Recorded(mkldnn._linear_pointwise, 3)
-            _linear_pointwise.binary = Recorded(mkldnn._linear_pointwise.binary, 4)
-            _convolution_pointwise = Recorded(mkldnn._convolution_pointwise, 7)
+            _linear_pointwise = Recorded(real._linear_pointwise, 3)
+            _linear_pointwise.binary = Recorded(real._linear_pointwise.binary, 4)
+            _convolution_pointwise = Recorded(real._convolution_pointwise, 7)
 
         aten = torch.ops.aten
 

@@ -167,7 +167,7 @@ def prefer_onednn_gemm(host: HostInfo | None = None) -> bool:
     modules.
     """
     host = host_info() if host is None else host
-    return host.is_x86 and host.avx2 and (not host.avx512f or host.vendor != "GenuineIntel")
+    return host.isa_level == "AVX2" or (host.avx2 and host.vendor != "GenuineIntel")
 
 
 def prefer_gelu_postop(host: HostInfo | None = None) -> bool:
@@ -181,8 +181,7 @@ def prefer_gelu_postop(host: HostInfo | None = None) -> bool:
     whole fused models run 0.7% (T8) to 4.8% (SA24) faster; with AVX-512 the post-op is
     1-2% faster and is kept (BENCHMARKS.md, issue 20). Same values up to float rounding.
     """
-    host = host_info() if host is None else host
-    return not (host.is_x86 and host.avx2 and not host.avx512f)
+    return (host_info() if host is None else host).isa_level != "AVX2"
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
